@@ -1,0 +1,93 @@
+// The per-proxy configuration snapshot the control plane pushes: the type both ends share and
+// the validator the proxy runs before applying a push (a bad push is NACKed, the last good stays).
+
+import { type PolicyRef, validateAuthorizationPolicySpec } from "../policy/index.js";
+
+export interface SnapshotEndpoint {
+  address: string;
+  /** SPIFFE URI of the instance behind this address. */
+  spiffeId: string;
+}
+
+export interface SnapshotService {
+  name: string;
+  namespace: string;
+  vip: string;
+  /** Names that resolve to the VIP inside workloads: svc, svc.ns, svc.ns.svc.cluster.local. */
+  hostnames: string[];
+  ports: { port: number; targetPort: number; protocol: "http" | "tcp" }[];
+  endpoints: SnapshotEndpoint[];
+  /** Secure naming: the SPIFFE URIs a server of this service may present. */
+  allowedIds: string[];
+}
+
+export interface ProxySnapshot {
+  version: string;
+  trustDomain: string;
+  rootNamespace: string;
+  workload: {
+    name: string;
+    namespace: string;
+    serviceAccount: string;
+    spiffeId: string;
+    address: string;
+    labels: Record<string, string>;
+  };
+  /** The AuthorizationPolicies that apply to this workload, already selected. */
+  policies: PolicyRef[];
+  services: SnapshotService[];
+}
+
+function fail(path: string, what: string): never {
+  throw new Error(`snapshot ${path}: ${what}`);
+}
+
+function str(v: unknown, path: string): string {
+  if (typeof v !== "string") fail(path, "must be a string");
+  return v;
+}
+
+function arr(v: unknown, path: string): unknown[] {
+  if (!Array.isArray(v)) fail(path, "must be a list");
+  return v;
+}
+
+function obj(v: unknown, path: string): Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) fail(path, "must be an object");
+  return v as Record<string, unknown>;
+}
+
+/** Parses and checks a pushed snapshot; throws an Error whose message is the NACK reason. */
+export function parseSnapshot(json: string): ProxySnapshot {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(json);
+  } catch (e) {
+    fail("", `is not JSON (${(e as Error).message})`);
+  }
+  const s = obj(raw, "");
+  str(s["version"], "version");
+  str(s["trustDomain"], "trustDomain");
+  str(s["rootNamespace"], "rootNamespace");
+  const w = obj(s["workload"], "workload");
+  for (const k of ["name", "namespace", "serviceAccount", "spiffeId", "address"]) str(w[k], `workload.${k}`);
+  arr(s["policies"], "policies").forEach((p, i) => {
+    const po = obj(p, `policies[${i}]`);
+    str(po["name"], `policies[${i}].name`);
+    str(po["namespace"], `policies[${i}].namespace`);
+    const r = validateAuthorizationPolicySpec(po["spec"]);
+    if (r.issues.length > 0) fail(`policies[${i}].spec`, `${r.issues[0]!.path}: ${r.issues[0]!.message}`);
+  });
+  arr(s["services"], "services").forEach((sv, i) => {
+    const so = obj(sv, `services[${i}]`);
+    str(so["vip"], `services[${i}].vip`);
+    for (const [j, p] of arr(so["ports"], `services[${i}].ports`).entries()) {
+      const po = obj(p, `services[${i}].ports[${j}]`);
+      if (typeof po["port"] !== "number" || typeof po["targetPort"] !== "number")
+        fail(`services[${i}].ports[${j}]`, "port and targetPort must be numbers");
+    }
+    arr(so["endpoints"], `services[${i}].endpoints`);
+    arr(so["allowedIds"], `services[${i}].allowedIds`);
+  });
+  return s as unknown as ProxySnapshot;
+}

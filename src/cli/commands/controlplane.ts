@@ -1,0 +1,31 @@
+// `zmesh controlplane`: runs the control plane in the foreground (the runtime starts it for you).
+
+import { Command } from "commander";
+import { ControlPlane, TokenFileAttestor } from "../../controlplane/index.js";
+import { DEFAULT_ROOT_NAMESPACE, PORTS } from "../../config/index.js";
+import { DEFAULT_TRUST_DOMAIN } from "../../identity/index.js";
+
+export function controlplaneCommand(): Command {
+  return new Command("controlplane")
+    .description("run the control plane: mesh CA and config delivery over gRPC")
+    .requiredOption("--config <dir...>", "directories or files of YAML resources (watched)")
+    .requiredOption("--tokens <file>", "bootstrap credentials: SHA-256 digests bound to workload instances")
+    .option("--listen <host:port>", "gRPC address", `127.0.0.1:${PORTS.controlPlaneGrpc}`)
+    .option("--bundle-out <file>", "write the trust bundle (PEM) here once serving")
+    .option("--trust-domain <td>", "SPIFFE trust domain", DEFAULT_TRUST_DOMAIN)
+    .option("--root-namespace <ns>", "mesh root namespace for policies", DEFAULT_ROOT_NAMESPACE)
+    .option("--mesh <name>", "the local mesh this belongs to (for clean-up)")
+    .action(async (o: Record<string, string | string[]>) => {
+      const cp = await ControlPlane.start({
+        configPaths: o["config"] as string[],
+        listen: o["listen"] as string,
+        attestor: new TokenFileAttestor(o["tokens"] as string),
+        trustDomain: o["trustDomain"] as string,
+        rootNamespace: o["rootNamespace"] as string,
+        ...(o["bundleOut"] ? { bundleOut: o["bundleOut"] as string } : {}),
+      });
+      const stop = () => void cp.close().then(() => process.exit(0));
+      process.on("SIGTERM", stop);
+      process.on("SIGINT", stop);
+    });
+}

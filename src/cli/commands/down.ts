@@ -1,0 +1,14 @@
+// `zmesh down`: removes a local mesh and everything it created, also after a crash.
+
+import { Command } from "commander";
+import { down } from "../../runtime/index.js";
+
+export function downCommand(): Command {
+  return new Command("down")
+    .description("tear a local mesh down: processes, namespaces, bridge, iptables rules, state")
+    .option("--name <mesh>", "mesh name", "zmesh")
+    .action(async (o: { name: string }) => {
+      await down(o.name);
+      console.log(`mesh ${o.name} is down; nothing of it is left on this host`);
+    });
+}

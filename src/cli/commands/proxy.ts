@@ -1,0 +1,41 @@
+// `zmesh proxy`: runs the sidecar in the foreground inside a workload's namespace. Started as
+// root by the runtime, it loads its code, addon and credential, then drops to uid 1337.
+
+import { readFileSync } from "node:fs";
+import { Command } from "commander";
+import { PROXY_UID } from "../../config/index.js";
+import { loadAddon, Proxy } from "../../proxy/index.js";
+
+function dropPrivileges(uid: number): void {
+  if (process.getuid?.() !== 0) return;
+  process.setgroups?.([]);
+  process.setgid?.(uid);
+  process.setuid?.(uid);
+}
+
+export function proxyCommand(): Command {
+  return new Command("proxy")
+    .description("run the sidecar proxy of one workload instance")
+    .requiredOption("--control-plane <host:port>", "control plane gRPC address")
+    .requiredOption("--bundle <file>", "trust bundle (PEM) to authenticate the control plane")
+    .requiredOption("--token-file <file>", "bootstrap credential of this workload instance")
+    .requiredOption("--control-plane-id <spiffe>", "SPIFFE ID the control plane must present")
+    .option("--uid <uid>", "drop to this uid once started", String(PROXY_UID))
+    .option("--mesh <name>", "the local mesh this belongs to (for clean-up)")
+    .action(async (o: Record<string, string>) => {
+      loadAddon();
+      const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
+      const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
+      dropPrivileges(Number(o["uid"]));
+      const proxy = new Proxy({
+        controlPlane: o["controlPlane"]!,
+        trustBundlePem,
+        credential,
+        controlPlaneId: o["controlPlaneId"]!,
+      });
+      await proxy.start();
+      const stop = () => void proxy.close().then(() => process.exit(0));
+      process.on("SIGTERM", stop);
+      process.on("SIGINT", stop);
+    });
+}

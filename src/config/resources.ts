@@ -1,0 +1,319 @@
+// The resource kinds zmesh reads, in Kubernetes shape, and their validation into typed values.
+// Field paths in issues are relative to the resource ("spec.ports[0].port") so messages can
+// name file, resource and field together.
+
+import { type AuthorizationPolicySpec, type Issue, validateAuthorizationPolicySpec } from "../policy/index.js";
+
+export interface Meta {
+  name: string;
+  namespace: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+}
+
+export interface Source {
+  file: string;
+  /** 0-based index of the YAML document in the file. */
+  doc: number;
+}
+
+export interface WorkloadPort {
+  name?: string;
+  containerPort: number;
+}
+
+export interface Workload {
+  kind: "Workload";
+  meta: Meta;
+  serviceAccount: string;
+  command: string[];
+  env: Record<string, string>;
+  ports: WorkloadPort[];
+  replicas: number;
+  runAsUser?: number;
+  source: Source;
+}
+
+export interface ServicePort {
+  name?: string;
+  port: number;
+  targetPort: number;
+  protocol: "http" | "tcp";
+}
+
+export interface Service {
+  kind: "Service";
+  meta: Meta;
+  selector: Record<string, string>;
+  ports: ServicePort[];
+  clusterIP?: string;
+  source: Source;
+}
+
+/** A running instance of a workload with its address (Istio's WorkloadEntry); the runtime writes these. */
+export interface WorkloadEntry {
+  kind: "WorkloadEntry";
+  meta: Meta;
+  address: string;
+  serviceAccount: string;
+  labels: Record<string, string>;
+  source: Source;
+}
+
+export interface AuthorizationPolicy {
+  kind: "AuthorizationPolicy";
+  meta: Meta;
+  spec: AuthorizationPolicySpec;
+  dryRun: boolean;
+  source: Source;
+}
+
+export type Resource = Workload | Service | WorkloadEntry | AuthorizationPolicy;
+
+const KINDS: Record<string, string[]> = {
+  Workload: ["zmesh.dev/v1"],
+  Service: ["v1"],
+  WorkloadEntry: ["networking.istio.io/v1", "networking.istio.io/v1beta1"],
+  AuthorizationPolicy: ["security.istio.io/v1", "security.istio.io/v1beta1"],
+};
+const UNSUPPORTED_KINDS = new Set(["PeerAuthentication", "RequestAuthentication", "Deployment", "Pod"]);
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+type Issues = Issue[];
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function invalid(issues: Issues, path: string, message: string): void {
+  issues.push({ path, message, code: "ZMESH_CONFIG_INVALID" });
+}
+
+function onlyFields(issues: Issues, obj: Record<string, unknown>, path: string, allowed: string[]): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) {
+      invalid(issues, `${path}.${k}`, `unknown field "${k}"; the fields allowed here are ${allowed.join(", ")}`);
+    }
+  }
+}
+
+function stringMap(issues: Issues, v: unknown, path: string, keyRe: RegExp, valueRe: RegExp): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (!isObject(v)) {
+    invalid(issues, path, "must be a map of strings, e.g. {app: orders}");
+    return {};
+  }
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(v)) {
+    if (!keyRe.test(k)) invalid(issues, `${path}.${k}`, `"${k}" is not a valid key`);
+    else if (typeof val !== "string" || !valueRe.test(val))
+      invalid(issues, `${path}.${k}`, `must be a string of letters, digits, '-', '_' or '.' (quote numbers)`);
+    else out[k] = val;
+  }
+  return out;
+}
+
+function port(issues: Issues, v: unknown, path: string): number {
+  if (typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= 65535) return v;
+  invalid(issues, path, `must be a port number from 1 to 65535, not ${JSON.stringify(v)}`);
+  return 0;
+}
+
+function readMeta(issues: Issues, raw: Record<string, unknown>, namespaced: boolean): Meta {
+  const m = raw["metadata"];
+  const meta: Meta = { name: "", namespace: "default", labels: {}, annotations: {} };
+  if (!isObject(m)) {
+    invalid(issues, "metadata", "is required, with at least metadata.name");
+    return meta;
+  }
+  if (typeof m["name"] !== "string" || !DNS_LABEL.test(m["name"]) || m["name"].length > 63) {
+    invalid(issues, "metadata.name", "must be a DNS label: lower-case letters, digits and '-', at most 63 chars");
+  } else meta.name = m["name"];
+  if (namespaced && m["namespace"] !== undefined) {
+    if (typeof m["namespace"] !== "string" || !DNS_LABEL.test(m["namespace"]))
+      invalid(issues, "metadata.namespace", "must be a DNS label: lower-case letters, digits and '-'");
+    else meta.namespace = m["namespace"];
+  }
+  meta.labels = stringMap(issues, m["labels"], "metadata.labels", LABEL_KEY, LABEL_VALUE);
+  meta.annotations = stringMap(issues, m["annotations"], "metadata.annotations", LABEL_KEY, /^[\s\S]*$/);
+  return meta;
+}
+
+function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): Workload {
+  const spec = isObject(raw["spec"]) ? raw["spec"] : {};
+  if (!isObject(raw["spec"])) invalid(issues, "spec", "is required and must hold at least spec.command");
+  onlyFields(issues, spec, "spec", ["serviceAccount", "command", "env", "ports", "replicas", "runAsUser"]);
+  const w: Workload = {
+    kind: "Workload",
+    meta,
+    serviceAccount: "default",
+    command: [],
+    env: {},
+    ports: [],
+    replicas: 1,
+    source,
+  };
+  if (spec["serviceAccount"] !== undefined) {
+    if (typeof spec["serviceAccount"] !== "string" || !DNS_LABEL.test(spec["serviceAccount"]))
+      invalid(issues, "spec.serviceAccount", "must be a DNS label such as orders");
+    else w.serviceAccount = spec["serviceAccount"];
+  }
+  const cmd = spec["command"];
+  if (!Array.isArray(cmd) || cmd.length === 0 || !cmd.every((c) => typeof c === "string" && c !== "")) {
+    invalid(issues, "spec.command", 'must be a non-empty list of strings, e.g. ["node", "app.js"]');
+  } else w.command = cmd as string[];
+  const env = spec["env"];
+  if (Array.isArray(env)) {
+    env.forEach((e, i) => {
+      if (!isObject(e) || typeof e["name"] !== "string" || typeof (e["value"] ?? "") !== "string")
+        invalid(issues, `spec.env[${i}]`, 'must be {name: NAME, value: "text"}');
+      else w.env[e["name"]] = String(e["value"] ?? "");
+    });
+  } else if (env !== undefined) invalid(issues, "spec.env", "must be a list of {name, value}");
+  const ports = spec["ports"];
+  if (Array.isArray(ports)) {
+    ports.forEach((p, i) => {
+      if (!isObject(p)) return invalid(issues, `spec.ports[${i}]`, "must be {containerPort: N, name?: text}");
+      onlyFields(issues, p, `spec.ports[${i}]`, ["containerPort", "name"]);
+      const wp: WorkloadPort = { containerPort: port(issues, p["containerPort"], `spec.ports[${i}].containerPort`) };
+      if (typeof p["name"] === "string") wp.name = p["name"];
+      w.ports.push(wp);
+    });
+  } else if (ports !== undefined) invalid(issues, "spec.ports", "must be a list of {containerPort: N}");
+  const replicas = spec["replicas"];
+  if (replicas !== undefined) {
+    if (typeof replicas !== "number" || !Number.isInteger(replicas) || replicas < 0 || replicas > 50)
+      invalid(issues, "spec.replicas", "must be an integer from 0 to 50");
+    else w.replicas = replicas;
+  }
+  const uid = spec["runAsUser"];
+  if (uid !== undefined) {
+    if (typeof uid !== "number" || !Number.isInteger(uid) || uid < 1 || uid === 1337 || uid > 65534)
+      invalid(issues, "spec.runAsUser", "must be a uid from 1 to 65534 other than 0 and 1337 (the proxy's)");
+    else w.runAsUser = uid;
+  }
+  return w;
+}
+
+function protocolOf(name: string | undefined, appProtocol: unknown): "http" | "tcp" {
+  const p = typeof appProtocol === "string" ? appProtocol.toLowerCase() : (name ?? "").split("-")[0]!.toLowerCase();
+  if (p === "tcp") return "tcp";
+  return "http";
+}
+
+function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): Service {
+  const spec = isObject(raw["spec"]) ? raw["spec"] : {};
+  if (!isObject(raw["spec"])) invalid(issues, "spec", "is required, with spec.selector and spec.ports");
+  onlyFields(issues, spec, "spec", ["selector", "ports", "clusterIP", "type"]);
+  const s: Service = {
+    kind: "Service",
+    meta,
+    selector: stringMap(issues, spec["selector"], "spec.selector", LABEL_KEY, LABEL_VALUE),
+    ports: [],
+    source,
+  };
+  if (spec["type"] !== undefined && spec["type"] !== "ClusterIP")
+    issues.push({ path: "spec.type", message: "only ClusterIP services are supported", code: "ZMESH_CONFIG_UNSUPPORTED" });
+  if (Object.keys(s.selector).length === 0) invalid(issues, "spec.selector", "is required: the labels of the workloads behind this service");
+  const ports = spec["ports"];
+  if (!Array.isArray(ports) || ports.length === 0) invalid(issues, "spec.ports", "must list at least one {port: N}");
+  else
+    ports.forEach((p, i) => {
+      const path = `spec.ports[${i}]`;
+      if (!isObject(p)) return invalid(issues, path, "must be {port: N, targetPort?: N, name?: text}");
+      onlyFields(issues, p, path, ["name", "port", "targetPort", "protocol", "appProtocol"]);
+      if (p["protocol"] !== undefined && p["protocol"] !== "TCP")
+        issues.push({ path: `${path}.protocol`, message: "only TCP is supported", code: "ZMESH_CONFIG_UNSUPPORTED" });
+      const num = port(issues, p["port"], `${path}.port`);
+      const target = p["targetPort"] === undefined ? num : port(issues, p["targetPort"], `${path}.targetPort`);
+      const name = typeof p["name"] === "string" ? p["name"] : undefined;
+      const sp: ServicePort = { port: num, targetPort: target, protocol: protocolOf(name, p["appProtocol"]) };
+      if (name !== undefined) sp.name = name;
+      if (sp.protocol === "tcp")
+        issues.push({
+          path: `${path}`,
+          message: "TCP ports are not supported yet (HTTP/1.1 only); remove the tcp- name or appProtocol",
+          code: "ZMESH_CONFIG_UNSUPPORTED",
+        });
+      s.ports.push(sp);
+    });
+  if (spec["clusterIP"] !== undefined) {
+    if (typeof spec["clusterIP"] !== "string" || !IPV4.test(spec["clusterIP"]))
+      invalid(issues, "spec.clusterIP", "must be an IPv4 address in 198.19.0.0/16");
+    else s.clusterIP = spec["clusterIP"];
+  }
+  return s;
+}
+
+function readWorkloadEntry(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): WorkloadEntry {
+  const spec = isObject(raw["spec"]) ? raw["spec"] : {};
+  onlyFields(issues, spec, "spec", ["address", "serviceAccount", "labels"]);
+  const e: WorkloadEntry = {
+    kind: "WorkloadEntry",
+    meta,
+    address: "",
+    serviceAccount: "default",
+    labels: stringMap(issues, spec["labels"], "spec.labels", LABEL_KEY, LABEL_VALUE),
+    source,
+  };
+  if (typeof spec["address"] !== "string" || !IPV4.test(spec["address"]))
+    invalid(issues, "spec.address", "must be an IPv4 address");
+  else e.address = spec["address"];
+  if (typeof spec["serviceAccount"] === "string" && DNS_LABEL.test(spec["serviceAccount"]))
+    e.serviceAccount = spec["serviceAccount"];
+  else if (spec["serviceAccount"] !== undefined) invalid(issues, "spec.serviceAccount", "must be a DNS label");
+  return e;
+}
+
+function readPolicy(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): AuthorizationPolicy {
+  const result = validateAuthorizationPolicySpec(raw["spec"] ?? {});
+  for (const i of result.issues) issues.push(i);
+  return {
+    kind: "AuthorizationPolicy",
+    meta,
+    spec: result.value ?? {},
+    dryRun: meta.annotations["istio.io/dry-run"] === "true",
+    source,
+  };
+}
+
+/** Validates one parsed YAML document into a resource; issues carry paths relative to it. */
+export function readResource(raw: unknown, source: Source): { resource?: Resource; issues: Issue[] } {
+  const issues: Issue[] = [];
+  if (!isObject(raw)) {
+    invalid(issues, "", "a resource must be a map with apiVersion, kind, metadata and spec");
+    return { issues };
+  }
+  onlyFields(issues, raw, "", ["apiVersion", "kind", "metadata", "spec", "status"]);
+  const kind = raw["kind"];
+  const apiVersion = raw["apiVersion"];
+  if (typeof kind !== "string" || kind === "") {
+    invalid(issues, "kind", "is required (Workload, Service, AuthorizationPolicy or WorkloadEntry)");
+    return { issues };
+  }
+  const versions = KINDS[kind];
+  if (!versions) {
+    const code = UNSUPPORTED_KINDS.has(kind) ? "ZMESH_CONFIG_UNSUPPORTED" : "ZMESH_CONFIG_INVALID";
+    issues.push({
+      path: "kind",
+      message: `kind ${kind} is not supported; zmesh reads ${Object.keys(KINDS).join(", ")}`,
+      code,
+    });
+    return { issues };
+  }
+  if (typeof apiVersion !== "string" || !versions.includes(apiVersion)) {
+    invalid(issues, "apiVersion", `${kind} needs apiVersion ${versions.join(" or ")}, not ${JSON.stringify(apiVersion)}`);
+    return { issues };
+  }
+  const meta = readMeta(issues, raw, true);
+  let resource: Resource;
+  if (kind === "Workload") resource = readWorkload(issues, raw, meta, source);
+  else if (kind === "Service") resource = readService(issues, raw, meta, source);
+  else if (kind === "WorkloadEntry") resource = readWorkloadEntry(issues, raw, meta, source);
+  else resource = readPolicy(issues, raw, meta, source);
+  return { resource, issues: issues.map((i) => ({ ...i, path: i.path.replace(/^\./, "") })) };
+}

@@ -1,0 +1,42 @@
+// Process settings of every zmesh part: well-known ports, addresses, uids and the environment
+// variables that override them. One table, mirrored in docs/configuration.md (a test checks).
+
+export const PORTS = {
+  outboundCapture: 15001,
+  inboundCapture: 15006,
+  proxyAdmin: 15000,
+  proxyMetrics: 15020,
+  proxyHealth: 15021,
+  controlPlaneGrpc: 15012,
+  controlPlaneDebug: 15014,
+} as const;
+
+export const PROXY_UID = 1337;
+export const DEFAULT_APP_UID = 1001;
+export const DEFAULT_ROOT_NAMESPACE = "zmesh-system";
+export const CONTROL_PLANE_SPIFFE_PATH = "/ns/zmesh-system/sa/zmesh-controlplane";
+
+/** Local network plan: pods and the host's bridge address in 198.18.0.0/16, VIPs in 198.19.0.0/16 (RFC 2544 benchmark range, never routed). */
+export const NETWORK = {
+  podCidr: "198.18.0.0/16",
+  gateway: "198.18.0.1",
+  prefixLength: 16,
+  firstPodHost: 10,
+  vipCidr: "198.19.0.0/16",
+  firstVipHost: 10,
+} as const;
+
+/** Environment variables zmesh reads. Every one is documented in docs/configuration.md. */
+export const ENV = {
+  /** Directory holding the state of local meshes (default /run/zmesh). */
+  stateDir: "ZMESH_STATE_DIR",
+  /** Log level of every zmesh process: trace, debug, info, warn, error (default info). */
+  logLevel: "ZMESH_LOG_LEVEL",
+  /** Comma-separated diagnostics channels to print to stderr, e.g. "proxy,controlplane" or "*". */
+  debug: "ZMESH_DEBUG",
+} as const;
+
+export function envOr(name: string, fallback: string): string {
+  const v = process.env[name];
+  return v === undefined || v === "" ? fallback : v;
+}

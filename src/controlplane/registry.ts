@@ -1,0 +1,80 @@
+// The registry: turns a validated MeshConfig into what each proxy needs (its policies, the
+// services it can call with their endpoints and allowed identities). Pure and deterministic.
+
+import { createHash } from "node:crypto";
+import type { ProxySnapshot, SnapshotService } from "../api/index.js";
+import type { MeshConfig, WorkloadEntry } from "../config/index.js";
+import { workloadId } from "../identity/index.js";
+import { selectPolicies } from "../policy/index.js";
+
+export interface RegistryOptions {
+  trustDomain: string;
+  rootNamespace: string;
+}
+
+function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  for (const [k, v] of Object.entries(selector)) if (labels[k] !== v) return false;
+  return true;
+}
+
+export class Registry {
+  readonly config: MeshConfig;
+  readonly opts: RegistryOptions;
+  private readonly services: SnapshotService[];
+
+  constructor(config: MeshConfig, opts: RegistryOptions) {
+    this.config = config;
+    this.opts = opts;
+    this.services = config.services
+      .filter((s) => s.clusterIP !== undefined)
+      .map((s) => {
+        const entries = config.workloadEntries.filter(
+          (e) => e.meta.namespace === s.meta.namespace && matches(s.selector, e.labels),
+        );
+        const endpoints = entries.map((e) => ({ address: e.address, spiffeId: this.spiffeIdOf(e) }));
+        const ns = s.meta.namespace;
+        return {
+          name: s.meta.name,
+          namespace: ns,
+          vip: s.clusterIP!,
+          hostnames: [s.meta.name, `${s.meta.name}.${ns}`, `${s.meta.name}.${ns}.svc`, `${s.meta.name}.${ns}.svc.cluster.local`],
+          ports: s.ports.map((p) => ({ port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
+          endpoints,
+          allowedIds: [...new Set(endpoints.map((e) => e.spiffeId))].sort(),
+        };
+      });
+  }
+
+  spiffeIdOf(e: WorkloadEntry): string {
+    return workloadId(this.opts.trustDomain, e.meta.namespace, e.serviceAccount);
+  }
+
+  entry(namespace: string, name: string): WorkloadEntry | undefined {
+    return this.config.workloadEntries.find((e) => e.meta.namespace === namespace && e.meta.name === name);
+  }
+
+  /** The snapshot for one workload instance; its version is a digest of its content. */
+  snapshotFor(e: WorkloadEntry): ProxySnapshot {
+    const policies = selectPolicies(
+      this.config.policies.map((p) => ({ namespace: p.meta.namespace, name: p.meta.name, spec: p.spec, dryRun: p.dryRun })),
+      { namespace: e.meta.namespace, labels: e.labels },
+      this.opts.rootNamespace,
+    );
+    const body = {
+      trustDomain: this.opts.trustDomain,
+      rootNamespace: this.opts.rootNamespace,
+      workload: {
+        name: e.meta.labels["zmesh.dev/workload"] ?? e.meta.name,
+        namespace: e.meta.namespace,
+        serviceAccount: e.serviceAccount,
+        spiffeId: this.spiffeIdOf(e),
+        address: e.address,
+        labels: e.labels,
+      },
+      policies,
+      services: this.services,
+    };
+    const version = createHash("sha256").update(JSON.stringify(body)).digest("hex").slice(0, 12);
+    return { version, ...body };
+  }
+}

@@ -1,0 +1,107 @@
+// The proxy's side of the control plane API: one config stream (ACK/NACK each push, keep the
+// last good, reconnect with backoff) and CSR signing. The control plane is authenticated by
+// its SPIFFE ID; the proxy by its bootstrap credential.
+
+import * as grpc from "@grpc/grpc-js";
+import {
+  AUTH_METADATA,
+  type ConfigAck,
+  type ConfigPush,
+  MeshCAClient,
+  MeshConfigClient,
+  type SignResponse,
+} from "../api/index.js";
+import { spiffeIdFromCertDer } from "../identity/index.js";
+
+export interface ClientOptions {
+  address: string;
+  trustBundlePem: string;
+  credential: string;
+  expectedServerId: string;
+}
+
+export class ControlPlaneClient {
+  private readonly ca: grpc.Client & Record<string, grpc.MethodDefinition<unknown, unknown> | unknown>;
+  private readonly cfg: grpc.Client & Record<string, unknown>;
+  private closed = false;
+  private call: grpc.ClientDuplexStream<ConfigAck, ConfigPush> | undefined;
+  private retry: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: ClientOptions) {
+    const ssl = grpc.credentials.createSsl(Buffer.from(opts.trustBundlePem), null, null, {
+      checkServerIdentity: (_host, cert) => {
+        try {
+          const id = spiffeIdFromCertDer(cert.raw);
+          if (id !== opts.expectedServerId)
+            return new Error(`control plane presented ${id}, expected ${opts.expectedServerId}`);
+          return undefined;
+        } catch (e) {
+          return e as Error;
+        }
+      },
+    });
+    const callCreds = grpc.credentials.createFromMetadataGenerator((_p, cb) => {
+      const md = new grpc.Metadata();
+      md.set(AUTH_METADATA, `Bearer ${opts.credential}`);
+      cb(null, md);
+    });
+    const creds = grpc.credentials.combineChannelCredentials(ssl, callCreds);
+    const options = { "grpc.ssl_target_name_override": "zmesh-controlplane", "grpc.keepalive_time_ms": 20_000 };
+    const CA = MeshCAClient();
+    const Cfg = MeshConfigClient();
+    this.ca = new CA(opts.address, creds, options) as never;
+    this.cfg = new Cfg(opts.address, creds, options) as never;
+  }
+
+  sign(csrPem: string, ttlSeconds = 0): Promise<SignResponse> {
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + 10_000);
+      (this.ca["Sign"] as (...a: unknown[]) => void)(
+        { csrPem, ttlSeconds },
+        { deadline },
+        (err: grpc.ServiceError | null, res: SignResponse) => (err ? reject(err) : resolve(res)),
+      );
+    });
+  }
+
+  /**
+   * Keeps a config stream open. `apply` returns undefined to ACK a push or the NACK reason.
+   * `onDisconnect` is told each time the stream drops (the proxy keeps enforcing meanwhile).
+   */
+  subscribe(apply: (push: ConfigPush) => string | undefined, onDisconnect: (why: string) => void): void {
+    let backoff = 250;
+    let applied = "";
+    const open = () => {
+      if (this.closed) return;
+      const call = (this.cfg["Stream"] as () => grpc.ClientDuplexStream<ConfigAck, ConfigPush>)();
+      this.call = call;
+      call.write({ version: applied, nonce: "", error: "" });
+      call.on("data", (push: ConfigPush) => {
+        backoff = 250;
+        const error = apply(push);
+        if (!error) applied = push.version;
+        call.write({ version: applied, nonce: push.nonce, error: error ?? "" });
+      });
+      let done = false;
+      const again = (why: string) => {
+        if (done) return;
+        done = true;
+        if (this.closed) return;
+        onDisconnect(why);
+        this.retry = setTimeout(open, backoff);
+        backoff = Math.min(backoff * 2, 5_000);
+      };
+      call.on("error", (e: grpc.ServiceError) => again(e.details || e.message));
+      call.on("end", () => again("stream ended"));
+    };
+    open();
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.retry);
+    this.call?.cancel();
+    this.ca.close();
+    this.cfg.close();
+  }
+}

@@ -1,0 +1,162 @@
+// The sidecar process: connects to the control plane, obtains its SVID (key generated and kept
+// in memory), applies config pushes, and serves inbound, outbound, admin and health. Nothing
+// listens for workload traffic until it has both a certificate and a config: it fails closed.
+
+import { X509Certificate } from "node:crypto";
+import type { Server as HttpServer } from "node:http";
+import type { Server } from "node:net";
+import { parseSnapshot } from "../api/index.js";
+import { PORTS } from "../config/index.js";
+import { type Logger, logger } from "../diag/index.js";
+import { generateCsr } from "../identity/index.js";
+import { adminEndpoints, adminServer, healthServer } from "./admin.js";
+import { ControlPlaneClient } from "./client.js";
+import { Inbound } from "./inbound.js";
+import { type OriginalDst, originalDst } from "./origdst.js";
+import { Outbound } from "./outbound.js";
+import { ProxyState } from "./state.js";
+
+export interface ProxyOptions {
+  controlPlane: string;
+  trustBundlePem: string;
+  credential: string;
+  controlPlaneId: string;
+  /** Listen addresses; port 0 lets the OS choose (tests). */
+  inbound?: { host: string; port: number };
+  outbound?: { host: string; port: number };
+  admin?: { host: string; port: number };
+  health?: { host: string; port: number };
+  appHost?: string;
+  originalDst?: OriginalDst;
+  certTtlSeconds?: number;
+  log?: Logger;
+}
+
+function listen(server: Server, at: { host: string; port: number }): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at.port, at.host, () => {
+      server.off("error", reject);
+      const a = server.address();
+      resolve(typeof a === "object" && a ? a.port : at.port);
+    });
+  });
+}
+
+export class Proxy {
+  readonly state = new ProxyState();
+  readonly ports = { inbound: 0, outbound: 0, admin: 0, health: 0 };
+  private readonly log: Logger;
+  private readonly client: ControlPlaneClient;
+  private readonly inbound: Inbound;
+  private readonly outbound: Outbound;
+  private readonly admin: HttpServer;
+  private readonly health: HttpServer;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewing: Promise<void> | undefined;
+  private trafficUp = false;
+  private closed = false;
+  private readyWaiters: (() => void)[] = [];
+
+  constructor(private readonly opts: ProxyOptions) {
+    this.log = opts.log ?? logger("proxy");
+    const od = opts.originalDst ?? originalDst;
+    this.client = new ControlPlaneClient({
+      address: opts.controlPlane,
+      trustBundlePem: opts.trustBundlePem,
+      credential: opts.credential,
+      expectedServerId: opts.controlPlaneId,
+    });
+    this.inbound = new Inbound(this.state, od, this.log, opts.appHost);
+    this.outbound = new Outbound(this.state, od, this.log);
+    this.admin = adminServer(adminEndpoints(this.state, () => void this.close()));
+    this.health = healthServer(this.state);
+  }
+
+  /** Starts admin and health, then waits for config and certificate before taking traffic. */
+  async start(): Promise<void> {
+    this.ports.admin = await listen(this.admin, this.opts.admin ?? { host: "127.0.0.1", port: PORTS.proxyAdmin });
+    this.ports.health = await listen(this.health, this.opts.health ?? { host: "0.0.0.0", port: PORTS.proxyHealth });
+    this.client.subscribe(
+      (push) => {
+        try {
+          const snap = parseSnapshot(push.snapshotJson);
+          const prev = this.state.snapshot?.workload.spiffeId;
+          this.state.applySnapshot(snap);
+          this.log.info({ version: snap.version, policies: snap.policies.length, services: snap.services.length }, "config applied");
+          if (prev !== snap.workload.spiffeId) void this.renew();
+          return undefined;
+        } catch (e) {
+          this.log.error({ version: push.version, err: (e as Error).message }, "config rejected; keeping the last good one");
+          return (e as Error).message;
+        }
+      },
+      (why) => this.log.warn({ why }, "control plane stream lost; enforcing last good config, reconnecting"),
+    );
+    this.state.onChange(() => {
+      if (this.state.ready && !this.trafficUp) void this.openTraffic();
+    });
+  }
+
+  private async openTraffic(): Promise<void> {
+    this.trafficUp = true;
+    this.ports.inbound = await listen(this.inbound.server, this.opts.inbound ?? { host: "0.0.0.0", port: PORTS.inboundCapture });
+    this.ports.outbound = await listen(this.outbound.server, this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture });
+    this.log.info({ ports: this.ports, spiffeId: this.state.snapshot?.workload.spiffeId }, "proxy ready");
+    for (const w of this.readyWaiters.splice(0)) w();
+  }
+
+  ready(): Promise<void> {
+    if (this.trafficUp && this.ports.outbound) return Promise.resolve();
+    return new Promise((r) => this.readyWaiters.push(r));
+  }
+
+  /** Gets a fresh SVID for the identity in the config; renews at about half its life, with jitter. */
+  renew(): Promise<void> {
+    this.renewing ??= this.doRenew().finally(() => {
+      this.renewing = undefined;
+    });
+    return this.renewing;
+  }
+
+  private async doRenew(): Promise<void> {
+    const id = this.state.snapshot?.workload.spiffeId;
+    if (!id || this.closed) return;
+    clearTimeout(this.renewTimer);
+    try {
+      const csr = await generateCsr(id);
+      const res = await this.client.sign(csr.csrPem, this.opts.certTtlSeconds ?? 0);
+      const leaf = new X509Certificate(res.certChainPem[0]!);
+      const notAfter = new Date(leaf.validTo);
+      this.state.setCertificate({
+        keyPem: csr.keyPem,
+        chainPem: res.certChainPem,
+        trustBundlePem: res.trustBundlePem,
+        notAfter,
+        serial: leaf.serialNumber,
+      });
+      const life = notAfter.getTime() - Date.now();
+      const wait = Math.max(1_000, life * (0.45 + Math.random() * 0.1));
+      this.renewTimer = setTimeout(() => void this.renew(), wait);
+      this.renewTimer.unref();
+      this.log.info({ spiffeId: id, serial: leaf.serialNumber, notAfter, renewInMs: Math.round(wait) }, "certificate installed");
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, "certificate request failed; retrying in 2s");
+      this.renewTimer = setTimeout(() => void this.renew(), 2_000);
+      this.renewTimer.unref();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.renewTimer);
+    this.client.close();
+    await Promise.all([this.inbound.close(), this.outbound.close()]);
+    this.admin.close();
+    this.health.close();
+    this.admin.closeAllConnections();
+    this.health.closeAllConnections();
+    this.log.info("proxy stopped");
+  }
+}

@@ -1,0 +1,33 @@
+// The one place where an HTTP listener's failures become wire responses. Each failure has a
+// fixed flag that the access log and (later) metrics carry unchanged, so a response, its log
+// line and its counter always agree.
+
+import type { ServerResponse } from "node:http";
+
+export const FLAGS = {
+  RBAC_DENIED: { status: 403, body: "RBAC: access denied" },
+  BAD_REQUEST: { status: 400, body: "bad request" },
+  NO_ROUTE: { status: 502, body: "no service of the mesh at this address" },
+  SECURE_NAMING: { status: 503, body: "upstream presented an identity the service may not run as" },
+  UPSTREAM_FAILURE: { status: 503, body: "upstream connect error or disconnect" },
+  NOT_READY: { status: 503, body: "proxy not ready" },
+} as const;
+
+export type Flag = keyof typeof FLAGS;
+
+/** Writes the fixed response of a flag (or destroys the socket if headers already went). */
+export function rescueHttp(res: ServerResponse, flag: Flag, requestId: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const { status, body } = FLAGS[flag];
+  const text = `${body} (request id ${requestId})\n`;
+  res.writeHead(status, {
+    "content-type": "text/plain; charset=utf-8",
+    "content-length": Buffer.byteLength(text),
+    "x-request-id": requestId,
+    "x-zmesh-flag": flag,
+  });
+  res.end(text);
+}
