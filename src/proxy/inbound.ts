@@ -154,7 +154,7 @@ export class Inbound {
     const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     this.app(peer.port)
       .request({
-        path: norm.path + norm.query,
+        path: norm.query ? `${norm.path}?${norm.query}` : norm.path,
         method: req.method as "GET",
         headers,
         body: hasBody ? req : null,

@@ -32,14 +32,22 @@ export class Outbound {
     this.server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
     this.server.on("connection", (s: Socket) => {
       s.setNoDelay(true);
-      if (!this.state.ready) return s.destroy(); // fail closed until cert and config are here
-      try {
-        this.dsts.set(s, this.originalDst(s));
-      } catch (e) {
-        this.log.warn({ err: (e as Error).message }, "outbound connection without original destination dropped");
-        s.destroy();
-      }
+      if (!this.state.ready) s.destroy(); // fail closed until cert and config are here
     });
+  }
+
+  /** The captured socket's original destination, read once per connection. */
+  private destination(s: Socket): Destination | undefined {
+    let d = this.dsts.get(s);
+    if (!d) {
+      try {
+        d = this.originalDst(s);
+        this.dsts.set(s, d);
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, "outbound connection without original destination");
+      }
+    }
+    return d;
   }
 
   /** A connector that does mTLS with the current SVID and checks the server's SPIFFE ID. */
@@ -121,7 +129,7 @@ export class Outbound {
   private request(req: IncomingMessage, res: ServerResponse): void {
     const start = process.hrtime.bigint();
     const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
-    const dst = this.dsts.get(req.socket);
+    const dst = this.destination(req.socket);
     const access = {
       direction: "outbound",
       requestId,

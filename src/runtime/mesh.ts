@@ -375,8 +375,8 @@ function asUser(uid: number): string[] {
 }
 
 /** An unmeshed namespace on the bridge (no sidecar, no capture): a stranger on the network. */
-export async function addUnmeshed(mesh: string, name: string): Promise<{ netns: string; address: string }> {
-  const state = await loadState(mesh);
+export async function addUnmeshed(state: MeshState, name: string): Promise<{ netns: string; address: string }> {
+  const mesh = state.name;
   const existing = state.unmeshed.find((u) => u.name === name);
   if (existing) return existing;
   const u = { name, netns: `${netnsPrefix(mesh)}unmeshed-${name}`, address: podAddress(state.net, state.nextAddress++) };

@@ -58,7 +58,7 @@ function explain(entries: AccessEntry[], id: string, status: number): string {
 /** Plays the story on a running mesh; returns every outcome (the test checks them too). */
 export async function playStory(state: MeshState, print: (l: string) => void): Promise<Outcome[]> {
   const payments = findInstance(state, "payments");
-  const intruder = await addUnmeshed(state.name, "intruder");
+  const intruder = await addUnmeshed(state, "intruder");
   const stopCapture = await startCapture(state, [intruder.address]).catch(() => undefined);
   const outcomes: Outcome[] = [];
   let n = 0;

@@ -1,0 +1,166 @@
+// The in-process harness: a real control plane and real proxies on loopback, ports chosen by
+// the OS, with the one thing iptables would do (tell a captured socket its original
+// destination) done by a table the test fills. Shared by every test above the unit tier.
+
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import { connect, createServer as createNetServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import { Proxy } from "../../src/proxy/index.js";
+
+export const quiet = pino({ level: "silent" });
+
+export async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+}
+
+/** A plain HTTP app that answers `<name> <method> <url>` and remembers what reached it. */
+export async function app(name: string): Promise<{ port: number; seen: SeenRequest[]; server: Server }> {
+  const seen: SeenRequest[] = [];
+  const server = createServer((req, res) => {
+    seen.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
+    req.resume();
+    req.on("end", () => res.end(`${name} ${req.method} ${req.url}`));
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { port: (server.address() as { port: number }).port, seen, server };
+}
+
+export interface MeshFixture {
+  dir: string;
+  cp: ControlPlane;
+  tokens: Map<string, string>;
+  /** Tells the outbound proxies where a client socket (by its local port) meant to go. */
+  intents: Map<number, { address: string; port: number }>;
+  proxies: Proxy[];
+  close(): Promise<void>;
+}
+
+/** Starts a control plane over the given YAML; `instances` lists the workload entries to mint tokens for. */
+export async function controlPlane(yaml: string, instances: { namespace: string; name: string }[]): Promise<MeshFixture> {
+  const dir = await mkdtemp(join(tmpdir(), "zmesh-test-"));
+  await writeFile(join(dir, "mesh.yaml"), yaml);
+  const tokens = new Map<string, string>();
+  const table: Record<string, { namespace: string; entry: string }> = {};
+  for (const i of instances) {
+    const t = randomBytes(24).toString("base64url");
+    tokens.set(`${i.namespace}/${i.name}`, t);
+    table[tokenDigest(t)] = { namespace: i.namespace, entry: i.name };
+  }
+  await writeFile(join(dir, "tokens.json"), JSON.stringify(table));
+  const cp = await ControlPlane.start({
+    configPaths: [join(dir, "mesh.yaml")],
+    listen: "127.0.0.1:0",
+    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    watch: false,
+    log: quiet,
+  });
+  const fixture: MeshFixture = {
+    dir,
+    cp,
+    tokens,
+    intents: new Map(),
+    proxies: [],
+    async close() {
+      await Promise.all(fixture.proxies.map((p) => p.close()));
+      await cp.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return fixture;
+}
+
+/**
+ * A proxy for one workload entry. Its inbound listens on `inboundPort` and forwards to
+ * `appPort` on 127.0.0.1 (as if iptables had redirected a connection to that app port).
+ */
+export async function proxy(
+  mesh: MeshFixture,
+  entry: string,
+  opts: { inboundPort: number; appPort?: number },
+): Promise<Proxy> {
+  const credential = mesh.tokens.get(entry);
+  if (!credential) throw new Error(`no token for ${entry}`);
+  const p = new Proxy({
+    controlPlane: `127.0.0.1:${mesh.cp.port}`,
+    trustBundlePem: mesh.cp.ca.trustBundlePem(),
+    credential,
+    controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+    inbound: { host: "127.0.0.1", port: opts.inboundPort },
+    outbound: { host: "127.0.0.1", port: 0 },
+    admin: { host: "127.0.0.1", port: 0 },
+    health: { host: "127.0.0.1", port: 0 },
+    originalDst: (s: Socket) => {
+      if (s.localPort === opts.inboundPort) return { address: "127.0.0.1", port: opts.appPort ?? 0 };
+      const intent = mesh.intents.get(s.remotePort ?? -1);
+      if (!intent) throw new Error("no intent registered for this socket");
+      return intent;
+    },
+    log: quiet,
+  });
+  mesh.proxies.push(p);
+  await p.start();
+  await p.ready();
+  return p;
+}
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** Sends one HTTP/1.1 request through a proxy's outbound port as if the app had called `dst`. */
+export function call(
+  mesh: MeshFixture,
+  via: Proxy,
+  dst: { address: string; port: number },
+  req: { method?: string; path?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const sock = connect({ host: "127.0.0.1", port: via.ports.outbound });
+    sock.once("connect", () => {
+      mesh.intents.set(sock.localPort!, dst);
+      const body = req.body ?? "";
+      const head = [
+        `${req.method ?? "GET"} ${req.path ?? "/"} HTTP/1.1`,
+        `host: ${dst.address}`,
+        "connection: close",
+        `content-length: ${Buffer.byteLength(body)}`,
+        ...Object.entries(req.headers ?? {}).map(([k, v]) => `${k}: ${v}`),
+      ];
+      sock.write(`${head.join("\r\n")}\r\n\r\n${body}`);
+    });
+    let data = "";
+    sock.on("data", (d: Buffer) => {
+      data += d.toString("latin1");
+    });
+    sock.on("error", reject);
+    sock.on("close", () => {
+      const [headText = "", ...rest] = data.split("\r\n\r\n");
+      const [statusLine = "", ...lines] = headText.split("\r\n");
+      const headers: Record<string, string> = {};
+      for (const l of lines) {
+        const i = l.indexOf(":");
+        if (i > 0) headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim();
+      }
+      resolve({ status: Number(statusLine.split(" ")[1] ?? 0), headers, body: rest.join("\r\n\r\n") });
+    });
+  });
+}

@@ -1,0 +1,179 @@
+// The thin path in one process: a real control plane (CA, config stream) and real proxies on
+// loopback. What iptables does in a namespace, the harness does with a table of intents.
+import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { after, before, describe, it } from "node:test";
+import * as grpc from "@grpc/grpc-js";
+import { MeshCAClient } from "../src/api/index.js";
+import { generateCsr } from "../src/identity/index.js";
+import type { Proxy } from "../src/proxy/index.js";
+import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+
+function meshYaml(ports: { catalog: number; payments: number; impostor: number }): string {
+  const entry = (name: string, sa: string, app: string) => `
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: ${name}, namespace: shop, labels: { app: ${app} } }
+spec: { address: 127.0.0.1, serviceAccount: ${sa}, labels: { app: ${app} } }
+---`;
+  const svc = (name: string, app: string, vip: string, target: number) => `
+apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: shop }
+spec:
+  selector: { app: ${app} }
+  clusterIP: ${vip}
+  ports: [{ name: http, port: 80, targetPort: ${target} }]
+---`;
+  return `${entry("frontend", "frontend", "frontend")}${entry("catalog", "catalog", "catalog")}${entry("payments", "payments", "payments")}
+${svc("catalog", "catalog", "198.19.0.10", ports.catalog)}${svc("payments", "payments", "198.19.0.11", ports.payments)}
+${svc("impostor", "catalog", "198.19.0.12", ports.impostor)}
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: catalog-readers, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/shop/sa/frontend"] } }]
+      to: [{ operation: { methods: ["GET"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: payments-from-orders, namespace: shop }
+spec:
+  selector: { matchLabels: { app: payments } }
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/shop/sa/orders"] } }]
+      to: [{ operation: { methods: ["POST"], paths: ["/charge"] } }]
+`;
+}
+
+describe("thin path in process", () => {
+  let mesh: MeshFixture;
+  let frontend: Proxy;
+  let catalogApp: Awaited<ReturnType<typeof app>>;
+  let paymentsApp: Awaited<ReturnType<typeof app>>;
+  const catalog = { address: "198.19.0.10", port: 80 };
+  const payments = { address: "198.19.0.11", port: 80 };
+
+  before(async () => {
+    catalogApp = await app("catalog");
+    paymentsApp = await app("payments");
+    const ports = { catalog: await freePort(), payments: await freePort() };
+    // The impostor service selects catalog's labels but its port leads to the payments proxy.
+    mesh = await controlPlane(meshYaml({ ...ports, impostor: ports.payments }), [
+      { namespace: "shop", name: "frontend" },
+      { namespace: "shop", name: "catalog" },
+      { namespace: "shop", name: "payments" },
+    ]);
+    frontend = await proxy(mesh, "shop/frontend", { inboundPort: await freePort() });
+    await proxy(mesh, "shop/catalog", { inboundPort: ports.catalog, appPort: catalogApp.port });
+    await proxy(mesh, "shop/payments", { inboundPort: ports.payments, appPort: paymentsApp.port });
+  });
+
+  after(async () => {
+    await mesh.close();
+    catalogApp.server.close();
+    paymentsApp.server.close();
+  });
+
+  it("an allowed call reaches the app over mTLS and the app learns the caller's identity", async () => {
+    const r = await call(mesh, frontend, catalog, { path: "/items?x=1" });
+    assert.equal(r.status, 200);
+    assert.equal(r.body, "catalog GET /items?x=1");
+    const seen = catalogApp.seen.at(-1)!;
+    assert.match(String(seen.headers["x-forwarded-client-cert"]), /URI=spiffe:\/\/cluster\.local\/ns\/shop\/sa\/frontend$/);
+    assert.ok(seen.headers["x-request-id"]);
+  });
+
+  it("a call no policy allows gets 403 and never reaches the app", async () => {
+    const before = paymentsApp.seen.length;
+    const r = await call(mesh, frontend, payments, { method: "POST", path: "/charge" });
+    assert.equal(r.status, 403);
+    assert.match(r.body, /^RBAC: access denied/);
+    assert.equal(r.headers["x-zmesh-flag"], "RBAC_DENIED");
+    assert.equal(paymentsApp.seen.length, before);
+  });
+
+  it("a method the policy does not list is denied", async () => {
+    const r = await call(mesh, frontend, catalog, { method: "DELETE", path: "/items" });
+    assert.equal(r.status, 403);
+  });
+
+  it("a caller-supplied X-Forwarded-Client-Cert is replaced, not passed on", async () => {
+    await call(mesh, frontend, catalog, {
+      path: "/spoof",
+      headers: { "x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/shop/sa/orders" },
+    });
+    const seen = catalogApp.seen.at(-1)!;
+    assert.equal(seen.url, "/spoof");
+    assert.doesNotMatch(String(seen.headers["x-forwarded-client-cert"]), /sa\/orders/);
+  });
+
+  it("secure naming: a server with an identity the service may not run as is refused", async () => {
+    const before = paymentsApp.seen.length;
+    const r = await call(mesh, frontend, { address: "198.19.0.12", port: 80 });
+    assert.equal(r.status, 503);
+    assert.equal(r.headers["x-zmesh-flag"], "SECURE_NAMING");
+    assert.equal(paymentsApp.seen.length, before);
+  });
+
+  it("an address that is no service gets 502 from the caller's own proxy", async () => {
+    const r = await call(mesh, frontend, { address: "198.19.9.9", port: 80 });
+    assert.equal(r.status, 502);
+    assert.equal(r.headers["x-zmesh-flag"], "NO_ROUTE");
+  });
+
+  it("plaintext to an inbound port never reaches the app", async () => {
+    const before = catalogApp.seen.length;
+    const port = mesh.proxies[1]!.ports.inbound;
+    const answer = await new Promise<string>((resolve) => {
+      const s = connect({ host: "127.0.0.1", port }, () => s.write("GET /items HTTP/1.1\r\nhost: catalog\r\n\r\n"));
+      let data = "";
+      s.on("data", (d: Buffer) => {
+        data += d.toString("latin1");
+      });
+      s.on("error", () => resolve(data));
+      s.on("close", () => resolve(data));
+    });
+    assert.doesNotMatch(answer, /HTTP\/1\.1 200/);
+    assert.equal(catalogApp.seen.length, before);
+  });
+
+  it("the CA refuses a CSR for an identity the caller did not prove", async () => {
+    const csr = await generateCsr("spiffe://cluster.local/ns/shop/sa/payments");
+    const err = await sign(mesh, mesh.tokens.get("shop/frontend")!, csr.csrPem);
+    assert.equal(err?.code, grpc.status.PERMISSION_DENIED);
+    assert.match(err?.details ?? "", /ZMESH_CSR_IDENTITY/);
+  });
+
+  it("the control plane refuses calls without a valid credential", async () => {
+    const csr = await generateCsr("spiffe://cluster.local/ns/shop/sa/frontend");
+    const err = await sign(mesh, "not-a-real-token-at-all", csr.csrPem);
+    assert.equal(err?.code, grpc.status.UNAUTHENTICATED);
+  });
+});
+
+function sign(mesh: MeshFixture, token: string, csrPem: string): Promise<grpc.ServiceError | null> {
+  const ssl = grpc.credentials.createSsl(Buffer.from(mesh.cp.ca.trustBundlePem()), null, null, {
+    checkServerIdentity: () => undefined,
+  });
+  const md = grpc.credentials.createFromMetadataGenerator((_p, cb) => {
+    const m = new grpc.Metadata();
+    m.set("authorization", `Bearer ${token}`);
+    cb(null, m);
+  });
+  const Client = MeshCAClient();
+  const client = new Client(`127.0.0.1:${mesh.cp.port}`, grpc.credentials.combineChannelCredentials(ssl, md), {
+    "grpc.ssl_target_name_override": "zmesh-controlplane",
+  });
+  return new Promise((resolve) => {
+    (client as unknown as { Sign: (r: unknown, cb: (e: grpc.ServiceError | null) => void) => void }).Sign(
+      { csrPem, ttlSeconds: 0 },
+      (e) => {
+        client.close();
+        resolve(e);
+      },
+    );
+  });
+}
