@@ -1,4 +1,4 @@
-// Watches the bytes that cross a mesh's bridge (tcpdump) and says whether any of them were
+// Watches the bytes that cross a mesh's network (tcpdump) and says whether any of them were
 // plaintext HTTP: the proof that traffic between sidecars is encrypted.
 
 import { spawn } from "node:child_process";
@@ -26,14 +26,17 @@ export function scanPcap(buf: Buffer): CaptureReport {
   if (buf.length < 24) return report;
   const le = buf.readUInt32LE(0) === 0xa1b2c3d4;
   const u32 = (o: number) => (le ? buf.readUInt32LE(o) : buf.readUInt32BE(o));
+  // Link layers: Ethernet (1), Linux cooked v1 (113) and v2 (276) as `-i any` writes them.
+  const link = u32(20);
+  const [hdr, protoAt] = link === 113 ? [16, 14] : link === 276 ? [20, 0] : [14, 12];
   let off = 24;
   while (off + 16 <= buf.length) {
     const incl = u32(off + 8);
     const pkt = buf.subarray(off + 16, off + 16 + incl);
     off += 16 + incl;
     report.packets++;
-    if (pkt.length < 14 + 20 || pkt.readUInt16BE(12) !== 0x0800) continue;
-    const ip = pkt.subarray(14);
+    if (pkt.length < hdr + 20 || pkt.readUInt16BE(protoAt) !== 0x0800) continue;
+    const ip = pkt.subarray(hdr);
     const ihl = (ip[0]! & 0x0f) * 4;
     if (ip[9] !== 6) continue;
     const totalLen = ip.readUInt16BE(2);
@@ -49,7 +52,7 @@ export function scanPcap(buf: Buffer): CaptureReport {
 }
 
 /**
- * Starts capturing TCP on the bridge, leaving out the health checks the host makes and any
+ * Starts capturing TCP between the mesh's pods, leaving out the health checks the host makes and any
  * address in `exclude` (an unmeshed stranger, whose own plaintext is not the mesh's traffic).
  */
 export async function startCapture(state: MeshState, exclude: string[] = []): Promise<() => Promise<CaptureReport>> {
@@ -57,8 +60,13 @@ export async function startCapture(state: MeshState, exclude: string[] = []): Pr
     throw new ZmeshError("ZMESH_MISSING_TOOL", "tcpdump not found; install it with: apt-get install -y tcpdump");
   }
   const file = join(state.stateDir, `capture-${process.pid}-${Date.now()}.pcap`);
-  const filter = ["tcp", "and", "not", "port", String(PORTS.proxyHealth), ...exclude.flatMap((a) => ["and", "not", "host", a])];
-  const child = spawn("tcpdump", ["-i", state.net.bridge, "-n", "-s", "0", "-U", "-w", file, ...filter], {
+  // A bridge device only shows frames for its own stack, not those it switches between ports
+  // once it has learned their MACs, so listen on every interface, filtered to this mesh's pods.
+  const pods = `${state.net.gateway.replace(/\.1$/, ".0")}/20`;
+  const filter = ["tcp", "and", "net", pods, "and", "not", "port", String(PORTS.proxyHealth), ...exclude.flatMap((a) => ["and", "not", "host", a])];
+  // --immediate-mode: without it, packets can sit in a kernel block until tcpdump exits unread.
+  // -Q out: each frame once, as it leaves the port towards its destination.
+  const child = spawn("tcpdump", ["-Z", "root", "--immediate-mode", "-Q", "out", "-i", "any", "-n", "-s", "0", "-U", "-w", file, ...filter], {
     stdio: ["ignore", "ignore", "pipe"],
   });
   await new Promise<void>((resolve, reject) => {

@@ -1,0 +1,122 @@
+// End to end, as root: the shop example in real network namespaces with iptables capture,
+// real sidecar processes and the control plane. Skips, visibly, when not root.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { playStory } from "../../src/cli/commands/demo.js";
+import {
+  addUnmeshed,
+  appLog,
+  down,
+  exec,
+  findInstance,
+  leftovers,
+  type MeshState,
+  proxyLog,
+  startCapture,
+  up,
+  zmeshPids,
+} from "../../src/runtime/index.js";
+
+const ROOT = process.getuid?.() === 0;
+const MESH = "zmtest";
+const SHOP = join(import.meta.dirname ?? ".", "..", "..", "..", "examples", "shop");
+
+async function curl(state: MeshState, who: string, args: string[]): Promise<{ status: string; body: string }> {
+  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], { timeoutMs: 10_000 });
+  const lines = r.stdout.split("\n");
+  return { status: lines.pop() ?? "", body: lines.join("\n") };
+}
+
+describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does" }, () => {
+  let state: MeshState;
+
+  before(async () => {
+    state = await up(SHOP, { name: MESH });
+  });
+
+  after(async () => {
+    if (state) await down(MESH, { quiet: true });
+  });
+
+  it("an allowed call succeeds: frontend GETs the catalog through both sidecars", async () => {
+    const r = await curl(state, "frontend", ["http://catalog/items"]);
+    assert.equal(r.status, "200");
+    assert.match(r.body, /"tea"/);
+    const e = (await proxyLog(state, "catalog")).filter((x) => x.msg === "access").at(-1);
+    assert.equal(e?.source, "spiffe://cluster.local/ns/shop/sa/frontend");
+    assert.equal(e?.decision, "allow");
+    assert.equal(e?.policy, "shop/catalog-readers");
+  });
+
+  it("service names resolve in every form inside a workload", async () => {
+    for (const host of ["catalog", "catalog.shop", "catalog.shop.svc.cluster.local"]) {
+      assert.equal((await curl(state, "frontend", [`http://${host}/items`])).status, "200", host);
+    }
+  });
+
+  it("a call the policies do not allow (frontend -> payments) gets 403 and the app never sees it", async () => {
+    const r = await curl(state, "frontend", ["-X", "POST", "http://payments/charge?probe=lateral-1"]);
+    assert.equal(r.status, "403");
+    assert.match(r.body, /RBAC: access denied/);
+    assert.doesNotMatch(await appLog(state, "payments"), /lateral-1/);
+  });
+
+  it("the whole chain works: frontend -> orders -> payments", async () => {
+    const r = await curl(state, "frontend", ["http://localhost:8080/"]);
+    assert.equal(r.status, "200");
+    assert.deepEqual(JSON.parse(r.body).orderBody, { order: "created", charge: 200 });
+  });
+
+  it("a plaintext connection from an unmeshed namespace to an app port does not reach the app", async () => {
+    const intruder = await addUnmeshed(state, "intruder");
+    const payments = findInstance(state, "payments");
+    const r = await curl(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=intruder-1`]);
+    assert.equal(r.status, "000", "no HTTP response at all");
+    assert.doesNotMatch(await appLog(state, "payments"), /intruder-1/);
+    assert.ok(intruder.address.startsWith("198.18."));
+  });
+
+  it("the bytes crossing the bridge are TLS, with no plaintext HTTP in a capture", async () => {
+    const stop = await startCapture(state);
+    for (let i = 0; i < 3; i++) assert.equal((await curl(state, "frontend", ["http://localhost:8080/"])).status, "200");
+    // The detector must see plaintext when there is some: the intruder's probe is the control.
+    const payments = findInstance(state, "payments");
+    await curl(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=wire`]);
+    const report = await stop();
+    assert.ok(report.tlsRecords >= 6, `expected TLS records, saw ${report.tlsRecords} in ${report.packets} packets`);
+    assert.ok(report.plaintextHttp.length > 0, "the intruder's plaintext probe was not seen: the capture is blind");
+    assert.deepEqual(
+      report.plaintextHttp.filter((l) => !l.includes("probe=wire")),
+      [],
+      "plaintext HTTP between meshed workloads",
+    );
+  });
+
+  it("the demo story stops every attack and lets normal traffic through", async () => {
+    const lines: string[] = [];
+    const outcomes = await playStory(state, (l) => lines.push(l));
+    const normal = outcomes.filter((o) => o.attempt.what === "normal traffic");
+    const attacks = outcomes.filter((o) => o.attempt.what !== "normal traffic");
+    assert.equal(normal.length, 3);
+    assert.ok(normal.every((o) => o.allowed), lines.join("\n"));
+    assert.ok(attacks.length >= 6);
+    assert.ok(attacks.every((o) => !o.allowed), lines.join("\n"));
+    assert.ok(attacks.every((o) => o.explanation !== ""), "every stop is explained");
+    assert.ok(lines.some((l) => l.includes("no plaintext HTTP")), lines.join("\n"));
+  });
+
+  it("after zmesh down no namespace, interface, iptables rule, process or file of the mesh is left", async () => {
+    const netnsList = state.instances.map((i) => i.netns);
+    await down(MESH);
+    assert.deepEqual(await leftovers(MESH), []);
+    assert.deepEqual(zmeshPids(MESH), []);
+    for (const i of state.instances) {
+      for (const pid of [i.proxyPid, i.appPid]) assert.equal(existsSync(`/proc/${pid}`), false, `pid ${pid} still runs`);
+    }
+    assert.equal(existsSync(`/proc/${state.controlPlane.pid}`), false);
+    for (const ns of netnsList) assert.equal(existsSync(`/etc/netns/${ns}`), false);
+    assert.equal(existsSync(state.stateDir), false);
+  });
+});
