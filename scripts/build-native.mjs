@@ -8,7 +8,9 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const nodedir = process.env.npm_config_nodedir || dirname(dirname(process.execPath));
 if (!existsSync(join(nodedir, "include", "node", "node_api.h"))) {
-  console.error(`zmesh: Node headers not found under ${nodedir}/include/node; set npm_config_nodedir to a Node source or headers directory.`);
+  console.error(
+    `zmesh: Node headers not found under ${nodedir}/include/node; set npm_config_nodedir to a Node source or headers directory.`,
+  );
   process.exit(1);
 }
 const npmDir = join(dirname(process.execPath), "..", "lib", "node_modules", "npm");

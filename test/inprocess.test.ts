@@ -6,7 +6,7 @@ import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { MeshCAClient } from "../src/api/index.js";
 import { generateCsr } from "../src/identity/index.js";
-import type { Proxy } from "../src/proxy/index.js";
+import type { Sidecar } from "../src/proxy/index.js";
 import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
 
 function meshYaml(ports: { catalog: number; payments: number; impostor: number }): string {
@@ -50,7 +50,7 @@ spec:
 
 describe("thin path in process", () => {
   let mesh: MeshFixture;
-  let frontend: Proxy;
+  let frontend: Sidecar;
   let catalogApp: Awaited<ReturnType<typeof app>>;
   let paymentsApp: Awaited<ReturnType<typeof app>>;
   const catalog = { address: "198.19.0.10", port: 80 };
@@ -82,7 +82,10 @@ describe("thin path in process", () => {
     assert.equal(r.status, 200);
     assert.equal(r.body, "catalog GET /items?x=1");
     const seen = catalogApp.seen.at(-1)!;
-    assert.match(String(seen.headers["x-forwarded-client-cert"]), /URI=spiffe:\/\/cluster\.local\/ns\/shop\/sa\/frontend$/);
+    assert.match(
+      String(seen.headers["x-forwarded-client-cert"]),
+      /URI=spiffe:\/\/cluster\.local\/ns\/shop\/sa\/frontend$/,
+    );
     assert.ok(seen.headers["x-request-id"]);
   });
 
@@ -128,7 +131,9 @@ describe("thin path in process", () => {
     const before = catalogApp.seen.length;
     const port = mesh.proxies[1]!.ports.inbound;
     const answer = await new Promise<string>((resolve) => {
-      const s = connect({ host: "127.0.0.1", port }, () => s.write("GET /items HTTP/1.1\r\nhost: catalog\r\n\r\n"));
+      const s = connect({ host: "127.0.0.1", port }, () =>
+        s.write("GET /items HTTP/1.1\r\nhost: catalog\r\n\r\n"),
+      );
       let data = "";
       s.on("data", (d: Buffer) => {
         data += d.toString("latin1");
@@ -164,9 +169,13 @@ function sign(mesh: MeshFixture, token: string, csrPem: string): Promise<grpc.Se
     cb(null, m);
   });
   const Client = MeshCAClient();
-  const client = new Client(`127.0.0.1:${mesh.cp.port}`, grpc.credentials.combineChannelCredentials(ssl, md), {
-    "grpc.ssl_target_name_override": "zmesh-controlplane",
-  });
+  const client = new Client(
+    `127.0.0.1:${mesh.cp.port}`,
+    grpc.credentials.combineChannelCredentials(ssl, md),
+    {
+      "grpc.ssl_target_name_override": "zmesh-controlplane",
+    },
+  );
   return new Promise((resolve) => {
     (client as unknown as { Sign: (r: unknown, cb: (e: grpc.ServiceError | null) => void) => void }).Sign(
       { csrPem, ttlSeconds: 0 },

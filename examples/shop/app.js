@@ -16,7 +16,10 @@ const routes = {
     "GET /": async () => {
       const items = await call("GET", "http://catalog/items");
       const order = await call("POST", "http://orders/orders", JSON.stringify({ item: "tea", qty: 1 }));
-      return [200, { shop: "open", catalog: items.status, order: order.status, orderBody: safeJson(order.body) }];
+      return [
+        200,
+        { shop: "open", catalog: items.status, order: order.status, orderBody: safeJson(order.body) },
+      ];
     },
   },
   catalog: {
@@ -47,7 +50,14 @@ function safeJson(t) {
 
 createServer(async (req, res) => {
   const path = (req.url ?? "/").split("?")[0];
-  console.log(JSON.stringify({ app: name, method: req.method, path: req.url, xfcc: req.headers["x-forwarded-client-cert"] ?? null }));
+  console.log(
+    JSON.stringify({
+      app: name,
+      method: req.method,
+      path: req.url,
+      xfcc: req.headers["x-forwarded-client-cert"] ?? null,
+    }),
+  );
   const handler = routes[name]?.[`${req.method} ${path}`];
   let status = 404;
   let body = { error: `no route ${req.method} ${path}` };

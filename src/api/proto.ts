@@ -24,7 +24,16 @@ export interface ConfigAck {
   error: string;
 }
 
-const PROTO = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "proto", "zmesh", "v1", "mesh.proto");
+const PROTO = join(
+  dirname(fileURLToPath(import.meta.url)),
+  "..",
+  "..",
+  "..",
+  "proto",
+  "zmesh",
+  "v1",
+  "mesh.proto",
+);
 
 let loaded: grpc.GrpcObject | undefined;
 function pkg(): grpc.GrpcObject {

@@ -1,6 +1,14 @@
 // config: loads and validates mesh resources (YAML files now, the Kubernetes API later) and
 // holds the typed process settings. Errors name file, resource and field path.
-export { assemble, ConfigError, type ConfigProblem, formatProblem, loadConfig, type MeshConfig, parseYaml } from "./load.js";
+export {
+  assemble,
+  ConfigError,
+  type ConfigProblem,
+  formatProblem,
+  loadConfig,
+  type MeshConfig,
+  parseYaml,
+} from "./load.js";
 export type {
   AuthorizationPolicy,
   Meta,

@@ -60,7 +60,10 @@ function resourceName(raw: unknown): string | undefined {
 }
 
 /** Parses the YAML text of one file; `file` is only used in messages. */
-export function parseYaml(text: string, file: string): { documents: MeshConfig["documents"]; problems: ConfigProblem[] } {
+export function parseYaml(
+  text: string,
+  file: string,
+): { documents: MeshConfig["documents"]; problems: ConfigProblem[] } {
   const lineCounter = new LineCounter();
   const docs = parseAllDocuments(text, { lineCounter, uniqueKeys: true });
   const problems: ConfigProblem[] = [];
@@ -95,7 +98,10 @@ export function parseYaml(text: string, file: string): { documents: MeshConfig["
 }
 
 /** Combines documents into a MeshConfig, checking that no two share kind, namespace and name. */
-export function assemble(documents: MeshConfig["documents"]): { config: MeshConfig; problems: ConfigProblem[] } {
+export function assemble(documents: MeshConfig["documents"]): {
+  config: MeshConfig;
+  problems: ConfigProblem[];
+} {
   const config: MeshConfig = { workloads: [], services: [], workloadEntries: [], policies: [], documents };
   const problems: ConfigProblem[] = [];
   const seen = new Map<string, string>();
@@ -123,9 +129,12 @@ export function assemble(documents: MeshConfig["documents"]): { config: MeshConf
 
 async function yamlFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
-  for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+  for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
+    a.name.localeCompare(b.name),
+  )) {
     const p = join(dir, entry.name);
-    if (entry.isDirectory() && !entry.name.startsWith(".") && entry.name !== "node_modules") out.push(...(await yamlFiles(p)));
+    if (entry.isDirectory() && !entry.name.startsWith(".") && entry.name !== "node_modules")
+      out.push(...(await yamlFiles(p)));
     else if (entry.isFile() && [".yaml", ".yml"].includes(extname(entry.name))) out.push(p);
   }
   return out;
@@ -139,13 +148,19 @@ export async function loadConfig(paths: string[]): Promise<MeshConfig> {
     try {
       s = await stat(p);
     } catch {
-      throw new ZmeshError("ZMESH_CONFIG_PARSE", `${p}: no such file or directory; pass a directory of YAML resources`);
+      throw new ZmeshError(
+        "ZMESH_CONFIG_PARSE",
+        `${p}: no such file or directory; pass a directory of YAML resources`,
+      );
     }
     if (s.isDirectory()) files.push(...(await yamlFiles(p)));
     else files.push(p);
   }
   if (files.length === 0) {
-    throw new ZmeshError("ZMESH_CONFIG_PARSE", `${paths.join(", ")}: no .yaml or .yml files found; put your resources there`);
+    throw new ZmeshError(
+      "ZMESH_CONFIG_PARSE",
+      `${paths.join(", ")}: no .yaml or .yml files found; put your resources there`,
+    );
   }
   const all: MeshConfig["documents"] = [];
   const problems: ConfigProblem[] = [];

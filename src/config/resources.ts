@@ -2,7 +2,11 @@
 // Field paths in issues are relative to the resource ("spec.ports[0].port") so messages can
 // name file, resource and field together.
 
-import { type AuthorizationPolicySpec, type Issue, validateAuthorizationPolicySpec } from "../policy/index.js";
+import {
+  type AuthorizationPolicySpec,
+  type Issue,
+  validateAuthorizationPolicySpec,
+} from "../policy/index.js";
 
 export interface Meta {
   name: string;
@@ -96,12 +100,22 @@ function invalid(issues: Issues, path: string, message: string): void {
 function onlyFields(issues: Issues, obj: Record<string, unknown>, path: string, allowed: string[]): void {
   for (const k of Object.keys(obj)) {
     if (!allowed.includes(k)) {
-      invalid(issues, `${path}.${k}`, `unknown field "${k}"; the fields allowed here are ${allowed.join(", ")}`);
+      invalid(
+        issues,
+        `${path}.${k}`,
+        `unknown field "${k}"; the fields allowed here are ${allowed.join(", ")}`,
+      );
     }
   }
 }
 
-function stringMap(issues: Issues, v: unknown, path: string, keyRe: RegExp, valueRe: RegExp): Record<string, string> {
+function stringMap(
+  issues: Issues,
+  v: unknown,
+  path: string,
+  keyRe: RegExp,
+  valueRe: RegExp,
+): Record<string, string> {
   if (v === undefined || v === null) return {};
   if (!isObject(v)) {
     invalid(issues, path, "must be a map of strings, e.g. {app: orders}");
@@ -131,7 +145,11 @@ function readMeta(issues: Issues, raw: Record<string, unknown>, namespaced: bool
     return meta;
   }
   if (typeof m["name"] !== "string" || !DNS_LABEL.test(m["name"]) || m["name"].length > 63) {
-    invalid(issues, "metadata.name", "must be a DNS label: lower-case letters, digits and '-', at most 63 chars");
+    invalid(
+      issues,
+      "metadata.name",
+      "must be a DNS label: lower-case letters, digits and '-', at most 63 chars",
+    );
   } else meta.name = m["name"];
   if (namespaced && m["namespace"] !== undefined) {
     if (typeof m["namespace"] !== "string" || !DNS_LABEL.test(m["namespace"]))
@@ -179,7 +197,9 @@ function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, 
     ports.forEach((p, i) => {
       if (!isObject(p)) return invalid(issues, `spec.ports[${i}]`, "must be {containerPort: N, name?: text}");
       onlyFields(issues, p, `spec.ports[${i}]`, ["containerPort", "name"]);
-      const wp: WorkloadPort = { containerPort: port(issues, p["containerPort"], `spec.ports[${i}].containerPort`) };
+      const wp: WorkloadPort = {
+        containerPort: port(issues, p["containerPort"], `spec.ports[${i}].containerPort`),
+      };
       if (typeof p["name"] === "string") wp.name = p["name"];
       w.ports.push(wp);
     });
@@ -200,7 +220,8 @@ function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, 
 }
 
 function protocolOf(name: string | undefined, appProtocol: unknown): "http" | "tcp" {
-  const p = typeof appProtocol === "string" ? appProtocol.toLowerCase() : (name ?? "").split("-")[0]!.toLowerCase();
+  const p =
+    typeof appProtocol === "string" ? appProtocol.toLowerCase() : (name ?? "").split("-")[0]!.toLowerCase();
   if (p === "tcp") return "tcp";
   return "http";
 }
@@ -217,19 +238,30 @@ function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, s
     source,
   };
   if (spec["type"] !== undefined && spec["type"] !== "ClusterIP")
-    issues.push({ path: "spec.type", message: "only ClusterIP services are supported", code: "ZMESH_CONFIG_UNSUPPORTED" });
-  if (Object.keys(s.selector).length === 0) invalid(issues, "spec.selector", "is required: the labels of the workloads behind this service");
+    issues.push({
+      path: "spec.type",
+      message: "only ClusterIP services are supported",
+      code: "ZMESH_CONFIG_UNSUPPORTED",
+    });
+  if (Object.keys(s.selector).length === 0)
+    invalid(issues, "spec.selector", "is required: the labels of the workloads behind this service");
   const ports = spec["ports"];
-  if (!Array.isArray(ports) || ports.length === 0) invalid(issues, "spec.ports", "must list at least one {port: N}");
+  if (!Array.isArray(ports) || ports.length === 0)
+    invalid(issues, "spec.ports", "must list at least one {port: N}");
   else
     ports.forEach((p, i) => {
       const path = `spec.ports[${i}]`;
       if (!isObject(p)) return invalid(issues, path, "must be {port: N, targetPort?: N, name?: text}");
       onlyFields(issues, p, path, ["name", "port", "targetPort", "protocol", "appProtocol"]);
       if (p["protocol"] !== undefined && p["protocol"] !== "TCP")
-        issues.push({ path: `${path}.protocol`, message: "only TCP is supported", code: "ZMESH_CONFIG_UNSUPPORTED" });
+        issues.push({
+          path: `${path}.protocol`,
+          message: "only TCP is supported",
+          code: "ZMESH_CONFIG_UNSUPPORTED",
+        });
       const num = port(issues, p["port"], `${path}.port`);
-      const target = p["targetPort"] === undefined ? num : port(issues, p["targetPort"], `${path}.targetPort`);
+      const target =
+        p["targetPort"] === undefined ? num : port(issues, p["targetPort"], `${path}.targetPort`);
       const name = typeof p["name"] === "string" ? p["name"] : undefined;
       const sp: ServicePort = { port: num, targetPort: target, protocol: protocolOf(name, p["appProtocol"]) };
       if (name !== undefined) sp.name = name;
@@ -249,7 +281,12 @@ function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, s
   return s;
 }
 
-function readWorkloadEntry(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): WorkloadEntry {
+function readWorkloadEntry(
+  issues: Issues,
+  raw: Record<string, unknown>,
+  meta: Meta,
+  source: Source,
+): WorkloadEntry {
   const spec = isObject(raw["spec"]) ? raw["spec"] : {};
   onlyFields(issues, spec, "spec", ["address", "serviceAccount", "labels"]);
   const e: WorkloadEntry = {
@@ -265,11 +302,17 @@ function readWorkloadEntry(issues: Issues, raw: Record<string, unknown>, meta: M
   else e.address = spec["address"];
   if (typeof spec["serviceAccount"] === "string" && DNS_LABEL.test(spec["serviceAccount"]))
     e.serviceAccount = spec["serviceAccount"];
-  else if (spec["serviceAccount"] !== undefined) invalid(issues, "spec.serviceAccount", "must be a DNS label");
+  else if (spec["serviceAccount"] !== undefined)
+    invalid(issues, "spec.serviceAccount", "must be a DNS label");
   return e;
 }
 
-function readPolicy(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): AuthorizationPolicy {
+function readPolicy(
+  issues: Issues,
+  raw: Record<string, unknown>,
+  meta: Meta,
+  source: Source,
+): AuthorizationPolicy {
   const result = validateAuthorizationPolicySpec(raw["spec"] ?? {});
   for (const i of result.issues) issues.push(i);
   return {
@@ -306,7 +349,11 @@ export function readResource(raw: unknown, source: Source): { resource?: Resourc
     return { issues };
   }
   if (typeof apiVersion !== "string" || !versions.includes(apiVersion)) {
-    invalid(issues, "apiVersion", `${kind} needs apiVersion ${versions.join(" or ")}, not ${JSON.stringify(apiVersion)}`);
+    invalid(
+      issues,
+      "apiVersion",
+      `${kind} needs apiVersion ${versions.join(" or ")}, not ${JSON.stringify(apiVersion)}`,
+    );
     return { issues };
   }
   const meta = readMeta(issues, raw, true);

@@ -37,7 +37,12 @@ export class Registry {
           name: s.meta.name,
           namespace: ns,
           vip: s.clusterIP!,
-          hostnames: [s.meta.name, `${s.meta.name}.${ns}`, `${s.meta.name}.${ns}.svc`, `${s.meta.name}.${ns}.svc.cluster.local`],
+          hostnames: [
+            s.meta.name,
+            `${s.meta.name}.${ns}`,
+            `${s.meta.name}.${ns}.svc`,
+            `${s.meta.name}.${ns}.svc.cluster.local`,
+          ],
           ports: s.ports.map((p) => ({ port: p.port, targetPort: p.targetPort, protocol: p.protocol })),
           endpoints,
           allowedIds: [...new Set(endpoints.map((e) => e.spiffeId))].sort(),
@@ -56,7 +61,12 @@ export class Registry {
   /** The snapshot for one workload instance; its version is a digest of its content. */
   snapshotFor(e: WorkloadEntry): ProxySnapshot {
     const policies = selectPolicies(
-      this.config.policies.map((p) => ({ namespace: p.meta.namespace, name: p.meta.name, spec: p.spec, dryRun: p.dryRun })),
+      this.config.policies.map((p) => ({
+        namespace: p.meta.namespace,
+        name: p.meta.name,
+        spec: p.spec,
+        dryRun: p.dryRun,
+      })),
       { namespace: e.meta.namespace, labels: e.labels },
       this.opts.rootNamespace,
     );

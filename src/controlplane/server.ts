@@ -105,21 +105,39 @@ export class ControlPlane {
       const who = await this.authenticate(call.metadata);
       if (!who) {
         this.log.warn({ peer: call.getPeer() }, "CSR refused: no valid credential");
-        return cb({ code: grpc.status.UNAUTHENTICATED, details: "ZMESH_UNAUTHENTICATED: no valid bootstrap credential" });
+        return cb({
+          code: grpc.status.UNAUTHENTICATED,
+          details: "ZMESH_UNAUTHENTICATED: no valid bootstrap credential",
+        });
       }
       const entry = this.registry.entry(who.namespace, who.entry);
       if (!entry) {
-        return cb({ code: grpc.status.NOT_FOUND, details: `no workload instance ${who.namespace}/${who.entry} in the registry` });
+        return cb({
+          code: grpc.status.NOT_FOUND,
+          details: `no workload instance ${who.namespace}/${who.entry} in the registry`,
+        });
       }
       const expected = this.registry.spiffeIdOf(entry);
       try {
-        const svid = await this.ca.signCsr(call.request.csrPem, expected, call.request.ttlSeconds || this.opts.certTtlSeconds);
+        const svid = await this.ca.signCsr(
+          call.request.csrPem,
+          expected,
+          call.request.ttlSeconds || this.opts.certTtlSeconds,
+        );
         this.diag.publish({ event: "signed", spiffeId: svid.spiffeId, serial: svid.serial });
-        this.log.info({ spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter }, "certificate issued");
+        this.log.info(
+          { spiffeId: svid.spiffeId, serial: svid.serial, notAfter: svid.notAfter },
+          "certificate issued",
+        );
         cb(null, { certChainPem: svid.chainPem, trustBundlePem: this.ca.trustBundlePem() });
       } catch (e) {
-        const code = isZmeshError(e, "ZMESH_CSR_IDENTITY") ? grpc.status.PERMISSION_DENIED : grpc.status.INVALID_ARGUMENT;
-        this.log.warn({ caller: `${who.namespace}/${who.entry}`, expected, err: (e as Error).message }, "CSR refused");
+        const code = isZmeshError(e, "ZMESH_CSR_IDENTITY")
+          ? grpc.status.PERMISSION_DENIED
+          : grpc.status.INVALID_ARGUMENT;
+        this.log.warn(
+          { caller: `${who.namespace}/${who.entry}`, expected, err: (e as Error).message },
+          "CSR refused",
+        );
         cb({ code, details: `${isZmeshError(e) ? e.code : "ZMESH_CSR_INVALID"}: ${(e as Error).message}` });
       }
     })();
@@ -129,7 +147,10 @@ export class ControlPlane {
     void (async () => {
       const who = await this.authenticate(call.metadata);
       if (!who) {
-        call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: "ZMESH_UNAUTHENTICATED: no valid bootstrap credential" });
+        call.emit("error", {
+          code: grpc.status.UNAUTHENTICATED,
+          details: "ZMESH_UNAUTHENTICATED: no valid bootstrap credential",
+        });
         return;
       }
       const sub: Subscriber = { who, call, sentVersion: "", ackedVersion: "", nonce: 0 };
@@ -144,7 +165,10 @@ export class ControlPlane {
       call.on("data", (ack: ConfigAck) => {
         if (ack.nonce !== String(sub.nonce)) return; // an answer to an older push
         if (ack.error) {
-          this.log.warn({ proxy: `${who.namespace}/${who.entry}`, version: sub.sentVersion, reason: ack.error }, "config NACKed");
+          this.log.warn(
+            { proxy: `${who.namespace}/${who.entry}`, version: sub.sentVersion, reason: ack.error },
+            "config NACKed",
+          );
         } else {
           sub.ackedVersion = ack.version;
           this.diag.publish({ event: "ack", proxy: `${who.namespace}/${who.entry}`, version: ack.version });
@@ -157,7 +181,10 @@ export class ControlPlane {
   private push(sub: Subscriber): void {
     const entry = this.registry.entry(sub.who.namespace, sub.who.entry);
     if (!entry) {
-      sub.call.emit("error", { code: grpc.status.NOT_FOUND, details: `workload instance ${sub.who.entry} was removed` });
+      sub.call.emit("error", {
+        code: grpc.status.NOT_FOUND,
+        details: `workload instance ${sub.who.entry} was removed`,
+      });
       this.subscribers.delete(sub);
       return;
     }
@@ -174,7 +201,10 @@ export class ControlPlane {
       const config = await loadConfig(this.opts.configPaths);
       this.registry = new Registry(config, this.opts);
     } catch (e) {
-      this.log.error({ err: (e as Error).message }, "configuration change rejected; proxies keep their last good config");
+      this.log.error(
+        { err: (e as Error).message },
+        "configuration change rejected; proxies keep their last good config",
+      );
       return false;
     }
     for (const sub of this.subscribers) this.push(sub);

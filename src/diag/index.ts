@@ -1,7 +1,7 @@
 // diag: structured logs (pino, JSON lines) and named diagnostics channels, one per part, so
 // that nothing prints ad hoc. ZMESH_DEBUG=proxy,controlplane (or *) mirrors channels to stderr.
 
-import { channel, type Channel } from "node:diagnostics_channel";
+import { type Channel, channel } from "node:diagnostics_channel";
 import pino, { type Logger } from "pino";
 import { ENV, envOr } from "../config/settings.js";
 
@@ -25,7 +25,11 @@ export function diagnostics(part: Part): Channel {
 
 /** A JSON-lines logger for a long-running process (control plane, proxy). */
 export function logger(part: Part, fields: Record<string, unknown> = {}): Logger {
-  return pino({ level: envOr(ENV.logLevel, "info"), base: { part, ...fields }, timestamp: pino.stdTimeFunctions.isoTime });
+  return pino({
+    level: envOr(ENV.logLevel, "info"),
+    base: { part, ...fields },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  });
 }
 
 export type { Logger };

@@ -40,7 +40,12 @@ export function adminEndpoints(state: ProxyState, quit: () => void): AdminEndpoi
           r,
           200,
           state.cert
-            ? { serial: state.cert.serial, notAfter: state.cert.notAfter, chainPem: state.cert.chainPem, trustBundlePem: state.cert.trustBundlePem }
+            ? {
+                serial: state.cert.serial,
+                notAfter: state.cert.notAfter,
+                chainPem: state.cert.chainPem,
+                trustBundlePem: state.cert.trustBundlePem,
+              }
             : null,
         ),
     },

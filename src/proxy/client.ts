@@ -27,7 +27,7 @@ export class ControlPlaneClient {
   private call: grpc.ClientDuplexStream<ConfigAck, ConfigPush> | undefined;
   private retry: NodeJS.Timeout | undefined;
 
-  constructor(private readonly opts: ClientOptions) {
+  constructor(opts: ClientOptions) {
     const ssl = grpc.credentials.createSsl(Buffer.from(opts.trustBundlePem), null, null, {
       checkServerIdentity: (_host, cert) => {
         try {
@@ -46,7 +46,10 @@ export class ControlPlaneClient {
       cb(null, md);
     });
     const creds = grpc.credentials.combineChannelCredentials(ssl, callCreds);
-    const options = { "grpc.ssl_target_name_override": "zmesh-controlplane", "grpc.keepalive_time_ms": 20_000 };
+    const options = {
+      "grpc.ssl_target_name_override": "zmesh-controlplane",
+      "grpc.keepalive_time_ms": 20_000,
+    };
     const CA = MeshCAClient();
     const Cfg = MeshConfigClient();
     this.ca = new CA(opts.address, creds, options) as never;

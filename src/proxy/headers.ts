@@ -23,7 +23,14 @@ export type OutHeaders = Record<string, string | string[]>;
 export function forwardable(headers: IncomingHttpHeaders, stripIdentity: boolean): OutHeaders {
   const out: OutHeaders = {};
   const conn = headers["connection"];
-  const named = conn ? new Set(conn.toLowerCase().split(",").map((s) => s.trim())) : undefined;
+  const named = conn
+    ? new Set(
+        conn
+          .toLowerCase()
+          .split(",")
+          .map((s) => s.trim()),
+      )
+    : undefined;
   for (const [k, v] of Object.entries(headers)) {
     if (v === undefined || HOP_BY_HOP.has(k) || named?.has(k)) continue;
     if (stripIdentity && SPOOFABLE.has(k)) continue;

@@ -42,7 +42,8 @@ export class Inbound {
     this.server = createNetServer((s) => this.accept(s));
     this.http.on("request", (req, res) => this.request(req, res));
     this.http.on("clientError", (_e, sock: Socket) => {
-      if (sock.writable) sock.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+      if (sock.writable)
+        sock.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
       else sock.destroy();
     });
   }
@@ -73,7 +74,10 @@ export class Inbound {
     const timer = setTimeout(() => tls.destroy(), HANDSHAKE_TIMEOUT_MS);
     tls.on("error", (e) => {
       clearTimeout(timer);
-      this.log.info({ remote: raw.remoteAddress, port, err: e.message }, "inbound connection refused: mTLS handshake failed");
+      this.log.info(
+        { remote: raw.remoteAddress, port, err: e.message },
+        "inbound connection refused: mTLS handshake failed",
+      );
       tls.destroy();
     });
     tls.once("secure", () => {
@@ -84,13 +88,22 @@ export class Inbound {
         if (!der) throw new Error("no client certificate");
         spiffeId = spiffeIdFromCertDer(der);
       } catch (e) {
-        this.log.info({ remote: raw.remoteAddress, err: (e as Error).message }, "inbound connection refused: no SPIFFE ID");
+        this.log.info(
+          { remote: raw.remoteAddress, err: (e as Error).message },
+          "inbound connection refused: no SPIFFE ID",
+        );
         tls.destroy();
         return;
       }
       const principal = principalOf(spiffeId);
       const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
-      this.peers.set(tls, { spiffeId, principal, namespace: ns, remoteAddress: raw.remoteAddress ?? "", port });
+      this.peers.set(tls, {
+        spiffeId,
+        principal,
+        namespace: ns,
+        remoteAddress: raw.remoteAddress ?? "",
+        port,
+      });
       this.http.emit("connection", tls);
     });
   }
@@ -122,7 +135,10 @@ export class Inbound {
       port: peer.port,
     };
     if (!norm.ok) {
-      this.log.info({ ...access, decision: "deny", reason: norm.reason, status: 400, flag: "BAD_REQUEST" }, "access");
+      this.log.info(
+        { ...access, decision: "deny", reason: norm.reason, status: 400, flag: "BAD_REQUEST" },
+        "access",
+      );
       return rescueHttp(res, "BAD_REQUEST", requestId);
     }
     const decision = evaluate(policies, {
@@ -149,9 +165,9 @@ export class Inbound {
     }
     const headers = forwardable(req.headers, true);
     headers["x-request-id"] = requestId;
-    headers["x-forwarded-client-cert"] =
-      `By=${this.state.snapshot.workload.spiffeId};URI=${peer.spiffeId}`;
-    const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
+    headers["x-forwarded-client-cert"] = `By=${this.state.snapshot.workload.spiffeId};URI=${peer.spiffeId}`;
+    const hasBody =
+      req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     this.app(peer.port)
       .request({
         path: norm.query ? `${norm.path}?${norm.query}` : norm.path,
@@ -168,7 +184,10 @@ export class Inbound {
           });
         },
         (e: Error) => {
-          this.log.warn({ ...access, ...verdict, status: 503, flag: "UPSTREAM_FAILURE", err: e.message }, "access");
+          this.log.warn(
+            { ...access, ...verdict, status: 503, flag: "UPSTREAM_FAILURE", err: e.message },
+            "access",
+          );
           rescueHttp(res, "UPSTREAM_FAILURE", requestId);
         },
       );

@@ -1,8 +1,8 @@
 // Reads a captured connection's original destination through the native addon
 // (native/original_dst.c): Node has no getsockopt(SO_ORIGINAL_DST).
 
-import type { Socket } from "node:net";
 import { createRequire } from "node:module";
+import type { Socket } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 

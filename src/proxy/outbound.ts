@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from "node:net";
 import { pipeline } from "node:stream";
 import { connect as tlsConnect } from "node:tls";
-import { Pool, type buildConnector } from "undici";
+import { type buildConnector, Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { spiffeIdFromCertDer } from "../identity/index.js";
@@ -84,7 +84,7 @@ export class Outbound {
           const der = sock.getPeerX509Certificate()?.raw;
           if (!der) throw new Error("server sent no certificate");
           const id = spiffeIdFromCertDer(der);
-          if (!r || !r.allowed.has(id)) {
+          if (!r?.allowed.has(id)) {
             throw new ZmeshError(
               "ZMESH_SECURE_NAMING",
               `${opts.hostname}:${opts.port} presented ${id}, which service ${r?.service.namespace}/${r?.service.name} may not run as`,
@@ -149,7 +149,8 @@ export class Outbound {
     if (!address) return fail("UPSTREAM_FAILURE", { reason: "service has no endpoints" });
     const headers = forwardable(req.headers, true);
     headers["x-request-id"] = requestId;
-    const hasBody = req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
+    const hasBody =
+      req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
     const service = `${route.service.name}.${route.service.namespace}`;
     this.pool(route, address)
       .request({ path: req.url ?? "/", method: req.method as "GET", headers, body: hasBody ? req : null })
@@ -158,7 +159,10 @@ export class Outbound {
           res.writeHead(up.statusCode, responseHeaders(up.headers));
           pipeline(up.body, res, () => {
             const ms = Number(process.hrtime.bigint() - start) / 1e6;
-            this.log.info({ ...access, service, upstream: address, status: up.statusCode, durationMs: ms }, "access");
+            this.log.info(
+              { ...access, service, upstream: address, status: up.statusCode, durationMs: ms },
+              "access",
+            );
           });
         },
         (e: Error & { code?: string }) => {

@@ -47,7 +47,8 @@ export class ProxyState {
     const routes = new Map<string, Route>();
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
-      for (const p of svc.ports) routes.set(`${svc.vip}:${p.port}`, { service: svc, targetPort: p.targetPort, allowed });
+      for (const p of svc.ports)
+        routes.set(`${svc.vip}:${p.port}`, { service: svc, targetPort: p.targetPort, allowed });
     }
     this.snapshot = s;
     this.policies = policies;

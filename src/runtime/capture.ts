@@ -4,8 +4,8 @@
 import { spawn } from "node:child_process";
 import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { ZmeshError } from "../errors/index.js";
 import { PORTS } from "../config/index.js";
+import { ZmeshError } from "../errors/index.js";
 import type { MeshState } from "./mesh.js";
 import { hasTool } from "./sys.js";
 
@@ -18,7 +18,8 @@ export interface CaptureReport {
   plaintextHttp: string[];
 }
 
-const HTTP_LINE = /(?:^|[^A-Za-z])((?:GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS) \/[^\s]* HTTP\/1\.[01]|HTTP\/1\.[01] \d{3})/g;
+const HTTP_LINE =
+  /(?:^|[^A-Za-z])((?:GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS) \/[^\s]* HTTP\/1\.[01]|HTTP\/1\.[01] \d{3})/g;
 
 /** Parses a pcap (Ethernet link type) and scans each TCP payload. */
 export function scanPcap(buf: Buffer): CaptureReport {
@@ -55,22 +56,60 @@ export function scanPcap(buf: Buffer): CaptureReport {
  * Starts capturing TCP between the mesh's pods, leaving out the health checks the host makes and any
  * address in `exclude` (an unmeshed stranger, whose own plaintext is not the mesh's traffic).
  */
-export async function startCapture(state: MeshState, exclude: string[] = []): Promise<() => Promise<CaptureReport>> {
+export async function startCapture(
+  state: MeshState,
+  exclude: string[] = [],
+): Promise<() => Promise<CaptureReport>> {
   if (!hasTool("tcpdump")) {
-    throw new ZmeshError("ZMESH_MISSING_TOOL", "tcpdump not found; install it with: apt-get install -y tcpdump");
+    throw new ZmeshError(
+      "ZMESH_MISSING_TOOL",
+      "tcpdump not found; install it with: apt-get install -y tcpdump",
+    );
   }
   const file = join(state.stateDir, `capture-${process.pid}-${Date.now()}.pcap`);
   // A bridge device only shows frames for its own stack, not those it switches between ports
   // once it has learned their MACs, so listen on every interface, filtered to this mesh's pods.
   const pods = `${state.net.gateway.replace(/\.1$/, ".0")}/20`;
-  const filter = ["tcp", "and", "net", pods, "and", "not", "port", String(PORTS.proxyHealth), ...exclude.flatMap((a) => ["and", "not", "host", a])];
+  const filter = [
+    "tcp",
+    "and",
+    "net",
+    pods,
+    "and",
+    "not",
+    "port",
+    String(PORTS.proxyHealth),
+    ...exclude.flatMap((a) => ["and", "not", "host", a]),
+  ];
   // --immediate-mode: without it, packets can sit in a kernel block until tcpdump exits unread.
   // -Q out: each frame once, as it leaves the port towards its destination.
-  const child = spawn("tcpdump", ["-Z", "root", "--immediate-mode", "-Q", "out", "-i", "any", "-n", "-s", "0", "-U", "-w", file, ...filter], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  const child = spawn(
+    "tcpdump",
+    [
+      "-Z",
+      "root",
+      "--immediate-mode",
+      "-Q",
+      "out",
+      "-i",
+      "any",
+      "-n",
+      "-s",
+      "0",
+      "-U",
+      "-w",
+      file,
+      ...filter,
+    ],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new ZmeshError("ZMESH_RUNTIME", "tcpdump did not start within 5 s")), 5_000);
+    const t = setTimeout(
+      () => reject(new ZmeshError("ZMESH_RUNTIME", "tcpdump did not start within 5 s")),
+      5_000,
+    );
     child.stderr.on("data", (d: Buffer) => {
       if (d.toString().includes("listening on")) {
         clearTimeout(t);

@@ -1,7 +1,11 @@
 // runtime: the local runtime. A network namespace per workload on an isolated bridge, iptables
 // capture, the control plane and sidecars as processes; `up`, `down`, `exec`.
+
+export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
 export {
+  type AccessEntry,
   addUnmeshed,
+  appLog,
   down,
   exec,
   execArgv,
@@ -9,12 +13,11 @@ export {
   type Instance,
   loadState,
   type MeshState,
+  proxyLog,
   stateRoot,
-  up,
   type UpOptions,
+  up,
 } from "./mesh.js";
-export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
 export { leftovers } from "./network.js";
-export { type AccessEntry, appLog, proxyLog } from "./mesh.js";
 export { zmeshPids } from "./processes.js";
 export { checkPrerequisites } from "./sys.js";

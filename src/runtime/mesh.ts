@@ -11,7 +11,6 @@ import { stringify } from "yaml";
 import {
   CONTROL_PLANE_SPIFFE_PATH,
   DEFAULT_APP_UID,
-  DEFAULT_ROOT_NAMESPACE,
   ENV,
   envOr,
   loadConfig,
@@ -27,10 +26,10 @@ import {
   createNamespace,
   destroyNetwork,
   leftovers,
+  listNamespaces,
   type MeshNet,
   meshNet,
   namespacePids,
-  listNamespaces,
   netnsPrefix,
   podAddress,
   vethPrefix,
@@ -90,7 +89,10 @@ export async function loadState(mesh: string): Promise<MeshState> {
   try {
     return JSON.parse(await readFile(join(stateDirOf(mesh), "mesh.json"), "utf8")) as MeshState;
   } catch {
-    throw new ZmeshError("ZMESH_MESH_NOT_FOUND", `no mesh named "${mesh}" is up; start one with: zmesh up DIR`);
+    throw new ZmeshError(
+      "ZMESH_MESH_NOT_FOUND",
+      `no mesh named "${mesh}" is up; start one with: zmesh up DIR`,
+    );
   }
 }
 
@@ -103,23 +105,38 @@ async function freeBlock(): Promise<number> {
   const used = new Set<number>();
   for (const d of await readdir(stateRoot()).catch(() => [] as string[])) {
     try {
-      used.add((JSON.parse(await readFile(join(stateRoot(), d, "mesh.json"), "utf8")) as MeshState).net.block);
+      used.add(
+        (JSON.parse(await readFile(join(stateRoot(), d, "mesh.json"), "utf8")) as MeshState).net.block,
+      );
     } catch {
       // not a mesh
     }
   }
   for (let b = 0; b < 16; b++) if (!used.has(b)) return b;
-  throw new ZmeshError("ZMESH_RUNTIME", "16 local meshes are already up; bring one down with zmesh down --name NAME");
+  throw new ZmeshError(
+    "ZMESH_RUNTIME",
+    "16 local meshes are already up; bring one down with zmesh down --name NAME",
+  );
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, log?: string): Promise<void> {
+async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  log?: string,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await check().catch(() => false)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  const tail = log ? (await readFile(log, "utf8").catch(() => "")).trim().split("\n").slice(-3).join(" | ") : "";
-  throw new ZmeshError("ZMESH_RUNTIME", `${what} did not become ready within ${timeoutMs / 1000} s${tail ? `; last log lines: ${tail}` : ""}`);
+  const tail = log
+    ? (await readFile(log, "utf8").catch(() => "")).trim().split("\n").slice(-3).join(" | ")
+    : "";
+  throw new ZmeshError(
+    "ZMESH_RUNTIME",
+    `${what} did not become ready within ${timeoutMs / 1000} s${tail ? `; last log lines: ${tail}` : ""}`,
+  );
 }
 
 function tcpOpen(host: string, port: number): Promise<boolean> {
@@ -147,14 +164,18 @@ async function listening(netns: string, port: number): Promise<boolean> {
   return out.trim().length > 0;
 }
 
-function labelsMatch(selector: Record<string, string>, labels: Record<string, string>): boolean {
-  return Object.entries(selector).every(([k, v]) => labels[k] === v);
-}
-
-function hostsFile(self: { address: string; name: string }, ns: string, services: MeshState["services"]): string {
+function hostsFile(
+  self: { address: string; name: string },
+  ns: string,
+  services: MeshState["services"],
+): string {
   const lines = ["127.0.0.1\tlocalhost", `${self.address}\t${self.name}`];
   for (const s of services) {
-    const names = [`${s.name}.${s.namespace}`, `${s.name}.${s.namespace}.svc`, `${s.name}.${s.namespace}.svc.cluster.local`];
+    const names = [
+      `${s.name}.${s.namespace}`,
+      `${s.name}.${s.namespace}.svc`,
+      `${s.name}.${s.namespace}.svc.cluster.local`,
+    ];
     if (s.namespace === ns) names.unshift(s.name);
     lines.push(`${s.vip}\t${names.join(" ")}`);
   }
@@ -175,7 +196,10 @@ export async function up(dir: string, opts: UpOptions = {}): Promise<MeshState> 
   const configDir = resolve(dir);
   const config = await loadConfig([configDir]); // validate before touching anything
   if (config.workloads.length === 0) {
-    throw new ZmeshError("ZMESH_CONFIG_INVALID", `${dir}: no Workload resources; add at least one zmesh.dev/v1 Workload`);
+    throw new ZmeshError(
+      "ZMESH_CONFIG_INVALID",
+      `${dir}: no Workload resources; add at least one zmesh.dev/v1 Workload`,
+    );
   }
   await down(name, { quiet: true });
   await mkdir(stateRoot(), { recursive: true, mode: 0o755 });
@@ -200,7 +224,9 @@ export async function up(dir: string, opts: UpOptions = {}): Promise<MeshState> 
     await saveState(state); // from here on, `down` can find and remove what we create
     await layout(state, config);
     await createBridge(state.net);
-    say(`network: bridge ${state.net.bridge}, gateway ${state.net.gateway}, isolated (no uplink, no forwarding)`);
+    say(
+      `network: bridge ${state.net.bridge}, gateway ${state.net.gateway}, isolated (no uplink, no forwarding)`,
+    );
     await startControlPlane(state);
     say(`control plane: ${state.controlPlane.address} (mesh CA and config, TLS)`);
     await stageApps(state);
@@ -223,7 +249,12 @@ async function layout(state: MeshState, config: MeshConfig): Promise<void> {
   );
   services.forEach((s, i) => {
     s.clusterIP = vipAddress(state.net, i);
-    state.services.push({ namespace: s.meta.namespace, name: s.meta.name, vip: s.clusterIP, ports: s.ports.map((p) => p.port) });
+    state.services.push({
+      namespace: s.meta.namespace,
+      name: s.meta.name,
+      vip: s.clusterIP,
+      ports: s.ports.map((p) => p.port),
+    });
   });
   const docs: string[] = [];
   for (const { resource, raw } of config.documents) {
@@ -260,7 +291,9 @@ async function layout(state: MeshState, config: MeshConfig): Promise<void> {
         }),
       );
       const token = randomBytes(32).toString("base64url");
-      await writeFile(join(state.stateDir, "secrets", `${inst.name}.${inst.namespace}.token`), token, { mode: 0o600 });
+      await writeFile(join(state.stateDir, "secrets", `${inst.name}.${inst.namespace}.token`), token, {
+        mode: 0o600,
+      });
       tokens[tokenDigest(token)] = { namespace: inst.namespace, entry: inst.name };
     }
   }
@@ -312,7 +345,9 @@ async function stageApps(state: MeshState): Promise<void> {
 }
 
 async function startInstance(state: MeshState, config: MeshConfig, inst: Instance): Promise<void> {
-  const workload = config.workloads.find((w) => w.meta.name === inst.workload && w.meta.namespace === inst.namespace)!;
+  const workload = config.workloads.find(
+    (w) => w.meta.name === inst.workload && w.meta.namespace === inst.namespace,
+  )!;
   const veth = `${vethPrefix(state.net)}${state.instances.indexOf(inst)}`;
   await createNamespace(state.net, {
     netns: inst.netns,
@@ -348,7 +383,12 @@ async function startInstance(state: MeshState, config: MeshConfig, inst: Instanc
     proxyLog,
   ).pid;
   await saveState(state);
-  await waitFor(`the proxy of ${inst.namespace}/${inst.name}`, () => httpOk(`http://${inst.address}:${PORTS.proxyHealth}/healthz/ready`), 20_000, proxyLog);
+  await waitFor(
+    `the proxy of ${inst.namespace}/${inst.name}`,
+    () => httpOk(`http://${inst.address}:${PORTS.proxyHealth}/healthz/ready`),
+    20_000,
+    proxyLog,
+  );
   // The app starts only once its proxy is ready, so its first request is already meshed.
   const appLog = join(logs, `${inst.namespace}.${inst.name}.app.log`);
   const env: NodeJS.ProcessEnv = {
@@ -366,7 +406,12 @@ async function startInstance(state: MeshState, config: MeshConfig, inst: Instanc
     { cwd: join(state.stateDir, "app"), env },
   ).pid;
   for (const p of inst.ports) {
-    await waitFor(`the app of ${inst.namespace}/${inst.name} on port ${p}`, () => listening(inst.netns, p), 15_000, appLog);
+    await waitFor(
+      `the app of ${inst.namespace}/${inst.name} on port ${p}`,
+      () => listening(inst.netns, p),
+      15_000,
+      appLog,
+    );
   }
 }
 
@@ -375,11 +420,18 @@ function asUser(uid: number): string[] {
 }
 
 /** An unmeshed namespace on the bridge (no sidecar, no capture): a stranger on the network. */
-export async function addUnmeshed(state: MeshState, name: string): Promise<{ netns: string; address: string }> {
+export async function addUnmeshed(
+  state: MeshState,
+  name: string,
+): Promise<{ netns: string; address: string }> {
   const mesh = state.name;
   const existing = state.unmeshed.find((u) => u.name === name);
   if (existing) return existing;
-  const u = { name, netns: `${netnsPrefix(mesh)}unmeshed-${name}`, address: podAddress(state.net, state.nextAddress++) };
+  const u = {
+    name,
+    netns: `${netnsPrefix(mesh)}unmeshed-${name}`,
+    address: podAddress(state.net, state.nextAddress++),
+  };
   await createNamespace(state.net, {
     netns: u.netns,
     veth: `${vethPrefix(state.net)}u${state.unmeshed.length}`,
@@ -394,10 +446,15 @@ export async function addUnmeshed(state: MeshState, name: string): Promise<{ net
 
 export function findInstance(state: MeshState, ref: string): Instance {
   const [a, b] = ref.includes("/") ? ref.split("/", 2) : [undefined, ref];
-  const match = state.instances.filter((i) => (i.name === b || i.workload === b) && (a === undefined || i.namespace === a));
+  const match = state.instances.filter(
+    (i) => (i.name === b || i.workload === b) && (a === undefined || i.namespace === a),
+  );
   if (match.length === 0) {
     const known = state.instances.map((i) => `${i.namespace}/${i.name}`).join(", ");
-    throw new ZmeshError("ZMESH_WORKLOAD_NOT_FOUND", `no workload "${ref}" in mesh ${state.name}; it has ${known}`);
+    throw new ZmeshError(
+      "ZMESH_WORKLOAD_NOT_FOUND",
+      `no workload "${ref}" in mesh ${state.name}; it has ${known}`,
+    );
   }
   return match[0]!;
 }
@@ -488,7 +545,10 @@ export interface AccessEntry {
 /** The access-log and connection entries of a workload's proxy (JSON lines), oldest first. */
 export async function proxyLog(state: MeshState, ref: string): Promise<AccessEntry[]> {
   const inst = findInstance(state, ref);
-  const text = await readFile(join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.proxy.log`), "utf8").catch(() => "");
+  const text = await readFile(
+    join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.proxy.log`),
+    "utf8",
+  ).catch(() => "");
   const out: AccessEntry[] = [];
   for (const line of text.split("\n")) {
     if (!line.startsWith("{")) continue;
@@ -504,5 +564,7 @@ export async function proxyLog(state: MeshState, ref: string): Promise<AccessEnt
 /** What a workload's app printed (its log file). */
 export async function appLog(state: MeshState, ref: string): Promise<string> {
   const inst = findInstance(state, ref);
-  return readFile(join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.app.log`), "utf8").catch(() => "");
+  return readFile(join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.app.log`), "utf8").catch(
+    () => "",
+  );
 }

@@ -140,8 +140,16 @@ export async function destroyNetwork(mesh: string, bridge = `zm-${mesh}`.slice(0
   for (const table of ["filter"]) {
     const rules = await run("iptables", ["-t", table, "-S"]).catch(() => "");
     for (const line of rules.split("\n")) {
-      if (!line.startsWith("-A ") || !line.includes(`"${comment(mesh)}"`) && !line.includes(` ${comment(mesh)} `)) continue;
-      const args = line.slice(3).match(/"[^"]*"|\S+/g)?.map((a) => a.replace(/^"|"$/g, "")) ?? [];
+      if (
+        !line.startsWith("-A ") ||
+        (!line.includes(`"${comment(mesh)}"`) && !line.includes(` ${comment(mesh)} `))
+      )
+        continue;
+      const args =
+        line
+          .slice(3)
+          .match(/"[^"]*"|\S+/g)
+          ?.map((a) => a.replace(/^"|"$/g, "")) ?? [];
       await tryRun("iptables", ["-t", table, "-D", ...args]);
     }
   }

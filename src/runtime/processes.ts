@@ -3,7 +3,7 @@
 // and credential are loaded) and the app (as its own uid). Output goes to per-process logs.
 
 import { spawn } from "node:child_process";
-import { openSync, closeSync, readFileSync, readdirSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -14,7 +14,12 @@ export interface Started {
 }
 
 /** Spawns a detached process whose stdout and stderr append to `log`; it outlives the CLI. */
-export function spawnDetached(cmd: string, args: string[], log: string, opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Started {
+export function spawnDetached(
+  cmd: string,
+  args: string[],
+  log: string,
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Started {
   const fd = openSync(log, "a", 0o640);
   try {
     const child = spawn(cmd, args, {

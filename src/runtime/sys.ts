@@ -11,7 +11,8 @@ export async function run(cmd: string, args: string[], input?: string): Promise<
   try {
     if (input !== undefined) {
       const r = spawnSync(cmd, args, { input, encoding: "utf8" });
-      if (r.status !== 0) throw Object.assign(new Error(r.stderr || `exit ${r.status}`), { stderr: r.stderr });
+      if (r.status !== 0)
+        throw Object.assign(new Error(r.stderr || `exit ${r.status}`), { stderr: r.stderr });
       return r.stdout;
     }
     const { stdout } = await execFileP(cmd, args, { maxBuffer: 16 * 1024 * 1024 });

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
-import { Proxy } from "../../src/proxy/index.js";
+import { Sidecar } from "../../src/proxy/index.js";
 
 export const quiet = pino({ level: "silent" });
 
@@ -46,12 +46,15 @@ export interface MeshFixture {
   tokens: Map<string, string>;
   /** Tells the outbound proxies where a client socket (by its local port) meant to go. */
   intents: Map<number, { address: string; port: number }>;
-  proxies: Proxy[];
+  proxies: Sidecar[];
   close(): Promise<void>;
 }
 
 /** Starts a control plane over the given YAML; `instances` lists the workload entries to mint tokens for. */
-export async function controlPlane(yaml: string, instances: { namespace: string; name: string }[]): Promise<MeshFixture> {
+export async function controlPlane(
+  yaml: string,
+  instances: { namespace: string; name: string }[],
+): Promise<MeshFixture> {
   const dir = await mkdtemp(join(tmpdir(), "zmesh-test-"));
   await writeFile(join(dir, "mesh.yaml"), yaml);
   const tokens = new Map<string, string>();
@@ -94,10 +97,10 @@ export async function proxy(
   mesh: MeshFixture,
   entry: string,
   opts: { inboundPort: number; appPort?: number },
-): Promise<Proxy> {
+): Promise<Sidecar> {
   const credential = mesh.tokens.get(entry);
   if (!credential) throw new Error(`no token for ${entry}`);
-  const p = new Proxy({
+  const p = new Sidecar({
     controlPlane: `127.0.0.1:${mesh.cp.port}`,
     trustBundlePem: mesh.cp.ca.trustBundlePem(),
     credential,
@@ -129,7 +132,7 @@ export interface Reply {
 /** Sends one HTTP/1.1 request through a proxy's outbound port as if the app had called `dst`. */
 export function call(
   mesh: MeshFixture,
-  via: Proxy,
+  via: Sidecar,
   dst: { address: string; port: number },
   req: { method?: string; path?: string; headers?: Record<string, string>; body?: string } = {},
 ): Promise<Reply> {

@@ -23,13 +23,21 @@ const ROOT = process.getuid?.() === 0;
 const MESH = "zmtest";
 const SHOP = join(import.meta.dirname ?? ".", "..", "..", "..", "examples", "shop");
 
-async function curl(state: MeshState, who: string, args: string[]): Promise<{ status: string; body: string }> {
-  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], { timeoutMs: 10_000 });
+async function curl(
+  state: MeshState,
+  who: string,
+  args: string[],
+): Promise<{ status: string; body: string }> {
+  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
+    timeoutMs: 10_000,
+  });
   const lines = r.stdout.split("\n");
   return { status: lines.pop() ?? "", body: lines.join("\n") };
 }
 
-describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does" }, () => {
+describe("the shop in network namespaces", {
+  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+}, () => {
   let state: MeshState;
 
   before(async () => {
@@ -72,7 +80,11 @@ describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (n
   it("a plaintext connection from an unmeshed namespace to an app port does not reach the app", async () => {
     const intruder = await addUnmeshed(state, "intruder");
     const payments = findInstance(state, "payments");
-    const r = await curl(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=intruder-1`]);
+    const r = await curl(state, "intruder", [
+      "-X",
+      "POST",
+      `http://${payments.address}:8080/charge?probe=intruder-1`,
+    ]);
     assert.equal(r.status, "000", "no HTTP response at all");
     assert.doesNotMatch(await appLog(state, "payments"), /intruder-1/);
     assert.ok(intruder.address.startsWith("198.18."));
@@ -80,13 +92,20 @@ describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (n
 
   it("the bytes crossing the bridge are TLS, with no plaintext HTTP in a capture", async () => {
     const stop = await startCapture(state);
-    for (let i = 0; i < 3; i++) assert.equal((await curl(state, "frontend", ["http://localhost:8080/"])).status, "200");
+    for (let i = 0; i < 3; i++)
+      assert.equal((await curl(state, "frontend", ["http://localhost:8080/"])).status, "200");
     // The detector must see plaintext when there is some: the intruder's probe is the control.
     const payments = findInstance(state, "payments");
     await curl(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=wire`]);
     const report = await stop();
-    assert.ok(report.tlsRecords >= 6, `expected TLS records, saw ${report.tlsRecords} in ${report.packets} packets`);
-    assert.ok(report.plaintextHttp.length > 0, "the intruder's plaintext probe was not seen: the capture is blind");
+    assert.ok(
+      report.tlsRecords >= 6,
+      `expected TLS records, saw ${report.tlsRecords} in ${report.packets} packets`,
+    );
+    assert.ok(
+      report.plaintextHttp.length > 0,
+      "the intruder's plaintext probe was not seen: the capture is blind",
+    );
     assert.deepEqual(
       report.plaintextHttp.filter((l) => !l.includes("probe=wire")),
       [],
@@ -100,11 +119,23 @@ describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (n
     const normal = outcomes.filter((o) => o.attempt.what === "normal traffic");
     const attacks = outcomes.filter((o) => o.attempt.what !== "normal traffic");
     assert.equal(normal.length, 3);
-    assert.ok(normal.every((o) => o.allowed), lines.join("\n"));
+    assert.ok(
+      normal.every((o) => o.allowed),
+      lines.join("\n"),
+    );
     assert.ok(attacks.length >= 6);
-    assert.ok(attacks.every((o) => !o.allowed), lines.join("\n"));
-    assert.ok(attacks.every((o) => o.explanation !== ""), "every stop is explained");
-    assert.ok(lines.some((l) => l.includes("no plaintext HTTP")), lines.join("\n"));
+    assert.ok(
+      attacks.every((o) => !o.allowed),
+      lines.join("\n"),
+    );
+    assert.ok(
+      attacks.every((o) => o.explanation !== ""),
+      "every stop is explained",
+    );
+    assert.ok(
+      lines.some((l) => l.includes("no plaintext HTTP")),
+      lines.join("\n"),
+    );
   });
 
   it("after zmesh down no namespace, interface, iptables rule, process or file of the mesh is left", async () => {
@@ -113,7 +144,8 @@ describe("the shop in network namespaces", { skip: ROOT ? false : "needs root (n
     assert.deepEqual(await leftovers(MESH), []);
     assert.deepEqual(zmeshPids(MESH), []);
     for (const i of state.instances) {
-      for (const pid of [i.proxyPid, i.appPid]) assert.equal(existsSync(`/proc/${pid}`), false, `pid ${pid} still runs`);
+      for (const pid of [i.proxyPid, i.appPid])
+        assert.equal(existsSync(`/proc/${pid}`), false, `pid ${pid} still runs`);
     }
     assert.equal(existsSync(`/proc/${state.controlPlane.pid}`), false);
     for (const ns of netnsList) assert.equal(existsSync(`/etc/netns/${ns}`), false);

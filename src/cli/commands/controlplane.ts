@@ -1,8 +1,8 @@
 // `zmesh controlplane`: runs the control plane in the foreground (the runtime starts it for you).
 
 import { Command } from "commander";
-import { ControlPlane, TokenFileAttestor } from "../../controlplane/index.js";
 import { DEFAULT_ROOT_NAMESPACE, PORTS } from "../../config/index.js";
+import { ControlPlane, TokenFileAttestor } from "../../controlplane/index.js";
 import { DEFAULT_TRUST_DOMAIN } from "../../identity/index.js";
 
 export function controlplaneCommand(): Command {

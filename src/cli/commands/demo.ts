@@ -40,7 +40,21 @@ async function curl(state: MeshState, who: string, a: Attempt, id: string): Prom
   const r = await exec(
     state,
     who,
-    ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "-X", a.method, "-H", `x-request-id: ${id}`, a.url],
+    [
+      "curl",
+      "-s",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{http_code}",
+      "--max-time",
+      "3",
+      "-X",
+      a.method,
+      "-H",
+      `x-request-id: ${id}`,
+      a.url,
+    ],
     { timeoutMs: 10_000 },
   );
   return Number(r.stdout.trim() || "0");
@@ -49,7 +63,8 @@ async function curl(state: MeshState, who: string, a: Attempt, id: string): Prom
 function explain(entries: AccessEntry[], id: string, status: number): string {
   const e = entries.find((x) => x.requestId === id && x.msg === "access");
   if (e?.reason) return e.reason;
-  if (e?.flag === "NO_ROUTE") return "the caller's own sidecar refused: no service of the mesh listens at that address and port";
+  if (e?.flag === "NO_ROUTE")
+    return "the caller's own sidecar refused: no service of the mesh listens at that address and port";
   if (e?.flag) return `${e.flag}${e.err ? `: ${e.err}` : ""}`;
   if (status === 0) return "connection closed: the workload only accepts mutual TLS from mesh identities";
   return "";
@@ -68,10 +83,17 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
     const status = await curl(state, who, a, id);
     await new Promise((r) => setTimeout(r, 100)); // access logs are written asynchronously
     const logOf = a.explainedBy === "source" ? a.from : a.to;
-    const explanation = a.from === "intruder" || logOf === "?" ? explain([], id, status) : explain(await proxyLog(state, logOf), id, status);
+    const explanation =
+      a.from === "intruder" || logOf === "?"
+        ? explain([], id, status)
+        : explain(await proxyLog(state, logOf), id, status);
     const allowed = status >= 200 && status < 400;
     outcomes.push({ attempt: a, status, allowed, explanation });
-    const verdict = allowed ? `ALLOWED ${status}` : status === 0 ? "STOPPED (no connection)" : `STOPPED ${status}`;
+    const verdict = allowed
+      ? `ALLOWED ${status}`
+      : status === 0
+        ? "STOPPED (no connection)"
+        : `STOPPED ${status}`;
     print(`  ${a.from} -> ${a.to}: ${a.method} ${new URL(a.url).pathname}  ${verdict}`);
     print(`      ${a.what}`);
     if (explanation) print(`      why: ${explanation}`);
@@ -79,16 +101,33 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
 
   print("\n1. Normal traffic. A shopper opens the frontend; it reads the catalog and places an order,");
   print("   and orders charges payments. Every hop is mutual TLS between sidecars and is authorized.");
-  const shop = await exec(state, "frontend", ["curl", "-s", "--max-time", "5", "http://localhost:8080/"], { timeoutMs: 10_000 });
+  const shop = await exec(state, "frontend", ["curl", "-s", "--max-time", "5", "http://localhost:8080/"], {
+    timeoutMs: 10_000,
+  });
   print(`  frontend answered: ${shop.stdout.trim()}`);
   await new Promise((r) => setTimeout(r, 100));
-  for (const [to, path] of [["catalog", "/items"], ["orders", "/orders"], ["payments", "/charge"]] as const) {
-    const e = (await proxyLog(state, to)).filter((x) => x.msg === "access" && x.direction === "inbound" && x.path === path).at(-1);
+  for (const [to, path] of [
+    ["catalog", "/items"],
+    ["orders", "/orders"],
+    ["payments", "/charge"],
+  ] as const) {
+    const e = (await proxyLog(state, to))
+      .filter((x) => x.msg === "access" && x.direction === "inbound" && x.path === path)
+      .at(-1);
     if (e) {
       const from = e.source?.split("/sa/")[1] ?? "?";
-      print(`  ${from} -> ${to}: ${e.method} ${e.path}  ${e.decision === "allow" ? "ALLOWED" : "STOPPED"} ${e.status}  (${e.reason})`);
+      print(
+        `  ${from} -> ${to}: ${e.method} ${e.path}  ${e.decision === "allow" ? "ALLOWED" : "STOPPED"} ${e.status}  (${e.reason})`,
+      );
       outcomes.push({
-        attempt: { from, to, method: e.method ?? "", url: `http://${to}${path}`, what: "normal traffic", explainedBy: "destination" },
+        attempt: {
+          from,
+          to,
+          method: e.method ?? "",
+          url: `http://${to}${path}`,
+          what: "normal traffic",
+          explainedBy: "destination",
+        },
         status: e.status ?? 0,
         allowed: e.decision === "allow",
         explanation: e.reason ?? "",
@@ -97,20 +136,78 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
   }
 
   print("\n2. The frontend is compromised. The attacker runs code in its pod and tries to move sideways.");
-  await attempt({ from: "frontend", to: "payments", method: "POST", url: "http://payments/charge", what: "charge a card directly, skipping orders", explainedBy: "destination" });
-  await attempt({ from: "frontend", to: "payments", method: "GET", url: "http://payments/admin", what: "open the payments admin page", explainedBy: "destination" });
-  await attempt({ from: "frontend", to: "catalog", method: "DELETE", url: "http://catalog/items", what: "delete the catalog (frontend may only read it)", explainedBy: "destination" });
-  await attempt({ from: "frontend", to: "orders", method: "GET", url: "http://orders/orders", what: "list everyone's orders (frontend may only POST /orders)", explainedBy: "destination" });
-  await attempt({ from: "frontend", to: "payments", method: "POST", url: `http://${payments.address}:8080/charge`, what: "skip the service and call the payments pod's app port directly", explainedBy: "source" });
-  await attempt({ from: "frontend", to: "payments", method: "GET", url: "http://payments:9090/", what: "try a port the payments service does not declare", explainedBy: "source" });
+  await attempt({
+    from: "frontend",
+    to: "payments",
+    method: "POST",
+    url: "http://payments/charge",
+    what: "charge a card directly, skipping orders",
+    explainedBy: "destination",
+  });
+  await attempt({
+    from: "frontend",
+    to: "payments",
+    method: "GET",
+    url: "http://payments/admin",
+    what: "open the payments admin page",
+    explainedBy: "destination",
+  });
+  await attempt({
+    from: "frontend",
+    to: "catalog",
+    method: "DELETE",
+    url: "http://catalog/items",
+    what: "delete the catalog (frontend may only read it)",
+    explainedBy: "destination",
+  });
+  await attempt({
+    from: "frontend",
+    to: "orders",
+    method: "GET",
+    url: "http://orders/orders",
+    what: "list everyone's orders (frontend may only POST /orders)",
+    explainedBy: "destination",
+  });
+  await attempt({
+    from: "frontend",
+    to: "payments",
+    method: "POST",
+    url: `http://${payments.address}:8080/charge`,
+    what: "skip the service and call the payments pod's app port directly",
+    explainedBy: "source",
+  });
+  await attempt({
+    from: "frontend",
+    to: "payments",
+    method: "GET",
+    url: "http://payments:9090/",
+    what: "try a port the payments service does not declare",
+    explainedBy: "source",
+  });
 
   print("\n3. An intruder on the same network, outside the mesh, probes the apps in plaintext.");
-  await attempt({ from: "intruder", to: "payments", method: "POST", url: `http://${payments.address}:8080/charge`, what: "plaintext HTTP straight to the payments pod", explainedBy: "destination" });
-  await attempt({ from: "intruder", to: "payments", method: "GET", url: `http://${payments.address}:15000/config_dump`, what: "read the sidecar's admin endpoint", explainedBy: "destination" });
+  await attempt({
+    from: "intruder",
+    to: "payments",
+    method: "POST",
+    url: `http://${payments.address}:8080/charge`,
+    what: "plaintext HTTP straight to the payments pod",
+    explainedBy: "destination",
+  });
+  await attempt({
+    from: "intruder",
+    to: "payments",
+    method: "GET",
+    url: `http://${payments.address}:15000/config_dump`,
+    what: "read the sidecar's admin endpoint",
+    explainedBy: "destination",
+  });
 
   if (stopCapture) {
     const cap = await stopCapture();
-    print("\n4. On the wire. tcpdump watched the bridge between workloads during the story (the intruder's own packets left out).");
+    print(
+      "\n4. On the wire. tcpdump watched the bridge between workloads during the story (the intruder's own packets left out).",
+    );
     print(
       cap.plaintextHttp.length === 0
         ? `  ${cap.packets} packets, ${cap.payloadBytes} payload bytes, ${cap.tlsRecords} TLS records, no plaintext HTTP: every request between workloads was encrypted.`
@@ -118,7 +215,9 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
     );
   }
   const allowed = outcomes.filter((o) => o.allowed).length;
-  print(`\nSummary: ${allowed} allowed, ${outcomes.length - allowed} stopped. Every stop above was decided by a policy or by mutual TLS, not by the apps.`);
+  print(
+    `\nSummary: ${allowed} allowed, ${outcomes.length - allowed} stopped. Every stop above was decided by a policy or by mutual TLS, not by the apps.`,
+  );
   return outcomes;
 }
 
@@ -137,7 +236,9 @@ export function demoCommand(): Command {
         if (o.keep) {
           console.log(`\nThe mesh "${o.name}" is still up. Try:`);
           console.log(`  npx zmesh exec --name ${o.name} frontend -- curl -s http://catalog/items`);
-          console.log(`  npx zmesh exec --name ${o.name} frontend -- curl -si -X POST http://payments/charge`);
+          console.log(
+            `  npx zmesh exec --name ${o.name} frontend -- curl -si -X POST http://payments/charge`,
+          );
           console.log(`  cat ${state.stateDir}/logs/shop.payments.proxy.log   # every decision, explained`);
           console.log(`  npx zmesh down --name ${o.name}`);
         } else {

@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
 import { PROXY_UID } from "../../config/index.js";
-import { loadAddon, Proxy } from "../../proxy/index.js";
+import { loadAddon, Sidecar } from "../../proxy/index.js";
 
 function dropPrivileges(uid: number): void {
   if (process.getuid?.() !== 0) return;
@@ -27,7 +27,7 @@ export function proxyCommand(): Command {
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
       dropPrivileges(Number(o["uid"]));
-      const proxy = new Proxy({
+      const proxy = new Sidecar({
         controlPlane: o["controlPlane"]!,
         trustBundlePem,
         credential,

@@ -10,6 +10,8 @@ export function upCommand(): Command {
     .option("--name <mesh>", "mesh name, to run several side by side", "zmesh")
     .action(async (dir: string, o: { name: string }) => {
       const state = await up(dir, { name: o.name, log: (l) => console.log(l) });
-      console.log(`mesh ${state.name} is up: ${state.instances.length} workloads. Try: zmesh exec ${state.instances[0]?.name} -- curl -s http://${state.services[0]?.name ?? "SERVICE"}:${state.services[0]?.ports[0] ?? 80}/`);
+      console.log(
+        `mesh ${state.name} is up: ${state.instances.length} workloads. Try: zmesh exec ${state.instances[0]?.name} -- curl -s http://${state.services[0]?.name ?? "SERVICE"}:${state.services[0]?.ports[0] ?? 80}/`,
+      );
     });
 }

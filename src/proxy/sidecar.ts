@@ -16,7 +16,7 @@ import { type OriginalDst, originalDst } from "./origdst.js";
 import { Outbound } from "./outbound.js";
 import { ProxyState } from "./state.js";
 
-export interface ProxyOptions {
+export interface SidecarOptions {
   controlPlane: string;
   trustBundlePem: string;
   credential: string;
@@ -43,7 +43,7 @@ function listen(server: Server, at: { host: string; port: number }): Promise<num
   });
 }
 
-export class Proxy {
+export class Sidecar {
   readonly state = new ProxyState();
   readonly ports = { inbound: 0, outbound: 0, admin: 0, health: 0 };
   private readonly log: Logger;
@@ -58,7 +58,7 @@ export class Proxy {
   private closed = false;
   private readyWaiters: (() => void)[] = [];
 
-  constructor(private readonly opts: ProxyOptions) {
+  constructor(private readonly opts: SidecarOptions) {
     this.log = opts.log ?? logger("proxy");
     const od = opts.originalDst ?? originalDst;
     this.client = new ControlPlaneClient({
@@ -75,19 +75,31 @@ export class Proxy {
 
   /** Starts admin and health, then waits for config and certificate before taking traffic. */
   async start(): Promise<void> {
-    this.ports.admin = await listen(this.admin, this.opts.admin ?? { host: "127.0.0.1", port: PORTS.proxyAdmin });
-    this.ports.health = await listen(this.health, this.opts.health ?? { host: "0.0.0.0", port: PORTS.proxyHealth });
+    this.ports.admin = await listen(
+      this.admin,
+      this.opts.admin ?? { host: "127.0.0.1", port: PORTS.proxyAdmin },
+    );
+    this.ports.health = await listen(
+      this.health,
+      this.opts.health ?? { host: "0.0.0.0", port: PORTS.proxyHealth },
+    );
     this.client.subscribe(
       (push) => {
         try {
           const snap = parseSnapshot(push.snapshotJson);
           const prev = this.state.snapshot?.workload.spiffeId;
           this.state.applySnapshot(snap);
-          this.log.info({ version: snap.version, policies: snap.policies.length, services: snap.services.length }, "config applied");
+          this.log.info(
+            { version: snap.version, policies: snap.policies.length, services: snap.services.length },
+            "config applied",
+          );
           if (prev !== snap.workload.spiffeId) void this.renew();
           return undefined;
         } catch (e) {
-          this.log.error({ version: push.version, err: (e as Error).message }, "config rejected; keeping the last good one");
+          this.log.error(
+            { version: push.version, err: (e as Error).message },
+            "config rejected; keeping the last good one",
+          );
           return (e as Error).message;
         }
       },
@@ -100,8 +112,14 @@ export class Proxy {
 
   private async openTraffic(): Promise<void> {
     this.trafficUp = true;
-    this.ports.inbound = await listen(this.inbound.server, this.opts.inbound ?? { host: "0.0.0.0", port: PORTS.inboundCapture });
-    this.ports.outbound = await listen(this.outbound.server, this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture });
+    this.ports.inbound = await listen(
+      this.inbound.server,
+      this.opts.inbound ?? { host: "0.0.0.0", port: PORTS.inboundCapture },
+    );
+    this.ports.outbound = await listen(
+      this.outbound.server,
+      this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture },
+    );
     this.log.info({ ports: this.ports, spiffeId: this.state.snapshot?.workload.spiffeId }, "proxy ready");
     for (const w of this.readyWaiters.splice(0)) w();
   }
@@ -139,7 +157,10 @@ export class Proxy {
       const wait = Math.max(1_000, life * (0.45 + Math.random() * 0.1));
       this.renewTimer = setTimeout(() => void this.renew(), wait);
       this.renewTimer.unref();
-      this.log.info({ spiffeId: id, serial: leaf.serialNumber, notAfter, renewInMs: Math.round(wait) }, "certificate installed");
+      this.log.info(
+        { spiffeId: id, serial: leaf.serialNumber, notAfter, renewInMs: Math.round(wait) },
+        "certificate installed",
+      );
     } catch (e) {
       this.log.error({ err: (e as Error).message }, "certificate request failed; retrying in 2s");
       this.renewTimer = setTimeout(() => void this.renew(), 2_000);

@@ -1,0 +1,100 @@
+// Certificate signing requests: a workload makes one for its own key (generateCsr), and the CA reads
+// untrusted ones (readCsr), which must be clean PEM, signed by their key, and use ECDSA P-256.
+
+import { KeyObject } from "node:crypto";
+import { ZmeshError } from "../errors/index.js";
+import { decodePem, encodePem } from "./pem.js";
+import { parseSpiffeId } from "./spiffe-id.js";
+import { type SanNames, sanNames } from "./svid.js";
+import { subtle, x509 } from "./x509.js";
+
+export interface Csr {
+  /** PKCS#8 PEM of the new private key. */
+  keyPem: string;
+  csrPem: string;
+}
+
+export const EC_P256: EcKeyGenParams & EcdsaParams = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
+
+/** A CSR larger than this is refused before parsing; a P-256 CSR with one URI SAN is ~400 bytes. */
+export const MAX_CSR_PEM_CHARS = 16 * 1024;
+
+/** A new extractable ECDSA P-256 key pair (extractable so the workload can hand it to TLS). */
+export function generateP256KeyPair(): Promise<CryptoKeyPair> {
+  return subtle.generateKey(EC_P256, true, ["sign", "verify"]);
+}
+
+export function privateKeyPem(key: CryptoKey): string {
+  return KeyObject.from(key).export({ type: "pkcs8", format: "pem" }).toString();
+}
+
+/** A new ECDSA P-256 key and a CSR for it whose only content is the URI SAN (empty subject). */
+export async function generateCsr(spiffeUri: string): Promise<Csr> {
+  const uri = parseSpiffeId(spiffeUri).uri;
+  const keys = await generateP256KeyPair();
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    keys,
+    signingAlgorithm: EC_P256,
+    // An empty subject makes the SAN the whole identity, so it is marked critical (RFC 5280 4.2.1.6).
+    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "url", value: uri }], true)],
+  });
+  return {
+    keyPem: privateKeyPem(keys.privateKey),
+    csrPem: encodePem("CERTIFICATE REQUEST", new Uint8Array(csr.rawData)),
+  };
+}
+
+export interface VerifiedCsr {
+  publicKey: x509.PublicKey;
+  san: SanNames;
+}
+
+function invalid(what: string, cause?: unknown): ZmeshError {
+  return new ZmeshError(
+    "ZMESH_CSR_INVALID",
+    `The certificate signing request ${what}; send a PEM PKCS#10 CSR for an ECDSA P-256 key, as generateCsr makes.`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** Parses an untrusted CSR and verifies its self-signature; throws ZMESH_CSR_INVALID. */
+export async function readCsr(csrPem: string): Promise<VerifiedCsr> {
+  if (typeof csrPem !== "string") throw invalid("is not a string");
+  if (csrPem.length > MAX_CSR_PEM_CHARS) throw invalid(`is longer than ${MAX_CSR_PEM_CHARS} characters`);
+  const blocks = decodePem(csrPem);
+  if (typeof blocks === "string") throw invalid(`is not PEM (${blocks})`);
+  const block = blocks[0];
+  if (blocks.length !== 1 || block === undefined || !/^(NEW )?CERTIFICATE REQUEST$/.test(block.label)) {
+    throw invalid("must be exactly one CERTIFICATE REQUEST PEM block");
+  }
+  let csr: x509.Pkcs10CertificateRequest;
+  let san: SanNames;
+  let publicKey: x509.PublicKey;
+  let hash: string | undefined;
+  let alg: { name?: string; namedCurve?: string };
+  try {
+    csr = new x509.Pkcs10CertificateRequest(block.der);
+    publicKey = csr.publicKey;
+    alg = publicKey.algorithm as typeof alg;
+    san = sanNames(csr.extensions);
+    hash = (csr.signatureAlgorithm.hash as { name?: string } | undefined)?.name;
+  } catch (e) {
+    throw invalid(`cannot be decoded (${e instanceof Error ? e.message : String(e)})`, e);
+  }
+  if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256")
+    throw invalid("is for a key that is not ECDSA P-256");
+  if (hash !== "SHA-256" && hash !== "SHA-384" && hash !== "SHA-512") {
+    throw invalid(`is signed with ${String(hash)}, not SHA-256, SHA-384 or SHA-512`);
+  }
+  let ok: boolean;
+  try {
+    ok = await csr.verify();
+  } catch (e) {
+    throw invalid(
+      `has a signature that cannot be checked (${e instanceof Error ? e.message : String(e)})`,
+      e,
+    );
+  }
+  if (!ok) throw invalid("has a signature that does not verify with its own public key");
+  return { publicKey, san };
+}

@@ -1,0 +1,10 @@
+// Public face of the identity part: SPIFFE IDs, CSRs, the mesh CA and X509-SVID checks.
+// Other parts import only from here; the files beside it are internal.
+
+export type { CertificateAuthorityOptions, IssuedSvid } from "./ca.js";
+export { CertificateAuthority } from "./ca.js";
+export type { Csr } from "./csr.js";
+export { generateCsr } from "./csr.js";
+export type { SpiffeId } from "./spiffe-id.js";
+export { DEFAULT_TRUST_DOMAIN, namespaceOf, parseSpiffeId, principalOf, workloadId } from "./spiffe-id.js";
+export { spiffeIdFromCertDer, svidLeafViolations } from "./svid.js";
