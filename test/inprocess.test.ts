@@ -53,15 +53,17 @@ describe("thin path in process", () => {
   let frontend: Sidecar;
   let catalogApp: Awaited<ReturnType<typeof app>>;
   let paymentsApp: Awaited<ReturnType<typeof app>>;
+  let ports: { catalog: number; payments: number; impostor: number };
   const catalog = { address: "198.19.0.10", port: 80 };
   const payments = { address: "198.19.0.11", port: 80 };
 
   before(async () => {
     catalogApp = await app("catalog");
     paymentsApp = await app("payments");
-    const ports = { catalog: await freePort(), payments: await freePort() };
+    const p = { catalog: await freePort(), payments: await freePort() };
     // The impostor service selects catalog's labels but its port leads to the payments proxy.
-    mesh = await controlPlane(meshYaml({ ...ports, impostor: ports.payments }), [
+    ports = { ...p, impostor: p.payments };
+    mesh = await controlPlane(meshYaml(ports), [
       { namespace: "shop", name: "frontend" },
       { namespace: "shop", name: "catalog" },
       { namespace: "shop", name: "payments" },
@@ -145,6 +147,61 @@ describe("thin path in process", () => {
     assert.equal(catalogApp.seen.length, before);
   });
 
+  it("a policy change reaches the proxies and is enforced; a broken one is rejected and the last good stays", async () => {
+    const yaml = meshYaml(ports);
+    assert.equal((await call(mesh, frontend, payments, { method: "POST", path: "/charge" })).status, 403);
+    const widened = yaml.replace(
+      'principals: ["cluster.local/ns/shop/sa/orders"]',
+      'principals: ["cluster.local/ns/shop/sa/orders", "cluster.local/ns/shop/sa/frontend"]',
+    );
+    assert.notEqual(widened, yaml);
+    await mesh.writeConfig(widened);
+    assert.equal(await mesh.cp.reload(), true);
+    assert.equal(
+      await eventually(
+        async () => (await call(mesh, frontend, payments, { method: "POST", path: "/charge" })).status,
+        200,
+      ),
+      200,
+    );
+    await mesh.writeConfig(
+      `${widened}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bad, namespace: shop}\nspec: {action: MAYBE}\n`,
+    );
+    assert.equal(await mesh.cp.reload(), false);
+    assert.equal((await call(mesh, frontend, payments, { method: "POST", path: "/charge" })).status, 200);
+    await mesh.writeConfig(yaml);
+    assert.equal(await mesh.cp.reload(), true);
+    assert.equal(
+      await eventually(
+        async () => (await call(mesh, frontend, payments, { method: "POST", path: "/charge" })).status,
+        403,
+      ),
+      403,
+    );
+  });
+
+  it("certificates rotate under traffic without a failed request", async () => {
+    const appPort = catalogApp.port;
+    const short = await proxy(mesh, "shop/frontend", {
+      inboundPort: await freePort(),
+      certTtlSeconds: 3,
+      appPort,
+    });
+    const first = short.state.cert!.serial;
+    const serials = new Set([first]);
+    const deadline = Date.now() + 8_000;
+    let requests = 0;
+    while (serials.size < 3 && Date.now() < deadline) {
+      const r = await call(mesh, short, catalog, { path: "/rotate" });
+      assert.equal(r.status, 200, `request ${requests} failed during rotation`);
+      requests++;
+      serials.add(short.state.cert!.serial);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(serials.size >= 3, `expected two renewals in 8 s, saw ${serials.size - 1}`);
+    assert.ok(requests > 10);
+  });
+
   it("the CA refuses a CSR for an identity the caller did not prove", async () => {
     const csr = await generateCsr("spiffe://cluster.local/ns/shop/sa/payments");
     const err = await sign(mesh, mesh.tokens.get("shop/frontend")!, csr.csrPem);
@@ -158,6 +215,16 @@ describe("thin path in process", () => {
     assert.equal(err?.code, grpc.status.UNAUTHENTICATED);
   });
 });
+
+async function eventually<T>(fn: () => Promise<T>, want: T, timeoutMs = 2_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last = await fn();
+  while (last !== want && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 25));
+    last = await fn();
+  }
+  return last;
+}
 
 function sign(mesh: MeshFixture, token: string, csrPem: string): Promise<grpc.ServiceError | null> {
   const ssl = grpc.credentials.createSsl(Buffer.from(mesh.cp.ca.trustBundlePem()), null, null, {

@@ -3,7 +3,7 @@
 
 import { readdir, readFile, stat } from "node:fs/promises";
 import { extname, join, relative } from "node:path";
-import { LineCounter, parseAllDocuments } from "yaml";
+import { type Document, LineCounter, parseAllDocuments } from "yaml";
 import { ZmeshError } from "../errors/index.js";
 import type { Issue } from "../policy/index.js";
 import {
@@ -59,6 +59,19 @@ function resourceName(raw: unknown): string | undefined {
   return `${kind} ${ns}/${name}`;
 }
 
+/** The line of the deepest node of a field path ("spec.rules[0].to") that exists in the document. */
+function fieldLine(doc: Document.Parsed, path: string, lc: LineCounter): number | undefined {
+  const keys = path.split(/\.|\[(\d+)\]/).filter((k) => k !== undefined && k !== "");
+  for (let n = keys.length; n > 0; n--) {
+    const node = doc.getIn(
+      keys.slice(0, n).map((k) => (/^\d+$/.test(k) ? Number(k) : k)),
+      true,
+    ) as { range?: [number, number, number] } | undefined;
+    if (node && typeof node === "object" && node.range) return lc.linePos(node.range[0]).line;
+  }
+  return undefined;
+}
+
 /** Parses the YAML text of one file; `file` is only used in messages. */
 export function parseYaml(
   text: string,
@@ -87,7 +100,8 @@ export function parseYaml(
     const { resource, issues } = readResource(raw, { file, doc: index });
     for (const issue of issues) {
       const p: ConfigProblem = { file, path: issue.path, message: issue.message, code: issue.code };
-      if (line !== undefined) p.line = line;
+      const at = fieldLine(doc, issue.path, lineCounter) ?? line;
+      if (at !== undefined) p.line = at;
       const rn = resourceName(raw);
       if (rn) p.resource = rn;
       problems.push(p);

@@ -71,7 +71,8 @@ export class Inbound {
       rejectUnauthorized: true,
       ALPNProtocols: ["http/1.1"],
     });
-    const timer = setTimeout(() => tls.destroy(), HANDSHAKE_TIMEOUT_MS);
+    const timer = setTimeout(() => tls.destroy(), HANDSHAKE_TIMEOUT_MS).unref();
+    tls.once("close", () => clearTimeout(timer));
     tls.on("error", (e) => {
       clearTimeout(timer);
       this.log.info(

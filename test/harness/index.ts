@@ -47,6 +47,8 @@ export interface MeshFixture {
   /** Tells the outbound proxies where a client socket (by its local port) meant to go. */
   intents: Map<number, { address: string; port: number }>;
   proxies: Sidecar[];
+  /** Replaces the control plane's store with new YAML (reload it with `cp.reload()`). */
+  writeConfig(yaml: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -80,6 +82,7 @@ export async function controlPlane(
     tokens,
     intents: new Map(),
     proxies: [],
+    writeConfig: (text) => writeFile(join(dir, "mesh.yaml"), text),
     async close() {
       await Promise.all(fixture.proxies.map((p) => p.close()));
       await cp.close();
@@ -96,7 +99,7 @@ export async function controlPlane(
 export async function proxy(
   mesh: MeshFixture,
   entry: string,
-  opts: { inboundPort: number; appPort?: number },
+  opts: { inboundPort: number; appPort?: number; certTtlSeconds?: number },
 ): Promise<Sidecar> {
   const credential = mesh.tokens.get(entry);
   if (!credential) throw new Error(`no token for ${entry}`);
@@ -116,6 +119,7 @@ export async function proxy(
       return intent;
     },
     log: quiet,
+    ...(opts.certTtlSeconds ? { certTtlSeconds: opts.certTtlSeconds } : {}),
   });
   mesh.proxies.push(p);
   await p.start();

@@ -2,6 +2,8 @@
 // real sidecar processes and the control plane. Skips, visibly, when not root.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { playStory } from "../../src/cli/commands/demo.js";
@@ -15,6 +17,7 @@ import {
   type MeshState,
   proxyLog,
   startCapture,
+  stateRoot,
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
@@ -136,6 +139,21 @@ describe("the shop in network namespaces", {
       lines.some((l) => l.includes("no plaintext HTTP")),
       lines.join("\n"),
     );
+  });
+
+  it("up with a broken resource changes nothing on the host", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "zmesh-bad-"));
+    try {
+      await writeFile(
+        join(dir, "w.yaml"),
+        "apiVersion: zmesh.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec: {command: []}\n",
+      );
+      await assert.rejects(up(dir, { name: "zmbad" }), /spec\.command/);
+      assert.deepEqual(await leftovers("zmbad"), []);
+      assert.equal(existsSync(join(stateRoot(), "zmbad")), false);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("after zmesh down no namespace, interface, iptables rule, process or file of the mesh is left", async () => {
