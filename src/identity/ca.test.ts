@@ -71,15 +71,31 @@ describe("an issued SVID, judged by openssl", () => {
   test("chains to the trust bundle and has the X509-SVID leaf shape", async () => {
     const csr = await generateCsr(workloadId("cluster.local", "shop", "orders"));
     const svid = await ca.signCsr(csr.csrPem, ORDERS);
-    assert.equal(svid.chainPem.length, 1);
+    // Leaf first, then the intermediate that signed it; the root is only in the trust bundle.
+    assert.equal(svid.chainPem.length, 2);
     const leaf = svid.chainPem[0] ?? "";
     const bundle = write("bundle.pem", ca.trustBundlePem());
     const leafFile = write("leaf.pem", leaf);
+    const inter = write("intermediate.pem", svid.chainPem[1] ?? "");
 
-    assert.equal(openssl("verify", "-CAfile", bundle, leafFile).trim(), `${leafFile}: OK`);
+    assert.equal(
+      openssl("verify", "-CAfile", bundle, "-untrusted", inter, leafFile).trim(),
+      `${leafFile}: OK`,
+    );
+    // Without the intermediate the leaf does not chain: it is not signed by the root itself.
+    assert.throws(() => openssl("verify", "-CAfile", bundle, leafFile));
     // The purpose checks use the extKeyUsage: the leaf must serve as both TLS server and TLS client.
-    assert.match(openssl("verify", "-purpose", "sslserver", "-CAfile", bundle, leafFile), /: OK/);
-    assert.match(openssl("verify", "-purpose", "sslclient", "-CAfile", bundle, leafFile), /: OK/);
+    assert.match(
+      openssl("verify", "-purpose", "sslserver", "-CAfile", bundle, "-untrusted", inter, leafFile),
+      /: OK/,
+    );
+    assert.match(
+      openssl("verify", "-purpose", "sslclient", "-CAfile", bundle, "-untrusted", inter, leafFile),
+      /: OK/,
+    );
+    const interText = openssl("x509", "-noout", "-text", "-in", inter);
+    assert.match(interText, /CA:TRUE, pathlen:0/);
+    assert.match(interText, /Certificate Sign, CRL Sign/);
 
     const text = openssl("x509", "-noout", "-text", "-in", leafFile);
     for (const want of [

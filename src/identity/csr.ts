@@ -3,9 +3,9 @@
 
 import { KeyObject } from "node:crypto";
 import { ZmeshError } from "../errors/index.js";
+import { CsrError, type ParsedCsr, parseCsrDer } from "./leaf.js";
 import { decodePem, encodePem } from "./pem.js";
 import { parseSpiffeId } from "./spiffe-id.js";
-import { type SanNames, sanNames } from "./svid.js";
 import { subtle, x509 } from "./x509.js";
 
 export interface Csr {
@@ -44,11 +44,6 @@ export async function generateCsr(spiffeUri: string): Promise<Csr> {
   };
 }
 
-export interface VerifiedCsr {
-  publicKey: x509.PublicKey;
-  san: SanNames;
-}
-
 function invalid(what: string, cause?: unknown): ZmeshError {
   return new ZmeshError(
     "ZMESH_CSR_INVALID",
@@ -58,7 +53,7 @@ function invalid(what: string, cause?: unknown): ZmeshError {
 }
 
 /** Parses an untrusted CSR and verifies its self-signature; throws ZMESH_CSR_INVALID. */
-export async function readCsr(csrPem: string): Promise<VerifiedCsr> {
+export function readCsr(csrPem: string): ParsedCsr {
   if (typeof csrPem !== "string") throw invalid("is not a string");
   if (csrPem.length > MAX_CSR_PEM_CHARS) throw invalid(`is longer than ${MAX_CSR_PEM_CHARS} characters`);
   const blocks = decodePem(csrPem);
@@ -67,34 +62,14 @@ export async function readCsr(csrPem: string): Promise<VerifiedCsr> {
   if (blocks.length !== 1 || block === undefined || !/^(NEW )?CERTIFICATE REQUEST$/.test(block.label)) {
     throw invalid("must be exactly one CERTIFICATE REQUEST PEM block");
   }
-  let csr: x509.Pkcs10CertificateRequest;
-  let san: SanNames;
-  let publicKey: x509.PublicKey;
-  let hash: string | undefined;
-  let alg: { name?: string; namedCurve?: string };
   try {
-    csr = new x509.Pkcs10CertificateRequest(block.der);
-    publicKey = csr.publicKey;
-    alg = publicKey.algorithm as typeof alg;
-    san = sanNames(csr.extensions);
-    hash = (csr.signatureAlgorithm.hash as { name?: string } | undefined)?.name;
+    return parseCsrDer(block.der);
   } catch (e) {
+    if (e instanceof CsrError)
+      throw invalid(
+        e.message.replace(/^(it |has )/, (m) => (m === "has " ? "has " : "")),
+        e,
+      );
     throw invalid(`cannot be decoded (${e instanceof Error ? e.message : String(e)})`, e);
   }
-  if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256")
-    throw invalid("is for a key that is not ECDSA P-256");
-  if (hash !== "SHA-256" && hash !== "SHA-384" && hash !== "SHA-512") {
-    throw invalid(`is signed with ${String(hash)}, not SHA-256, SHA-384 or SHA-512`);
-  }
-  let ok: boolean;
-  try {
-    ok = await csr.verify();
-  } catch (e) {
-    throw invalid(
-      `has a signature that cannot be checked (${e instanceof Error ? e.message : String(e)})`,
-      e,
-    );
-  }
-  if (!ok) throw invalid("has a signature that does not verify with its own public key");
-  return { publicKey, san };
 }

@@ -2,6 +2,7 @@
 // check of the leaf rules of the X509-SVID standard that tests and the CA use on what it issues.
 
 import { isZmeshError, ZmeshError } from "../errors/index.js";
+import { certificateUris } from "./leaf.js";
 import { decodePem, plainBytes } from "./pem.js";
 import { parseSpiffeId } from "./spiffe-id.js";
 import { x509 } from "./x509.js";
@@ -71,7 +72,7 @@ export function spiffeIdFromCertDer(der: Uint8Array): string {
   }
   let uris: string[];
   try {
-    uris = sanNames(new x509.X509Certificate(plainBytes(bytes)).extensions).uris;
+    uris = certificateUris(bytes).uris;
   } catch (e) {
     throw new ZmeshError(
       "ZMESH_SVID_INVALID",
