@@ -25,6 +25,10 @@ export interface ProxySnapshot {
   version: string;
   trustDomain: string;
   rootNamespace: string;
+  /** Every root the proxy must trust (PEM); during a root rotation, two. */
+  trustBundlePem: string;
+  /** The CA's current issuer; a proxy whose certificate comes from another renews at once. */
+  issuerId: string;
   workload: {
     name: string;
     namespace: string;
@@ -69,6 +73,9 @@ export function parseSnapshot(json: string): ProxySnapshot {
   str(s["version"], "version");
   str(s["trustDomain"], "trustDomain");
   str(s["rootNamespace"], "rootNamespace");
+  if (!str(s["trustBundlePem"], "trustBundlePem").includes("-----BEGIN CERTIFICATE-----"))
+    fail("trustBundlePem", "must hold at least one PEM certificate");
+  str(s["issuerId"], "issuerId");
   const w = obj(s["workload"], "workload");
   for (const k of ["name", "namespace", "serviceAccount", "spiffeId", "address"]) str(w[k], `workload.${k}`);
   arr(s["policies"], "policies").forEach((p, i) => {

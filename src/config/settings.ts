@@ -30,6 +30,10 @@ export const NETWORK = {
 export const ENV = {
   /** Directory holding the state of local meshes (default /run/zmesh). */
   stateDir: "ZMESH_STATE_DIR",
+  /** Directory of what outlives a mesh: each mesh's CA store and key-encryption key (default /var/lib/zmesh). */
+  dataDir: "ZMESH_DATA_DIR",
+  /** The CA's key-encryption key, 32 bytes in base64; when unset, a file beside the CA store holds it. */
+  caKek: "ZMESH_CA_KEK",
   /** Log level of every zmesh process: trace, debug, info, warn, error (default info). */
   logLevel: "ZMESH_LOG_LEVEL",
   /** Comma-separated diagnostics channels to print to stderr, e.g. "proxy,controlplane" or "*". */

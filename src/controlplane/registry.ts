@@ -59,7 +59,7 @@ export class Registry {
   }
 
   /** The snapshot for one workload instance; its version is a digest of its content. */
-  snapshotFor(e: WorkloadEntry): ProxySnapshot {
+  snapshotFor(e: WorkloadEntry, ca: { trustBundlePem: string; issuerId: string }): ProxySnapshot {
     const policies = selectPolicies(
       this.config.policies.map((p) => ({
         namespace: p.meta.namespace,
@@ -73,6 +73,8 @@ export class Registry {
     const body = {
       trustDomain: this.opts.trustDomain,
       rootNamespace: this.opts.rootNamespace,
+      trustBundlePem: ca.trustBundlePem,
+      issuerId: ca.issuerId,
       workload: {
         name: e.meta.labels["zmesh.dev/workload"] ?? e.meta.name,
         namespace: e.meta.namespace,

@@ -10,7 +10,8 @@ export const ErrorCodes = {
   ZMESH_SVID_INVALID: "a certificate breaks the X509-SVID rules or does not chain to the trust bundle",
   ZMESH_CSR_INVALID: "a certificate signing request is malformed or its signature does not verify",
   ZMESH_CSR_IDENTITY: "a CSR asks for an identity the caller did not prove",
-  ZMESH_CA_STORE: "the CA material or its store is unusable (wrong key-encryption key, mismatched keys, damaged file)",
+  ZMESH_CA_STORE:
+    "the CA material or its store is unusable (wrong key-encryption key, mismatched keys, damaged file)",
   ZMESH_UNAUTHENTICATED: "a call to the control plane carries no valid credential",
   ZMESH_SECURE_NAMING: "a server presented a SPIFFE ID the destination service may not run as",
   ZMESH_NO_ROUTE: "an outbound connection went to an address that is no service of the mesh",

@@ -187,8 +187,13 @@ function generation(
     intermediateKey,
     intermediateNotAfter: new Date(node.validTo).getTime(),
     signer: new LeafSigner(der, intermediateKey),
-    id: createHash("sha256").update(der).digest("hex").slice(0, 16),
+    id: issuerIdOf(intermediatePem),
   };
+}
+
+/** Identifies an issuing certificate: the first 16 hex digits of the SHA-256 of its DER. */
+export function issuerIdOf(issuerPem: string): string {
+  return createHash("sha256").update(derOf(issuerPem, "issuer certificate")).digest("hex").slice(0, 16);
 }
 
 async function newGeneration(start: Date): Promise<Generation> {

@@ -1,6 +1,7 @@
 // Reads X509-SVIDs: the SPIFFE ID of a peer certificate (on every TLS connection, so cached) and a
 // check of the leaf rules of the X509-SVID standard that tests and the CA use on what it issues.
 
+import type { X509Certificate as NodeX509Certificate } from "node:crypto";
 import { isZmeshError, ZmeshError } from "../errors/index.js";
 import { certificateUris } from "./leaf.js";
 import { decodePem, plainBytes } from "./pem.js";
@@ -197,4 +198,24 @@ export function svidLeafViolations(pemOrDer: string | Uint8Array): string[] {
     out.push(`the public key cannot be parsed: ${reason(e)}`);
   }
   return out;
+}
+
+/**
+ * The SPIFFE ID of a TLS peer whose chain Node has already verified: the certificate must be a
+ * leaf (a CA certificate is never an SVID, even one the mesh CA signed) with exactly one URI SAN.
+ */
+export function peerSpiffeId(cert: NodeX509Certificate | undefined): string {
+  if (!cert) {
+    throw new ZmeshError(
+      "ZMESH_SVID_INVALID",
+      "The peer presented no certificate; present an X509-SVID issued by the mesh CA.",
+    );
+  }
+  if (cert.ca) {
+    throw new ZmeshError(
+      "ZMESH_SVID_INVALID",
+      "The peer certificate is a CA certificate (cA=true); an X509-SVID leaf must have cA=false.",
+    );
+  }
+  return spiffeIdFromCertDer(cert.raw);
 }

@@ -2,13 +2,27 @@
 // that feeds both the "/" index and docs/proxy-admin.md.
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { ProxyState } from "./state.js";
+import type { Certificate, ProxyState } from "./state.js";
 
 export interface AdminEndpoint {
   path: string;
   method: "GET" | "POST";
   help: string;
   handle: (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+/** What /certs and `zmesh certs -o json` show: everything about the SVID but its key. */
+export function certificateView(c: Certificate, trustBundlePem: string) {
+  return {
+    spiffeId: c.spiffeId,
+    serial: c.serial,
+    notBefore: c.notBefore.toISOString(),
+    notAfter: c.notAfter.toISOString(),
+    issuer: c.issuer,
+    issuerId: c.issuerId,
+    chainPem: c.chainPem,
+    trustBundlePem,
+  };
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -34,20 +48,15 @@ export function adminEndpoints(state: ProxyState, quit: () => void): AdminEndpoi
     {
       path: "/certs",
       method: "GET",
-      help: "the workload certificate chain (PEM, leaf first), serial and expiry; never the key",
-      handle: (_q, r) =>
+      help: "the workload certificate: SPIFFE ID, serial, validity, issuer, chain (PEM, leaf first) and trust bundle; never the key",
+      handle: (_q, r) => {
+        const c = state.cert;
         json(
           r,
-          200,
-          state.cert
-            ? {
-                serial: state.cert.serial,
-                notAfter: state.cert.notAfter,
-                chainPem: state.cert.chainPem,
-                trustBundlePem: state.cert.trustBundlePem,
-              }
-            : null,
-        ),
+          c ? 200 : 503,
+          c ? certificateView(c, state.trustBundlePem ?? "") : { error: "no certificate yet" },
+        );
+      },
     },
     {
       path: "/quitquitquit",

@@ -21,19 +21,27 @@ export interface ClientOptions {
 }
 
 export class ControlPlaneClient {
-  private readonly ca: grpc.Client & Record<string, grpc.MethodDefinition<unknown, unknown> | unknown>;
-  private readonly cfg: grpc.Client & Record<string, unknown>;
+  private ca!: grpc.Client & Record<string, unknown>;
+  private cfg!: grpc.Client & Record<string, unknown>;
+  private trustBundlePem = "";
   private closed = false;
   private call: grpc.ClientDuplexStream<ConfigAck, ConfigPush> | undefined;
   private retry: NodeJS.Timeout | undefined;
 
-  constructor(opts: ClientOptions) {
-    const ssl = grpc.credentials.createSsl(Buffer.from(opts.trustBundlePem), null, null, {
+  constructor(private readonly opts: ClientOptions) {
+    this.connect(opts.trustBundlePem);
+  }
+
+  /** (Re)creates the channels, trusting `bundle` for the control plane's certificate. */
+  private connect(bundle: string): void {
+    const { expectedServerId, credential, address } = this.opts;
+    this.trustBundlePem = bundle;
+    const ssl = grpc.credentials.createSsl(Buffer.from(bundle), null, null, {
       checkServerIdentity: (_host, cert) => {
         try {
           const id = spiffeIdFromCertDer(cert.raw);
-          if (id !== opts.expectedServerId)
-            return new Error(`control plane presented ${id}, expected ${opts.expectedServerId}`);
+          if (id !== expectedServerId)
+            return new Error(`control plane presented ${id}, expected ${expectedServerId}`);
           return undefined;
         } catch (e) {
           return e as Error;
@@ -42,7 +50,7 @@ export class ControlPlaneClient {
     });
     const callCreds = grpc.credentials.createFromMetadataGenerator((_p, cb) => {
       const md = new grpc.Metadata();
-      md.set(AUTH_METADATA, `Bearer ${opts.credential}`);
+      md.set(AUTH_METADATA, `Bearer ${credential}`);
       cb(null, md);
     });
     const creds = grpc.credentials.combineChannelCredentials(ssl, callCreds);
@@ -52,9 +60,25 @@ export class ControlPlaneClient {
     };
     const CA = MeshCAClient();
     const Cfg = MeshConfigClient();
-    this.ca = new CA(opts.address, creds, options) as never;
-    this.cfg = new Cfg(opts.address, creds, options) as never;
+    this.ca = new CA(address, creds, options) as never;
+    this.cfg = new Cfg(address, creds, options) as never;
   }
+
+  /**
+   * Trusts a new bundle for the control plane too (a root rotation changes the control plane's
+   * certificate as well). The open stream stays on the old channel until it drops; calls and
+   * reconnections use the new one.
+   */
+  updateTrust(bundle: string): void {
+    if (bundle === this.trustBundlePem || this.closed) return;
+    const old = { ca: this.ca, cfg: this.cfg };
+    this.connect(bundle);
+    old.ca.close();
+    // The old config channel closes once the stream on it ends (see subscribe).
+    this.retiring.push(old.cfg);
+  }
+
+  private readonly retiring: grpc.Client[] = [];
 
   sign(csrPem: string, ttlSeconds = 0): Promise<SignResponse> {
     return new Promise((resolve, reject) => {
@@ -76,6 +100,7 @@ export class ControlPlaneClient {
     let applied = "";
     const open = () => {
       if (this.closed) return;
+      for (const c of this.retiring.splice(0)) c.close();
       const call = (this.cfg["Stream"] as () => grpc.ClientDuplexStream<ConfigAck, ConfigPush>)();
       this.call = call;
       call.write({ version: applied, nonce: "", error: "" });

@@ -6,15 +6,15 @@ import { randomUUID } from "node:crypto";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
 import { pipeline } from "node:stream";
-import { TLSSocket } from "node:tls";
+import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
-import { principalOf, spiffeIdFromCertDer } from "../identity/index.js";
+import { peerSpiffeId, principalOf } from "../identity/index.js";
 import { evaluate, normalizePath } from "../policy/index.js";
 import { forwardable, responseHeaders } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
 import { rescueHttp } from "./rescue.js";
-import type { ProxyState } from "./state.js";
+import type { Certificate, ProxyState } from "./state.js";
 
 interface Peer {
   spiffeId: string;
@@ -29,6 +29,22 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 export class Inbound {
   readonly server: Server;
   private readonly http = createHttpServer({ keepAliveTimeout: 60_000 });
+  /**
+   * TLS is a tls.Server fed the accepted sockets, not a bare TLSSocket: only a tls.Server checks
+   * the client certificate's verification result (a bare server TLSSocket completes the handshake
+   * with any certificate). It does not reject by itself either: we do, so the reason is logged.
+   */
+  private readonly tls = createTlsServer({
+    requestCert: true,
+    rejectUnauthorized: false,
+    ALPNProtocols: ["http/1.1"],
+    minVersion: "TLSv1.3",
+    handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+  });
+  private tlsFor: Certificate | undefined;
+  private tlsBundle: string | undefined;
+  /** Original destination port of each accepted connection, by its remote address and port. */
+  private readonly dstPorts = new Map<string, number>();
   private readonly peers = new WeakMap<Socket, Peer>();
   private readonly apps = new Map<number, Pool>();
 
@@ -40,6 +56,13 @@ export class Inbound {
     private readonly appHost = "127.0.0.1",
   ) {
     this.server = createNetServer((s) => this.accept(s));
+    this.tls.on("secureConnection", (s: TLSSocket) => this.secured(s));
+    this.tls.on("tlsClientError", (e: Error, s: TLSSocket) => {
+      this.log.info(
+        { remote: s.remoteAddress, err: e.message },
+        "inbound connection refused: mTLS handshake failed",
+      );
+    });
     this.http.on("request", (req, res) => this.request(req, res));
     this.http.on("clientError", (_e, sock: Socket) => {
       if (sock.writable)
@@ -48,10 +71,27 @@ export class Inbound {
     });
   }
 
+  /** Keeps the TLS server on the current SVID and trust bundle (new connections only). */
+  private refreshTls(): boolean {
+    const cert = this.state.cert;
+    const bundle = this.state.trustBundlePem;
+    if (!cert || !bundle) return false;
+    if (cert !== this.tlsFor || bundle !== this.tlsBundle) {
+      this.tls.setSecureContext({
+        key: cert.keyPem,
+        cert: cert.chainPem.join(""),
+        ca: bundle,
+        minVersion: "TLSv1.3",
+      });
+      this.tlsFor = cert;
+      this.tlsBundle = bundle;
+    }
+    return true;
+  }
+
   private accept(raw: Socket): void {
     raw.on("error", () => raw.destroy());
-    const ctx = this.state.serverContext;
-    if (!this.state.ready || !ctx) {
+    if (!this.state.ready || !this.refreshTls()) {
       raw.destroy(); // fail closed: no certificate or no policy yet
       return;
     }
@@ -64,49 +104,34 @@ export class Inbound {
       return;
     }
     raw.setNoDelay(true);
-    const tls = new TLSSocket(raw, {
-      isServer: true,
-      secureContext: ctx,
-      requestCert: true,
-      rejectUnauthorized: true,
-      ALPNProtocols: ["http/1.1"],
-    });
-    const timer = setTimeout(() => tls.destroy(), HANDSHAKE_TIMEOUT_MS).unref();
-    tls.once("close", () => clearTimeout(timer));
-    tls.on("error", (e) => {
-      clearTimeout(timer);
+    const key = `${raw.remoteAddress}|${raw.remotePort}`;
+    this.dstPorts.set(key, port);
+    raw.once("close", () => this.dstPorts.delete(key));
+    this.tls.emit("connection", raw);
+  }
+
+  private secured(tls: TLSSocket): void {
+    const refuse = (err: string) => {
       this.log.info(
-        { remote: raw.remoteAddress, port, err: e.message },
-        "inbound connection refused: mTLS handshake failed",
+        { remote: tls.remoteAddress, err },
+        "inbound connection refused: client certificate not accepted",
       );
       tls.destroy();
-    });
-    tls.once("secure", () => {
-      clearTimeout(timer);
-      const der = tls.getPeerX509Certificate()?.raw;
-      let spiffeId: string;
-      try {
-        if (!der) throw new Error("no client certificate");
-        spiffeId = spiffeIdFromCertDer(der);
-      } catch (e) {
-        this.log.info(
-          { remote: raw.remoteAddress, err: (e as Error).message },
-          "inbound connection refused: no SPIFFE ID",
-        );
-        tls.destroy();
-        return;
-      }
-      const principal = principalOf(spiffeId);
-      const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
-      this.peers.set(tls, {
-        spiffeId,
-        principal,
-        namespace: ns,
-        remoteAddress: raw.remoteAddress ?? "",
-        port,
-      });
-      this.http.emit("connection", tls);
-    });
+    };
+    if (!tls.authorized)
+      return refuse(`certificate verification failed: ${tls.authorizationError ?? "no certificate"}`);
+    const port = this.dstPorts.get(`${tls.remoteAddress}|${tls.remotePort}`);
+    if (port === undefined) return refuse("original destination unknown");
+    let spiffeId: string;
+    try {
+      spiffeId = peerSpiffeId(tls.getPeerX509Certificate());
+    } catch (e) {
+      return refuse((e as Error).message);
+    }
+    const principal = principalOf(spiffeId);
+    const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
+    this.peers.set(tls, { spiffeId, principal, namespace: ns, remoteAddress: tls.remoteAddress ?? "", port });
+    this.http.emit("connection", tls);
   }
 
   private app(port: number): Pool {

@@ -10,7 +10,7 @@ import { connect as tlsConnect } from "node:tls";
 import { type buildConnector, Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { spiffeIdFromCertDer } from "../identity/index.js";
+import { peerSpiffeId } from "../identity/index.js";
 import { forwardable, responseHeaders } from "./headers.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { type Flag, rescueHttp } from "./rescue.js";
@@ -54,7 +54,8 @@ export class Outbound {
   private connector(route: () => Route | undefined): buildConnector.connector {
     return (opts, cb) => {
       const cert = this.state.cert;
-      if (!cert) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
+      const bundle = this.state.trustBundlePem;
+      if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
       let done = false;
       const finish = (err: Error | null, sock: Socket | null) => {
         if (done) return;
@@ -66,7 +67,7 @@ export class Outbound {
         port: Number(opts.port),
         key: cert.keyPem,
         cert: cert.chainPem.join(""),
-        ca: cert.trustBundlePem,
+        ca: bundle,
         minVersion: "TLSv1.3",
         ALPNProtocols: ["http/1.1"],
         // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
@@ -81,9 +82,7 @@ export class Outbound {
         sock.setTimeout(0);
         const r = route();
         try {
-          const der = sock.getPeerX509Certificate()?.raw;
-          if (!der) throw new Error("server sent no certificate");
-          const id = spiffeIdFromCertDer(der);
+          const id = peerSpiffeId(sock.getPeerX509Certificate());
           if (!r?.allowed.has(id)) {
             throw new ZmeshError(
               "ZMESH_SECURE_NAMING",

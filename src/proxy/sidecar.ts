@@ -8,7 +8,7 @@ import type { Server } from "node:net";
 import { parseSnapshot } from "../api/index.js";
 import { PORTS } from "../config/index.js";
 import { type Logger, logger } from "../diag/index.js";
-import { generateCsr } from "../identity/index.js";
+import { generateCsr, issuerIdOf } from "../identity/index.js";
 import { adminEndpoints, adminServer, healthServer } from "./admin.js";
 import { ControlPlaneClient } from "./client.js";
 import { Inbound } from "./inbound.js";
@@ -89,11 +89,17 @@ export class Sidecar {
           const snap = parseSnapshot(push.snapshotJson);
           const prev = this.state.snapshot?.workload.spiffeId;
           this.state.applySnapshot(snap);
+          this.client.updateTrust(snap.trustBundlePem);
           this.log.info(
             { version: snap.version, policies: snap.policies.length, services: snap.services.length },
             "config applied",
           );
-          if (prev !== snap.workload.spiffeId) void this.renew();
+          // A new identity, or a CA that now issues from another root: get a certificate now.
+          if (
+            prev !== snap.workload.spiffeId ||
+            (this.state.cert && this.state.cert.issuerId !== snap.issuerId)
+          )
+            void this.renew();
           return undefined;
         } catch (e) {
           this.log.error(
@@ -146,13 +152,19 @@ export class Sidecar {
       const res = await this.client.sign(csr.csrPem, this.opts.certTtlSeconds ?? 0);
       const leaf = new X509Certificate(res.certChainPem[0]!);
       const notAfter = new Date(leaf.validTo);
-      this.state.setCertificate({
-        keyPem: csr.keyPem,
-        chainPem: res.certChainPem,
-        trustBundlePem: res.trustBundlePem,
-        notAfter,
-        serial: leaf.serialNumber,
-      });
+      this.state.setCertificate(
+        {
+          keyPem: csr.keyPem,
+          chainPem: res.certChainPem,
+          spiffeId: id,
+          notBefore: new Date(leaf.validFrom),
+          notAfter,
+          serial: leaf.serialNumber.toLowerCase().replace(/^(00)+(?=.)/, ""),
+          issuer: leaf.issuer.replace(/\n/g, ", "),
+          issuerId: res.certChainPem[1] ? issuerIdOf(res.certChainPem[1]) : "",
+        },
+        res.trustBundlePem,
+      );
       const life = notAfter.getTime() - Date.now();
       const wait = Math.max(1_000, life * (0.45 + Math.random() * 0.1));
       this.renewTimer = setTimeout(() => void this.renew(), wait);

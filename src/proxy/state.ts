@@ -1,17 +1,22 @@
 // What the proxy currently enforces: its certificate and key (in memory only), the trust
 // bundle, and the last good snapshot compiled for the hot path (policies, VIP routes).
-// Listeners read from here on each connection, so a swap never drops a connection.
+// Listeners read from here on each new connection, so a swap never drops an open one.
 
-import { createSecureContext, type SecureContext } from "node:tls";
 import type { ProxySnapshot, SnapshotService } from "../api/index.js";
 import { type CompiledPolicies, compilePolicies } from "../policy/index.js";
 
 export interface Certificate {
   keyPem: string;
+  /** Leaf first, then the intermediate. */
   chainPem: string[];
-  trustBundlePem: string;
+  spiffeId: string;
+  notBefore: Date;
   notAfter: Date;
   serial: string;
+  /** Issuer DN of the leaf, for people. */
+  issuer: string;
+  /** issuerIdOf(the intermediate): compared with the snapshot's to renew after a root rotation. */
+  issuerId: string;
 }
 
 export interface Route {
@@ -24,8 +29,8 @@ export class ProxyState {
   snapshot: ProxySnapshot | undefined;
   policies: CompiledPolicies | undefined;
   cert: Certificate | undefined;
-  /** Server side of inbound mTLS: our SVID, client certs must chain to the bundle. */
-  serverContext: SecureContext | undefined;
+  /** The roots peers must chain to: from the latest snapshot (or the signing answer before one). */
+  trustBundlePem: string | undefined;
   private routes = new Map<string, Route>();
   private readonly listeners: (() => void)[] = [];
 
@@ -53,17 +58,14 @@ export class ProxyState {
     this.snapshot = s;
     this.policies = policies;
     this.routes = routes;
+    this.trustBundlePem = s.trustBundlePem;
     this.changed();
   }
 
-  setCertificate(c: Certificate): void {
-    this.serverContext = createSecureContext({
-      key: c.keyPem,
-      cert: c.chainPem.join(""),
-      ca: c.trustBundlePem,
-      minVersion: "TLSv1.3",
-    });
+  /** Installs a new SVID; `bundle` is used only until a snapshot brings one. */
+  setCertificate(c: Certificate, bundle: string): void {
     this.cert = c;
+    this.trustBundlePem ??= bundle;
     this.changed();
   }
 

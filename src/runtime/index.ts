@@ -1,6 +1,7 @@
 // runtime: the local runtime. A network namespace per workload on an isolated bridge, iptables
 // capture, the control plane and sidecars as processes; `up`, `down`, `exec`.
 
+export { caStoreFile, controlPlaneAdmin, dataDir, kekFile, proxyAdmin } from "./ca.js";
 export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
 export {
   type AccessEntry,

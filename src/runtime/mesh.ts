@@ -21,6 +21,7 @@ import {
 import { tokenDigest } from "../controlplane/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
+import { caStoreFile, controlPlaneSocket, dataDir, kekFile } from "./ca.js";
 import {
   createBridge,
   createNamespace,
@@ -321,6 +322,12 @@ async function startControlPlane(state: MeshState): Promise<void> {
       join(state.stateDir, "secrets", "tokens.json"),
       "--bundle-out",
       bundle,
+      "--ca-store",
+      caStoreFile(state.name),
+      "--kek-file",
+      await kekFile(state.name, join(state.stateDir, "secrets")),
+      "--admin-socket",
+      controlPlaneSocket(state),
     ],
     log,
   );
@@ -499,7 +506,7 @@ export function exec(
 }
 
 /** Removes everything of a mesh: processes, namespaces, bridge, host rules, state. */
-export async function down(mesh: string, opts: { quiet?: boolean } = {}): Promise<string[]> {
+export async function down(mesh: string, opts: { quiet?: boolean; purge?: boolean } = {}): Promise<string[]> {
   checkMeshName(mesh);
   checkPrerequisites();
   let state: MeshState | undefined;
@@ -517,6 +524,8 @@ export async function down(mesh: string, opts: { quiet?: boolean } = {}): Promis
   await terminate([...pids].filter((p) => p !== process.pid && alive(p)));
   await destroyNetwork(mesh, state?.net.bridge);
   await rm(stateDirOf(mesh), { recursive: true, force: true });
+  // The CA outlives the mesh unless asked: workloads brought up again keep the same root.
+  if (opts.purge) await rm(dataDir(mesh), { recursive: true, force: true });
   const left = await leftovers(mesh, state?.net.bridge);
   if (left.length > 0 && !opts.quiet) {
     throw new ZmeshError("ZMESH_RUNTIME", `zmesh down could not remove: ${left.join("; ")}`);

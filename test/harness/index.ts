@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import type { CertificateAuthority } from "../../src/identity/index.js";
 import { Sidecar } from "../../src/proxy/index.js";
 
 export const quiet = pino({ level: "silent" });
@@ -52,10 +53,23 @@ export interface MeshFixture {
   close(): Promise<void>;
 }
 
+/** Log lines of the harness's processes, kept in memory so tests can read the reasons given. */
+export const logLines: Record<string, unknown>[] = [];
+export const captured = pino(
+  { level: "info" },
+  {
+    write(line: string) {
+      logLines.push(JSON.parse(line) as Record<string, unknown>);
+      if (logLines.length > 5000) logLines.splice(0, 1000);
+    },
+  },
+);
+
 /** Starts a control plane over the given YAML; `instances` lists the workload entries to mint tokens for. */
 export async function controlPlane(
   yaml: string,
   instances: { namespace: string; name: string }[],
+  opts: { ca?: CertificateAuthority } = {},
 ): Promise<MeshFixture> {
   const dir = await mkdtemp(join(tmpdir(), "zmesh-test-"));
   await writeFile(join(dir, "mesh.yaml"), yaml);
@@ -74,7 +88,8 @@ export async function controlPlane(
     trustDomain: "cluster.local",
     rootNamespace: "zmesh-system",
     watch: false,
-    log: quiet,
+    log: captured,
+    ...(opts.ca ? { ca: opts.ca } : {}),
   });
   const fixture: MeshFixture = {
     dir,
@@ -118,7 +133,7 @@ export async function proxy(
       if (!intent) throw new Error("no intent registered for this socket");
       return intent;
     },
-    log: quiet,
+    log: captured,
     ...(opts.certTtlSeconds ? { certTtlSeconds: opts.certTtlSeconds } : {}),
   });
   mesh.proxies.push(p);

@@ -7,8 +7,9 @@ export function downCommand(): Command {
   return new Command("down")
     .description("tear a local mesh down: processes, namespaces, bridge, iptables rules, state")
     .option("--name <mesh>", "mesh name", "zmesh")
-    .action(async (o: { name: string }) => {
-      await down(o.name);
+    .option("--purge", "also delete the mesh's CA (its store and key-encryption key)")
+    .action(async (o: { name: string; purge?: boolean }) => {
+      await down(o.name, { purge: o.purge === true });
       console.log(`mesh ${o.name} is down; nothing of it is left on this host`);
     });
 }

@@ -1,0 +1,320 @@
+// Identity across the parts: SVIDs the proxies refuse at the TLS level (each with its reason in
+// the proxy's log), root rotation under traffic with no failed request, and a CA that survives a
+// control-plane restart through its sealed store.
+import assert from "node:assert/strict";
+import { webcrypto } from "node:crypto";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { connect as tlsConnect } from "node:tls";
+import { ControlPlane, TokenFileAttestor } from "../src/controlplane/index.js";
+import { CertificateAuthority, newKek, parseKek } from "../src/identity/index.js";
+import { x509 } from "../src/identity/x509.js";
+import type { Sidecar } from "../src/proxy/index.js";
+import {
+  app,
+  call,
+  captured,
+  controlPlane,
+  freePort,
+  logLines,
+  type MeshFixture,
+  proxy,
+} from "./harness/index.js";
+
+const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
+const pem = (c: x509.X509Certificate) => `${c.toString("pem").trim()}\n`;
+
+/** A root and intermediate whose keys the test holds, so it can sign leaves the CA never would. */
+async function testHierarchy() {
+  const rootKeys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
+  const root = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: "01",
+    name: "CN=test root",
+    notBefore: new Date(Date.now() - 3600_000),
+    notAfter: new Date(Date.now() + 365 * 86400_000),
+    keys: rootKeys,
+    signingAlgorithm: alg,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(rootKeys.publicKey),
+    ],
+  });
+  const interKeys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
+  const inter = await x509.X509CertificateGenerator.create({
+    serialNumber: "02",
+    subject: "CN=test intermediate",
+    issuer: root.subject,
+    notBefore: new Date(Date.now() - 3600_000),
+    notAfter: new Date(Date.now() + 300 * 86400_000),
+    publicKey: interKeys.publicKey,
+    signingKey: rootKeys.privateKey,
+    signingAlgorithm: alg,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(interKeys.publicKey),
+    ],
+  });
+  const keyPem = async (k: CryptoKey) =>
+    x509.PemConverter.encode(await webcrypto.subtle.exportKey("pkcs8", k), "PRIVATE KEY");
+  /** A leaf signed by the intermediate, shaped by `opts` (the test's bad SVIDs). */
+  async function leaf(opts: { uris: string[]; ca?: boolean; notAfter?: Date; notBefore?: Date }) {
+    const keys = await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"]);
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: Math.floor(Math.random() * 1e9).toString(16),
+      subject: "O=zmesh",
+      issuer: inter.subject,
+      notBefore: opts.notBefore ?? new Date(Date.now() - 60_000),
+      notAfter: opts.notAfter ?? new Date(Date.now() + 3600_000),
+      publicKey: keys.publicKey,
+      signingKey: interKeys.privateKey,
+      signingAlgorithm: alg,
+      extensions: [
+        new x509.BasicConstraintsExtension(opts.ca === true, undefined, true),
+        new x509.KeyUsagesExtension(
+          x509.KeyUsageFlags.digitalSignature | (opts.ca ? x509.KeyUsageFlags.keyCertSign : 0),
+          true,
+        ),
+        new x509.ExtendedKeyUsageExtension(["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"]),
+        new x509.SubjectAlternativeNameExtension(opts.uris.map((value) => ({ type: "url" as const, value }))),
+      ],
+    });
+    return { key: await keyPem(keys.privateKey), cert: `${pem(cert)}${pem(inter)}` };
+  }
+  const ca = await CertificateAuthority.import({
+    rootPem: pem(root),
+    intermediatePem: pem(inter),
+    intermediateKeyPem: await keyPem(interKeys.privateKey),
+  });
+  return { ca, leaf };
+}
+
+const FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend";
+
+function meshYaml(catalogPort: number): string {
+  return `
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: frontend, namespace: shop, labels: { app: frontend } }
+spec: { address: 127.0.0.1, serviceAccount: frontend, labels: { app: frontend } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: catalog, namespace: shop, labels: { app: catalog } }
+spec: { address: 127.0.0.1, serviceAccount: catalog, labels: { app: catalog } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: catalog, namespace: shop }
+spec:
+  selector: { app: catalog }
+  clusterIP: 198.19.0.10
+  ports: [{ name: http, port: 80, targetPort: ${catalogPort} }]
+`;
+}
+
+/** Connects to a proxy's inbound port with the given client certificate; resolves what happened. */
+function present(port: number, creds: { key: string; cert: string }): Promise<"refused" | string> {
+  return new Promise((resolve) => {
+    const s = tlsConnect({
+      host: "127.0.0.1",
+      port,
+      ...creds,
+      rejectUnauthorized: false,
+      minVersion: "TLSv1.3",
+    });
+    let data = "";
+    s.on("secureConnect", () => s.write("GET /items HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n"));
+    s.on("data", (d: Buffer) => {
+      data += d.toString();
+    });
+    s.on("error", () => resolve(data || "refused"));
+    s.on("close", () => resolve(data || "refused"));
+  });
+}
+
+function refusalLogged(since: number): string {
+  return logLines
+    .slice(since)
+    .filter((l) => String(l["msg"]).startsWith("inbound connection refused"))
+    .map((l) => String(l["err"]))
+    .join(" | ");
+}
+
+describe("SVIDs the proxies refuse, each with its reason", () => {
+  let mesh: MeshFixture;
+  let inbound: number;
+  let hierarchy: Awaited<ReturnType<typeof testHierarchy>>;
+  let catalogApp: Awaited<ReturnType<typeof app>>;
+
+  before(async () => {
+    hierarchy = await testHierarchy();
+    catalogApp = await app("catalog");
+    inbound = await freePort();
+    mesh = await controlPlane(meshYaml(inbound), [{ namespace: "shop", name: "catalog" }], {
+      ca: hierarchy.ca,
+    });
+    await proxy(mesh, "shop/catalog", { inboundPort: inbound, appPort: catalogApp.port });
+  });
+  after(async () => {
+    await mesh.close();
+    catalogApp.server.close();
+  });
+
+  it("a well-formed SVID from the mesh CA gets through (the control for the cases below)", async () => {
+    const r = await present(inbound, await hierarchy.leaf({ uris: [FRONTEND] }));
+    assert.match(r, /^HTTP\/1\.1 200/);
+  });
+
+  it("a client certificate from another CA", async () => {
+    const other = await CertificateAuthority.create();
+    const { keyPem, svid } = await other.issue(FRONTEND);
+    const since = logLines.length;
+    assert.equal(await present(inbound, { key: keyPem, cert: svid.chainPem.join("") }), "refused");
+    assert.match(refusalLogged(since), /certificate|issuer|verify/i);
+  });
+
+  it("an expired certificate", async () => {
+    const since = logLines.length;
+    const expired = await hierarchy.leaf({
+      uris: [FRONTEND],
+      notBefore: new Date(Date.now() - 7200_000),
+      notAfter: new Date(Date.now() - 3600_000),
+    });
+    assert.equal(await present(inbound, expired), "refused");
+    assert.match(refusalLogged(since), /expired/i);
+  });
+
+  it("a leaf with CA:true, even one the mesh's intermediate signed", async () => {
+    const since = logLines.length;
+    assert.equal(await present(inbound, await hierarchy.leaf({ uris: [FRONTEND], ca: true })), "refused");
+    assert.match(refusalLogged(since), /cA=true/);
+  });
+
+  it("a leaf with two URI SANs", async () => {
+    const since = logLines.length;
+    const two = await hierarchy.leaf({ uris: [FRONTEND, "spiffe://cluster.local/ns/shop/sa/orders"] });
+    assert.equal(await present(inbound, two), "refused");
+    assert.match(refusalLogged(since), /2 URI SANs/);
+  });
+
+  it("none of the refused connections reached the app", () => {
+    assert.equal(catalogApp.seen.length, 1);
+  });
+});
+
+describe("root rotation under traffic", () => {
+  let mesh: MeshFixture;
+  let frontend: Sidecar;
+  let catalog: Sidecar;
+  let catalogApp: Awaited<ReturnType<typeof app>>;
+
+  before(async () => {
+    catalogApp = await app("catalog");
+    const inbound = await freePort();
+    mesh = await controlPlane(meshYaml(inbound), [
+      { namespace: "shop", name: "frontend" },
+      { namespace: "shop", name: "catalog" },
+    ]);
+    frontend = await proxy(mesh, "shop/frontend", { inboundPort: await freePort(), certTtlSeconds: 4 });
+    catalog = await proxy(mesh, "shop/catalog", {
+      inboundPort: inbound,
+      appPort: catalogApp.port,
+      certTtlSeconds: 4,
+    });
+  });
+  after(async () => {
+    await mesh.close();
+    catalogApp.server.close();
+  });
+
+  it("several workload rotations and one root rotation: zero failed requests", async () => {
+    const oldBundle = mesh.cp.ca.trustBundlePem();
+    const oldIssuer = mesh.cp.ca.issuerId();
+    const serials = new Set<string>();
+    let stop = false;
+    let ok = 0;
+    const failures: string[] = [];
+    // New connections each time (connection: close), so every request does a fresh mTLS handshake.
+    const traffic = (async () => {
+      const deadline = Date.now() + 20_000;
+      while (!stop && Date.now() < deadline && ok + failures.length < 5_000) {
+        const r = await call(mesh, frontend, { address: "198.19.0.10", port: 80 }, { path: "/items" });
+        if (r.status === 200) ok++;
+        else failures.push(`${r.status} ${r.headers["x-zmesh-flag"] ?? ""} ${r.body.slice(0, 80)}`);
+        serials.add(catalog.state.cert!.serial);
+        await new Promise((res) => setTimeout(res, 5));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 2_500)); // at least one workload renewal (4 s lifetime)
+    const lines: string[] = [];
+    const done = await mesh.cp.rotateRoot((l) => lines.push(l), { overlapMs: 500, timeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 2_500)); // traffic on the new root, renewals again
+    stop = true;
+    await traffic;
+    assert.equal(done, true, lines.join("\n"));
+    assert.deepEqual(failures, []);
+    assert.ok(ok > 50, `only ${ok} requests went through`);
+    assert.ok(serials.size >= 3, `catalog renewed ${serials.size - 1} times`);
+    const newBundle = mesh.cp.ca.trustBundlePem();
+    assert.notEqual(newBundle, oldBundle);
+    assert.equal(newBundle.match(/BEGIN CERTIFICATE/g)?.length, 1);
+    assert.notEqual(mesh.cp.ca.issuerId(), oldIssuer);
+    for (const p of [frontend, catalog]) {
+      assert.equal(p.state.cert!.issuerId, mesh.cp.ca.issuerId());
+      assert.equal(p.state.trustBundlePem, newBundle);
+    }
+  });
+});
+
+describe("the CA store", () => {
+  it("a restarted control plane keeps its root: the store is sealed, 0600, and useless without the KEK", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "zmesh-ca-"));
+    try {
+      const kek = parseKek(newKek(), "test");
+      const store = join(dir, "ca.json");
+      await import("node:fs/promises").then((fs) => fs.writeFile(join(dir, "mesh.yaml"), meshYaml(1)));
+      await import("node:fs/promises").then((fs) => fs.writeFile(join(dir, "tokens.json"), "{}"));
+      const start = () =>
+        ControlPlane.start({
+          configPaths: [join(dir, "mesh.yaml")],
+          listen: "127.0.0.1:0",
+          attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+          trustDomain: "cluster.local",
+          rootNamespace: "zmesh-system",
+          watch: false,
+          log: captured,
+          caStore: store,
+          kek,
+        });
+      const first = await start();
+      const bundle = first.ca.trustBundlePem();
+      await first.close();
+      assert.equal((await stat(store)).mode & 0o777, 0o600);
+      const text = await readFile(store, "utf8");
+      assert.doesNotMatch(text, /PRIVATE KEY/);
+      const second = await start();
+      assert.equal(second.ca.trustBundlePem(), bundle);
+      await second.close();
+      await assert.rejects(
+        ControlPlane.start({
+          configPaths: [join(dir, "mesh.yaml")],
+          listen: "127.0.0.1:0",
+          attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+          trustDomain: "cluster.local",
+          rootNamespace: "zmesh-system",
+          watch: false,
+          log: captured,
+          caStore: store,
+          kek: parseKek(newKek(), "other"),
+        }),
+        /cannot be decrypted with this key-encryption key/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
