@@ -1,6 +1,7 @@
 // End to end, as root: the shop example in real network namespaces with iptables capture,
 // real sidecar processes and the control plane. Skips, visibly, when not root.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -10,11 +11,14 @@ import { playStory } from "../../src/cli/commands/demo.js";
 import {
   addUnmeshed,
   appLog,
+  controlPlaneAdmin,
+  dataDir,
   down,
   exec,
   findInstance,
   leftovers,
   type MeshState,
+  proxyAdmin,
   proxyLog,
   startCapture,
   stateRoot,
@@ -48,7 +52,7 @@ describe("the shop in network namespaces", {
   });
 
   after(async () => {
-    if (state) await down(MESH, { quiet: true });
+    if (state) await down(MESH, { quiet: true, purge: true });
   });
 
   it("an allowed call succeeds: frontend GETs the catalog through both sidecars", async () => {
@@ -141,6 +145,49 @@ describe("the shop in network namespaces", {
     );
   });
 
+  it("openssl verifies a workload's chain against the mesh trust bundle and shows its SPIFFE ID", async () => {
+    const certs = JSON.parse((await proxyAdmin(state, "payments", "/certs")).body) as { chainPem: string[] };
+    const bundle = (await controlPlaneAdmin(state, "GET", "/bundle")).body;
+    const dir = await mkdtemp(join(tmpdir(), "zmesh-chain-"));
+    try {
+      await writeFile(join(dir, "leaf.pem"), certs.chainPem[0]!);
+      await writeFile(join(dir, "chain.pem"), certs.chainPem.slice(1).join(""));
+      await writeFile(join(dir, "bundle.pem"), bundle);
+      const openssl = (...a: string[]) => execFileSync("openssl", a, { encoding: "utf8", cwd: dir });
+      assert.equal(
+        openssl("verify", "-CAfile", "bundle.pem", "-untrusted", "chain.pem", "leaf.pem").trim(),
+        "leaf.pem: OK",
+      );
+      assert.match(
+        openssl("x509", "-noout", "-ext", "subjectAltName", "-in", "leaf.pem"),
+        /URI:spiffe:\/\/cluster\.local\/ns\/shop\/sa\/payments/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a root rotation under traffic fails no request", async () => {
+    const loop = exec(
+      state,
+      "frontend",
+      [
+        "sh",
+        "-c",
+        "for i in $(seq 150); do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 3 http://localhost:8080/; done",
+      ],
+      { timeoutMs: 60_000 },
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    const rotation = await controlPlaneAdmin(state, "POST", "/ca/rotate?overlapSeconds=1");
+    const codes = (await loop).stdout.trim().split("\n");
+    assert.match(rotation.body, /root rotation complete/, rotation.body);
+    assert.equal(codes.length, 150);
+    assert.deepEqual([...new Set(codes)], ["200"]);
+    const bundle = (await controlPlaneAdmin(state, "GET", "/bundle")).body;
+    assert.equal(bundle.match(/BEGIN CERTIFICATE/g)?.length, 1);
+  });
+
   it("up with a broken resource changes nothing on the host", async () => {
     const dir = await mkdtemp(join(tmpdir(), "zmesh-bad-"));
     try {
@@ -158,8 +205,9 @@ describe("the shop in network namespaces", {
 
   it("after zmesh down no namespace, interface, iptables rule, process or file of the mesh is left", async () => {
     const netnsList = state.instances.map((i) => i.netns);
-    await down(MESH);
+    await down(MESH, { purge: true });
     assert.deepEqual(await leftovers(MESH), []);
+    assert.equal(existsSync(dataDir(MESH)), false, "the CA store is purged too");
     assert.deepEqual(zmeshPids(MESH), []);
     for (const i of state.instances) {
       for (const pid of [i.proxyPid, i.appPid])

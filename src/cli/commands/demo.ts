@@ -240,9 +240,10 @@ export function demoCommand(): Command {
             `  npx zmesh exec --name ${o.name} frontend -- curl -si -X POST http://payments/charge`,
           );
           console.log(`  cat ${state.stateDir}/logs/shop.payments.proxy.log   # every decision, explained`);
-          console.log(`  npx zmesh down --name ${o.name}`);
+          console.log(`  npx zmesh certs --name ${o.name} payments; npx zmesh ca rotate --name ${o.name}`);
+          console.log(`  npx zmesh down --name ${o.name} --purge`);
         } else {
-          await down(o.name);
+          await down(o.name, { purge: true });
           console.log(`\nMesh "${o.name}" removed. Run with --keep to explore it yourself.`);
         }
       }
