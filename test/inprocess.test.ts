@@ -7,7 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { MeshCAClient } from "../src/api/index.js";
 import { generateCsr } from "../src/identity/index.js";
 import type { Sidecar } from "../src/proxy/index.js";
-import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+import { app, call, controlPlane, freePort, logLines, type MeshFixture, proxy } from "./harness/index.js";
 
 function meshYaml(ports: { catalog: number; payments: number; impostor: number }): string {
   const entry = (name: string, sa: string, app: string) => `
@@ -207,6 +207,8 @@ describe("thin path in process", () => {
     const err = await sign(mesh, mesh.tokens.get("shop/frontend")!, csr.csrPem);
     assert.equal(err?.code, grpc.status.PERMISSION_DENIED);
     assert.match(err?.details ?? "", /ZMESH_CSR_IDENTITY/);
+    const logged = logLines.find((l) => l["msg"] === "CSR refused" && l["caller"] === "shop/frontend");
+    assert.match(String(logged?.["err"]), /asks for .*sa\/payments.* but the caller proved .*sa\/frontend/);
   });
 
   it("the control plane refuses calls without a valid credential", async () => {
