@@ -202,6 +202,46 @@ describe("thin path in process", () => {
     assert.ok(requests > 10);
   });
 
+  it("metrics carry Istio's names and labels on both sides, with the same flags as the responses", async () => {
+    await call(mesh, frontend, catalog, { path: "/items" });
+    await call(mesh, frontend, payments, { method: "POST", path: "/charge" });
+    const scrape = async (p: Sidecar) =>
+      (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
+    const source = await scrape(frontend);
+    const line = (text: string, ...parts: string[]) =>
+      text
+        .split("\n")
+        .find((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
+    assert.ok(
+      line(
+        source,
+        'reporter="source"',
+        'source_workload="frontend"',
+        'destination_workload="catalog"',
+        'destination_service="catalog.shop.svc.cluster.local"',
+        'response_code="200"',
+        'connection_security_policy="mutual_tls"',
+      ),
+      source,
+    );
+    assert.ok(line(source, 'destination_workload="payments"', 'response_code="403"'), source);
+    const dest = await scrape(mesh.proxies[1]!);
+    assert.ok(
+      line(
+        dest,
+        'reporter="destination"',
+        'source_principal="spiffe://cluster.local/ns/shop/sa/frontend"',
+        'source_workload="frontend"',
+        'destination_principal="spiffe://cluster.local/ns/shop/sa/catalog"',
+      ),
+      dest,
+    );
+    const denied = await scrape(mesh.proxies[2]!);
+    assert.ok(line(denied, 'response_code="403"', 'response_flags="RBAC_DENIED"'), denied);
+    assert.match(denied, /istio_request_duration_milliseconds_bucket\{/);
+    assert.match(denied, /zmesh_authz_decisions_total\{reporter="destination",decision="deny"/);
+  });
+
   it("the CA refuses a CSR for an identity the caller did not prove", async () => {
     const csr = await generateCsr("spiffe://cluster.local/ns/shop/sa/payments");
     const err = await sign(mesh, mesh.tokens.get("shop/frontend")!, csr.csrPem);

@@ -5,6 +5,8 @@ import { type PolicyRef, validateAuthorizationPolicySpec } from "../policy/index
 
 export interface SnapshotEndpoint {
   address: string;
+  /** Name of the workload behind this address (telemetry labels). */
+  workload: string;
   /** SPIFFE URI of the instance behind this address. */
   spiffeId: string;
 }

@@ -31,7 +31,11 @@ export class Registry {
         const entries = config.workloadEntries.filter(
           (e) => e.meta.namespace === s.meta.namespace && matches(s.selector, e.labels),
         );
-        const endpoints = entries.map((e) => ({ address: e.address, spiffeId: this.spiffeIdOf(e) }));
+        const endpoints = entries.map((e) => ({
+          address: e.address,
+          workload: e.meta.labels["zmesh.dev/workload"] ?? e.meta.name,
+          spiffeId: this.spiffeIdOf(e),
+        }));
         const ns = s.meta.namespace;
         return {
           name: s.meta.name,

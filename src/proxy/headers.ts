@@ -15,8 +15,11 @@ const HOP_BY_HOP = new Set([
   "proxy-authenticate",
 ]);
 
+/** Set by the calling sidecar for telemetry (the source workload's name); never by an app. */
+export const SOURCE_WORKLOAD_HEADER = "x-zmesh-source-workload";
+
 /** Identity headers only the mesh may set. */
-const SPOOFABLE = new Set(["x-forwarded-client-cert"]);
+const SPOOFABLE = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER]);
 
 export type OutHeaders = Record<string, string | string[]>;
 

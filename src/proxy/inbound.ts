@@ -5,19 +5,22 @@
 import { randomUUID } from "node:crypto";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
-import { pipeline } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
 import { evaluate, normalizePath } from "../policy/index.js";
-import { forwardable, responseHeaders } from "./headers.js";
+import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
-import { rescueHttp } from "./rescue.js";
+import { relay } from "./relay.js";
+import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import type { Certificate, ProxyState } from "./state.js";
+import type { HttpRecord, Telemetry } from "./telemetry.js";
 
 interface Peer {
   spiffeId: string;
+  /** SHA-256 of the peer certificate's DER, hex (XFCC's Hash). */
+  certHash: string;
   principal: string;
   namespace: string | undefined;
   remoteAddress: string;
@@ -25,6 +28,11 @@ interface Peer {
 }
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** X-Forwarded-Client-Cert as Envoy writes it: who we are, the peer certificate's hash and its URI. */
+function xfcc(self: string, peer: Peer): string {
+  return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
+}
 
 export class Inbound {
   readonly server: Server;
@@ -52,6 +60,7 @@ export class Inbound {
     private readonly state: ProxyState,
     private readonly originalDst: OriginalDst,
     private readonly log: Logger,
+    private readonly telemetry: Telemetry,
     /** Where the app listens; the port comes from the original destination. */
     private readonly appHost = "127.0.0.1",
   ) {
@@ -123,14 +132,23 @@ export class Inbound {
     const port = this.dstPorts.get(`${tls.remoteAddress}|${tls.remotePort}`);
     if (port === undefined) return refuse("original destination unknown");
     let spiffeId: string;
+    const cert = tls.getPeerX509Certificate();
     try {
-      spiffeId = peerSpiffeId(tls.getPeerX509Certificate());
+      spiffeId = peerSpiffeId(cert);
     } catch (e) {
       return refuse((e as Error).message);
     }
+    const certHash = cert!.fingerprint256.replaceAll(":", "").toLowerCase();
     const principal = principalOf(spiffeId);
     const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
-    this.peers.set(tls, { spiffeId, principal, namespace: ns, remoteAddress: tls.remoteAddress ?? "", port });
+    this.peers.set(tls, {
+      spiffeId,
+      certHash,
+      principal,
+      namespace: ns,
+      remoteAddress: tls.remoteAddress ?? "",
+      port,
+    });
     this.http.emit("connection", tls);
   }
 
@@ -147,26 +165,45 @@ export class Inbound {
     const start = process.hrtime.bigint();
     const peer = this.peers.get(req.socket);
     const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+    const snap = this.state.snapshot;
     const policies = this.state.policies;
-    if (!peer || !policies || !this.state.snapshot) return rescueHttp(res, "NOT_READY", requestId);
+    if (!peer || !policies || !snap) return rescueHttp(res, "NOT_READY", requestId);
+    const sourceWorkload = req.headers[SOURCE_WORKLOAD_HEADER];
     const norm = normalizePath(req.url ?? "");
-    const access = {
-      direction: "inbound",
+    const record: HttpRecord = {
+      reporter: "destination",
       requestId,
-      source: peer.spiffeId,
-      destination: this.state.snapshot.workload.spiffeId,
-      mtls: true,
+      source: {
+        principal: peer.principal,
+        ...(peer.namespace ? { namespace: peer.namespace } : {}),
+        ...(typeof sourceWorkload === "string" ? { workload: sourceWorkload } : {}),
+      },
+      destination: {
+        principal: principalOf(snap.workload.spiffeId),
+        workload: snap.workload.name,
+        namespace: snap.workload.namespace,
+      },
+      service: (req.headers.host ?? "").replace(/:\d+$/, "") || undefined,
       method: req.method,
       path: norm.ok ? norm.path : req.url,
-      port: peer.port,
+      protocol: "http",
+      status: 0,
+      mtls: true,
+      durationMs: 0,
+      requestBytes: 0,
+      responseBytes: 0,
     };
-    if (!norm.ok) {
-      this.log.info(
-        { ...access, decision: "deny", reason: norm.reason, status: 400, flag: "BAD_REQUEST" },
-        "access",
-      );
-      return rescueHttp(res, "BAD_REQUEST", requestId);
-    }
+    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      Object.assign(record, r);
+      if (flag) {
+        record.flag = flag;
+        record.status = FLAGS[flag].status;
+        rescueHttp(res, flag, requestId);
+      }
+      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      this.telemetry.http(record);
+    };
+    if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
     const decision = evaluate(policies, {
       principal: peer.principal,
       ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
@@ -179,44 +216,22 @@ export class Inbound {
         headers: req.headers as Record<string, string | undefined>,
       },
     });
-    const verdict = {
-      decision: decision.allowed ? "allow" : "deny",
-      policy: decision.policy,
-      rule: decision.rule,
-      reason: decision.reason,
-    };
-    if (!decision.allowed) {
-      this.log.info({ ...access, ...verdict, status: 403, flag: "RBAC_DENIED" }, "access");
-      return rescueHttp(res, "RBAC_DENIED", requestId);
-    }
+    record.decision = decision.allowed ? "allow" : "deny";
+    record.reason = decision.reason;
+    if (decision.policy !== undefined) record.policy = decision.policy;
+    if (decision.action !== undefined) record.action = decision.action;
+    if (decision.rule !== undefined) record.rule = decision.rule;
+    if (decision.dryRun?.length) record.dryRun = decision.dryRun;
+    if (!decision.allowed) return finish({}, "RBAC_DENIED");
     const headers = forwardable(req.headers, true);
+    delete headers[SOURCE_WORKLOAD_HEADER];
     headers["x-request-id"] = requestId;
-    headers["x-forwarded-client-cert"] = `By=${this.state.snapshot.workload.spiffeId};URI=${peer.spiffeId}`;
-    const hasBody =
-      req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
-    this.app(peer.port)
-      .request({
-        path: norm.query ? `${norm.path}?${norm.query}` : norm.path,
-        method: req.method as "GET",
-        headers,
-        body: hasBody ? req : null,
-      })
-      .then(
-        (up) => {
-          res.writeHead(up.statusCode, responseHeaders(up.headers));
-          pipeline(up.body, res, () => {
-            const ms = Number(process.hrtime.bigint() - start) / 1e6;
-            this.log.info({ ...access, ...verdict, status: up.statusCode, durationMs: ms }, "access");
-          });
-        },
-        (e: Error) => {
-          this.log.warn(
-            { ...access, ...verdict, status: 503, flag: "UPSTREAM_FAILURE", err: e.message },
-            "access",
-          );
-          rescueHttp(res, "UPSTREAM_FAILURE", requestId);
-        },
-      );
+    headers["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
+    const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
+    relay(this.app(peer.port), req, res, path, headers, (r) => {
+      if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
+      finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
+    });
   }
 
   async close(): Promise<void> {

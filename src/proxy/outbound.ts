@@ -5,16 +5,18 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { pipeline } from "node:stream";
 import { connect as tlsConnect } from "node:tls";
 import { type buildConnector, Pool } from "undici";
+import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { peerSpiffeId } from "../identity/index.js";
-import { forwardable, responseHeaders } from "./headers.js";
+import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination, OriginalDst } from "./origdst.js";
-import { type Flag, rescueHttp } from "./rescue.js";
+import { relay } from "./relay.js";
+import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import type { ProxyState, Route } from "./state.js";
+import type { HttpRecord, Telemetry } from "./telemetry.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 
@@ -28,6 +30,7 @@ export class Outbound {
     private readonly state: ProxyState,
     private readonly originalDst: OriginalDst,
     private readonly log: Logger,
+    private readonly telemetry: Telemetry,
   ) {
     this.server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
     this.server.on("connection", (s: Socket) => {
@@ -116,59 +119,69 @@ export class Outbound {
     return pool;
   }
 
-  private pick(route: Route): string | undefined {
+  private pick(route: Route): SnapshotEndpoint | undefined {
     const eps = route.service.endpoints;
     if (eps.length === 0) return undefined;
     const key = `${route.service.namespace}/${route.service.name}`;
     const i = (this.rr.get(key) ?? 0) % eps.length;
     this.rr.set(key, i + 1);
-    return eps[i]!.address;
+    return eps[i];
   }
 
   private request(req: IncomingMessage, res: ServerResponse): void {
     const start = process.hrtime.bigint();
     const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
     const dst = this.destination(req.socket);
-    const access = {
-      direction: "outbound",
+    const self = this.state.snapshot?.workload;
+    const record: HttpRecord = {
+      reporter: "source",
       requestId,
-      source: this.state.snapshot?.workload.spiffeId,
+      source: self
+        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
+        : {},
+      destination: {},
       method: req.method,
       path: req.url,
-      dst: dst ? `${dst.address}:${dst.port}` : undefined,
+      protocol: "http",
+      status: 0,
+      mtls: true,
+      durationMs: 0,
+      requestBytes: 0,
+      responseBytes: 0,
+      ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
     };
-    const fail = (flag: Flag, extra: Record<string, unknown> = {}) => {
-      this.log.info({ ...access, flag, ...extra }, "access");
-      rescueHttp(res, flag, requestId);
+    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      Object.assign(record, r);
+      if (flag) {
+        record.flag = flag;
+        record.status = FLAGS[flag].status;
+        rescueHttp(res, flag, requestId);
+      }
+      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      this.telemetry.http(record);
     };
-    if (!dst) return fail("NOT_READY");
+    if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
-    if (!route) return fail("NO_ROUTE");
-    const address = this.pick(route);
-    if (!address) return fail("UPSTREAM_FAILURE", { reason: "service has no endpoints" });
+    if (!route) return finish({}, "NO_ROUTE");
+    record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
+    const ep = this.pick(route);
+    if (!ep) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
+    record.upstream = `${ep.address}:${route.targetPort}`;
+    record.destination = {
+      principal: principalOf(ep.spiffeId),
+      workload: ep.workload,
+      namespace: route.service.namespace,
+    };
     const headers = forwardable(req.headers, true);
     headers["x-request-id"] = requestId;
-    const hasBody =
-      req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
-    const service = `${route.service.name}.${route.service.namespace}`;
-    this.pool(route, address)
-      .request({ path: req.url ?? "/", method: req.method as "GET", headers, body: hasBody ? req : null })
-      .then(
-        (up) => {
-          res.writeHead(up.statusCode, responseHeaders(up.headers));
-          pipeline(up.body, res, () => {
-            const ms = Number(process.hrtime.bigint() - start) / 1e6;
-            this.log.info(
-              { ...access, service, upstream: address, status: up.statusCode, durationMs: ms },
-              "access",
-            );
-          });
-        },
-        (e: Error & { code?: string }) => {
-          const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
-          fail(naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE", { service, upstream: address, err: e.message });
-        },
-      );
+    headers[SOURCE_WORKLOAD_HEADER] = self.name;
+    relay(this.pool(route, ep.address), req, res, req.url ?? "/", headers, (r) => {
+      if (r.error) {
+        const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
+        return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+      }
+      finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
+    });
   }
 
   async close(): Promise<void> {

@@ -15,6 +15,7 @@ import { Inbound } from "./inbound.js";
 import { type OriginalDst, originalDst } from "./origdst.js";
 import { Outbound } from "./outbound.js";
 import { ProxyState } from "./state.js";
+import { Telemetry } from "./telemetry.js";
 
 export interface SidecarOptions {
   controlPlane: string;
@@ -26,6 +27,7 @@ export interface SidecarOptions {
   outbound?: { host: string; port: number };
   admin?: { host: string; port: number };
   health?: { host: string; port: number };
+  metrics?: { host: string; port: number };
   appHost?: string;
   originalDst?: OriginalDst;
   certTtlSeconds?: number;
@@ -45,13 +47,15 @@ function listen(server: Server, at: { host: string; port: number }): Promise<num
 
 export class Sidecar {
   readonly state = new ProxyState();
-  readonly ports = { inbound: 0, outbound: 0, admin: 0, health: 0 };
+  readonly ports = { inbound: 0, outbound: 0, admin: 0, health: 0, metrics: 0 };
   private readonly log: Logger;
   private readonly client: ControlPlaneClient;
   private readonly inbound: Inbound;
   private readonly outbound: Outbound;
   private readonly admin: HttpServer;
   private readonly health: HttpServer;
+  private readonly metrics: HttpServer;
+  readonly telemetry: Telemetry;
   private renewTimer: NodeJS.Timeout | undefined;
   private renewing: Promise<void> | undefined;
   private trafficUp = false;
@@ -67,8 +71,10 @@ export class Sidecar {
       credential: opts.credential,
       expectedServerId: opts.controlPlaneId,
     });
-    this.inbound = new Inbound(this.state, od, this.log, opts.appHost);
-    this.outbound = new Outbound(this.state, od, this.log);
+    this.telemetry = new Telemetry(this.log);
+    this.metrics = this.telemetry.server();
+    this.inbound = new Inbound(this.state, od, this.log, this.telemetry, opts.appHost);
+    this.outbound = new Outbound(this.state, od, this.log, this.telemetry);
     this.admin = adminServer(adminEndpoints(this.state, () => void this.close()));
     this.health = healthServer(this.state);
   }
@@ -82,6 +88,10 @@ export class Sidecar {
     this.ports.health = await listen(
       this.health,
       this.opts.health ?? { host: "0.0.0.0", port: PORTS.proxyHealth },
+    );
+    this.ports.metrics = await listen(
+      this.metrics,
+      this.opts.metrics ?? { host: "0.0.0.0", port: PORTS.proxyMetrics },
     );
     this.client.subscribe(
       (push) => {
@@ -188,6 +198,7 @@ export class Sidecar {
     await Promise.all([this.inbound.close(), this.outbound.close()]);
     this.admin.close();
     this.health.close();
+    this.metrics.close();
     this.admin.closeAllConnections();
     this.health.closeAllConnections();
     this.log.info("proxy stopped");

@@ -64,6 +64,7 @@ export function captureRules(): string {
     ":ZMESH_OUTPUT - [0:0]",
     "-A PREROUTING -p tcp -j ZMESH_INBOUND",
     `-A ZMESH_INBOUND -p tcp --dport ${PORTS.proxyHealth} -j RETURN`,
+    `-A ZMESH_INBOUND -p tcp --dport ${PORTS.proxyMetrics} -j RETURN`,
     `-A ZMESH_INBOUND -p tcp -j REDIRECT --to-ports ${PORTS.inboundCapture}`,
     "-A OUTPUT -p tcp -j ZMESH_OUTPUT",
     `-A ZMESH_OUTPUT -m owner --uid-owner ${uid} -j RETURN`,

@@ -127,6 +127,7 @@ export async function proxy(
     outbound: { host: "127.0.0.1", port: 0 },
     admin: { host: "127.0.0.1", port: 0 },
     health: { host: "127.0.0.1", port: 0 },
+    metrics: { host: "127.0.0.1", port: 0 },
     originalDst: (s: Socket) => {
       if (s.localPort === opts.inboundPort) return { address: "127.0.0.1", port: opts.appPort ?? 0 };
       const intent = mesh.intents.get(s.remotePort ?? -1);

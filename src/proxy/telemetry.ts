@@ -1,0 +1,247 @@
+// Telemetry: one record per request or TCP connection becomes one JSON access-log line and the
+// Istio standard metrics (same names and labels, so existing dashboards work), from one place, so
+// the flag, decision and identities in a log line and in a metric never disagree.
+
+import { createServer, type Server } from "node:http";
+import { Counter, Histogram, Registry } from "prom-client";
+import type { Logger } from "../diag/index.js";
+
+export type Reporter = "source" | "destination";
+
+export interface Peer {
+  principal?: string;
+  workload?: string;
+  namespace?: string;
+}
+
+export interface HttpRecord {
+  reporter: Reporter;
+  requestId: string;
+  source: Peer;
+  destination: Peer;
+  service?: string;
+  method?: string;
+  path?: string;
+  protocol: "http" | "grpc";
+  status: number;
+  flag?: string;
+  mtls: boolean;
+  durationMs: number;
+  requestBytes: number;
+  responseBytes: number;
+  decision?: "allow" | "deny";
+  /** Action of the deciding policy (ALLOW, DENY), absent when no policy decided. */
+  action?: string;
+  policy?: string;
+  rule?: number;
+  reason?: string;
+  dryRun?: unknown;
+  upstream?: string;
+  err?: string;
+}
+
+export interface TcpRecord {
+  reporter: Reporter;
+  source: Peer;
+  destination: Peer;
+  service?: string;
+  mtls: boolean;
+  sentBytes: number;
+  receivedBytes: number;
+  durationMs: number;
+  flag?: string;
+  decision?: "allow" | "deny";
+  policy?: string;
+  reason?: string;
+}
+
+const MS_BUCKETS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+const BYTE_BUCKETS = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000];
+const HTTP_LABELS = [
+  "reporter",
+  "source_workload",
+  "source_workload_namespace",
+  "source_principal",
+  "destination_workload",
+  "destination_workload_namespace",
+  "destination_principal",
+  "destination_service",
+  "request_protocol",
+  "response_code",
+  "response_flags",
+  "connection_security_policy",
+] as const;
+const TCP_LABELS = HTTP_LABELS.filter((l) => l !== "request_protocol" && l !== "response_code");
+
+function peerLabels(r: {
+  reporter: Reporter;
+  source: Peer;
+  destination: Peer;
+  service?: string;
+  mtls: boolean;
+  flag?: string;
+}) {
+  return {
+    reporter: r.reporter,
+    source_workload: r.source.workload ?? "unknown",
+    source_workload_namespace: r.source.namespace ?? "unknown",
+    source_principal: r.source.principal ? `spiffe://${r.source.principal}` : "unknown",
+    destination_workload: r.destination.workload ?? "unknown",
+    destination_workload_namespace: r.destination.namespace ?? "unknown",
+    destination_principal: r.destination.principal ? `spiffe://${r.destination.principal}` : "unknown",
+    destination_service: r.service ?? "unknown",
+    response_flags: r.flag ?? "-",
+    connection_security_policy: r.mtls ? "mutual_tls" : "none",
+  };
+}
+
+export class Telemetry {
+  readonly registry = new Registry();
+  private readonly requests = new Counter({
+    name: "istio_requests_total",
+    help: "Requests handled",
+    labelNames: HTTP_LABELS,
+    registers: [this.registry],
+  });
+  private readonly duration = new Histogram({
+    name: "istio_request_duration_milliseconds",
+    help: "Request duration",
+    labelNames: HTTP_LABELS,
+    buckets: MS_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly reqBytes = new Histogram({
+    name: "istio_request_bytes",
+    help: "Request body sizes",
+    labelNames: HTTP_LABELS,
+    buckets: BYTE_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly respBytes = new Histogram({
+    name: "istio_response_bytes",
+    help: "Response body sizes",
+    labelNames: HTTP_LABELS,
+    buckets: BYTE_BUCKETS,
+    registers: [this.registry],
+  });
+  private readonly tcpOpened = new Counter({
+    name: "istio_tcp_connections_opened_total",
+    help: "TCP connections opened",
+    labelNames: TCP_LABELS,
+    registers: [this.registry],
+  });
+  private readonly tcpClosed = new Counter({
+    name: "istio_tcp_connections_closed_total",
+    help: "TCP connections closed",
+    labelNames: TCP_LABELS,
+    registers: [this.registry],
+  });
+  private readonly tcpSent = new Counter({
+    name: "istio_tcp_sent_bytes_total",
+    help: "Bytes sent to the downstream",
+    labelNames: TCP_LABELS,
+    registers: [this.registry],
+  });
+  private readonly tcpReceived = new Counter({
+    name: "istio_tcp_received_bytes_total",
+    help: "Bytes received from the downstream",
+    labelNames: TCP_LABELS,
+    registers: [this.registry],
+  });
+  private readonly decisions = new Counter({
+    name: "zmesh_authz_decisions_total",
+    help: "Authorization decisions by deciding policy and action",
+    labelNames: ["reporter", "decision", "policy", "action"],
+    registers: [this.registry],
+  });
+
+  constructor(private readonly log: Logger) {}
+
+  http(r: HttpRecord): void {
+    const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
+    this.requests.inc(labels);
+    this.duration.observe(labels, r.durationMs);
+    this.reqBytes.observe(labels, r.requestBytes);
+    this.respBytes.observe(labels, r.responseBytes);
+    if (r.decision) {
+      this.decisions.inc({
+        reporter: r.reporter,
+        decision: r.decision,
+        policy: r.policy ?? "none",
+        action: r.action ?? "none",
+      });
+    }
+    this.log.info(
+      {
+        direction: r.reporter === "destination" ? "inbound" : "outbound",
+        requestId: r.requestId,
+        source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
+        destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
+        service: r.service,
+        upstream: r.upstream,
+        mtls: r.mtls,
+        method: r.method,
+        path: r.path,
+        status: r.status,
+        flag: r.flag,
+        decision: r.decision,
+        policy: r.policy,
+        rule: r.rule,
+        reason: r.reason,
+        dryRun: r.dryRun,
+        requestBytes: r.requestBytes,
+        responseBytes: r.responseBytes,
+        durationMs: Math.round(r.durationMs * 1000) / 1000,
+        err: r.err,
+      },
+      "access",
+    );
+  }
+
+  tcpOpen(r: Omit<TcpRecord, "sentBytes" | "receivedBytes" | "durationMs">): void {
+    this.tcpOpened.inc(peerLabels(r));
+  }
+
+  tcpClose(r: TcpRecord): void {
+    const labels = peerLabels(r);
+    this.tcpClosed.inc(labels);
+    this.tcpSent.inc(labels, r.sentBytes);
+    this.tcpReceived.inc(labels, r.receivedBytes);
+    this.log.info(
+      {
+        direction: r.reporter === "destination" ? "inbound" : "outbound",
+        protocol: "tcp",
+        source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
+        destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
+        service: r.service,
+        mtls: r.mtls,
+        flag: r.flag,
+        decision: r.decision,
+        policy: r.policy,
+        reason: r.reason,
+        sentBytes: r.sentBytes,
+        receivedBytes: r.receivedBytes,
+        durationMs: Math.round(r.durationMs),
+      },
+      "access",
+    );
+  }
+
+  /** The Prometheus endpoint (:15020): /stats/prometheus as Istio serves it, and /metrics. */
+  server(): Server {
+    return createServer((req, res) => {
+      const path = (req.url ?? "/").split("?")[0];
+      if (path !== "/stats/prometheus" && path !== "/metrics") {
+        res.writeHead(404).end("GET /stats/prometheus\n");
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { "content-type": this.registry.contentType });
+          res.end(text);
+        },
+        () => res.writeHead(500).end(),
+      );
+    });
+  }
+}
