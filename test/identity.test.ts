@@ -144,7 +144,7 @@ function refusalLogged(since: number): string {
     .join(" | ");
 }
 
-describe("SVIDs the proxies refuse, each with its reason", () => {
+describe("SVIDs the proxies refuse, each with its reason", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
   let inbound: number;
   let hierarchy: Awaited<ReturnType<typeof testHierarchy>>;
@@ -206,7 +206,7 @@ describe("SVIDs the proxies refuse, each with its reason", () => {
   });
 });
 
-describe("root rotation under traffic", () => {
+describe("root rotation under traffic", { timeout: 60_000 }, () => {
   let mesh: MeshFixture;
   let frontend: Sidecar;
   let catalog: Sidecar;

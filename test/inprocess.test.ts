@@ -48,7 +48,7 @@ spec:
 `;
 }
 
-describe("thin path in process", () => {
+describe("thin path in process", { timeout: 60_000 }, () => {
   let mesh: MeshFixture;
   let frontend: Sidecar;
   let catalogApp: Awaited<ReturnType<typeof app>>;

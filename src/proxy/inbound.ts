@@ -4,7 +4,7 @@
 
 import { randomUUID } from "node:crypto";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
-import { createServer as createNetServer, type Server, type Socket } from "node:net";
+import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
@@ -15,7 +15,8 @@ import type { OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import type { Certificate, ProxyState } from "./state.js";
-import type { HttpRecord, Telemetry } from "./telemetry.js";
+import { ALPN_TCP } from "./sniff.js";
+import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 
 interface Peer {
   spiffeId: string;
@@ -45,7 +46,7 @@ export class Inbound {
   private readonly tls = createTlsServer({
     requestCert: true,
     rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1"],
+    ALPNProtocols: ["http/1.1", ALPN_TCP],
     minVersion: "TLSv1.3",
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
   });
@@ -141,15 +142,63 @@ export class Inbound {
     const certHash = cert!.fingerprint256.replaceAll(":", "").toLowerCase();
     const principal = principalOf(spiffeId);
     const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
-    this.peers.set(tls, {
-      spiffeId,
-      certHash,
-      principal,
-      namespace: ns,
-      remoteAddress: tls.remoteAddress ?? "",
-      port,
-    });
+    const peer: Peer = { spiffeId, certHash, principal, namespace: ns, remoteAddress: tls.remoteAddress ?? "", port };
+    if (tls.alpnProtocol === ALPN_TCP) return this.tcp(tls, peer);
+    this.peers.set(tls, peer);
     this.http.emit("connection", tls);
+  }
+
+  /** Opaque TCP: authorized once per connection (HTTP-only rule parts do not apply), then piped to the app. */
+  private tcp(tls: TLSSocket, peer: Peer): void {
+    const start = Date.now();
+    const snap = this.state.snapshot!;
+    const decision = evaluate(this.state.policies!, {
+      principal: peer.principal,
+      ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
+      sourceIp: peer.remoteAddress,
+      destinationPort: peer.port,
+    });
+    const rec: TcpRecord = {
+      reporter: "destination",
+      source: { principal: peer.principal, ...(peer.namespace ? { namespace: peer.namespace } : {}) },
+      destination: { principal: principalOf(snap.workload.spiffeId), workload: snap.workload.name, namespace: snap.workload.namespace },
+      mtls: true,
+      decision: decision.allowed ? "allow" : "deny",
+      reason: decision.reason,
+      ...(decision.policy ? { policy: decision.policy } : {}),
+      sentBytes: 0,
+      receivedBytes: 0,
+      durationMs: 0,
+    };
+    const close = (flag?: string) => {
+      if (flag) rec.flag = flag;
+      rec.sentBytes = tls.bytesWritten;
+      rec.receivedBytes = tls.bytesRead;
+      rec.durationMs = Date.now() - start;
+      this.telemetry.tcpClose(rec);
+    };
+    if (!decision.allowed) {
+      tls.destroy(); // a TCP denial is a closed connection
+      return close("RBAC_DENIED");
+    }
+    this.telemetry.tcpOpen(rec);
+    const app = connect({ host: this.appHost, port: peer.port });
+    app.setNoDelay(true);
+    let flag: string | undefined;
+    const end = (e?: Error | null) => {
+      if (e && !flag) flag = app.connecting ? "UPSTREAM_FAILURE" : "CONNECTION_RESET";
+      tls.destroy();
+      app.destroy();
+    };
+    tls.pipe(app);
+    app.pipe(tls);
+    tls.on("error", end);
+    app.on("error", end);
+    app.once("close", () => end());
+    tls.once("close", () => {
+      end();
+      close(flag);
+    });
   }
 
   private app(port: number): Pool {

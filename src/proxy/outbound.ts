@@ -3,9 +3,9 @@
 // used only if the server proves a SPIFFE ID the service may run as (secure naming).
 
 import { randomUUID } from "node:crypto";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { Socket } from "node:net";
-import { connect as tlsConnect } from "node:tls";
+import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createNetServer, type Server, type Socket } from "node:net";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { type buildConnector, Pool } from "undici";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
@@ -16,12 +16,15 @@ import type { Destination, OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import type { ProxyState, Route } from "./state.js";
-import type { HttpRecord, Telemetry } from "./telemetry.js";
+import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 
 export class Outbound {
+  /** Accepts captured connections and routes each: HTTP to `http`, TCP to a mutual-TLS pipe. */
   readonly server: Server;
+  private readonly http: HttpServer;
   private readonly dsts = new WeakMap<Socket, Destination>();
   private readonly pools = new Map<string, Pool>();
   private readonly rr = new Map<string, number>();
@@ -32,10 +35,98 @@ export class Outbound {
     private readonly log: Logger,
     private readonly telemetry: Telemetry,
   ) {
-    this.server = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
-    this.server.on("connection", (s: Socket) => {
-      s.setNoDelay(true);
-      if (!this.state.ready) s.destroy(); // fail closed until cert and config are here
+    this.http = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
+    this.server = createNetServer((s) => this.accept(s));
+  }
+
+  private accept(s: Socket): void {
+    s.setNoDelay(true);
+    s.on("error", () => s.destroy());
+    if (!this.state.ready) return void s.destroy(); // fail closed until cert and config are here
+    const dst = this.destination(s);
+    if (!dst) return void s.destroy();
+    const route = this.state.route(dst.address, dst.port);
+    if (route?.protocol === "tcp") return this.tcp(s, route);
+    if (route?.protocol === "http") return void this.http.emit("connection", s);
+    // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
+    // server-first protocol (the client waits for a greeting) is not stalled.
+    sniff(s, SNIFF_MS, (first) => {
+      if (first && looksLikeHttp(first)) {
+        this.http.emit("connection", s);
+        s.resume(); // sniff paused it with the first bytes pushed back; the HTTP parser reads them now
+      }
+      else if (route) this.tcp(s, route);
+      else this.noRoute(s, dst);
+    });
+  }
+
+  private noRoute(s: Socket, dst: Destination): void {
+    const self = this.state.snapshot?.workload;
+    this.telemetry.tcpClose({
+      reporter: "source",
+      source: self ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace } : {},
+      destination: {},
+      service: `${dst.address}:${dst.port}`,
+      mtls: false,
+      flag: "NO_ROUTE",
+      sentBytes: 0,
+      receivedBytes: s.bytesRead,
+      durationMs: 0,
+    });
+    s.destroy();
+  }
+
+  /** Opaque TCP: one mutual-TLS connection to an endpoint per client connection, piped both ways. */
+  private tcp(s: Socket, route: Route): void {
+    const start = Date.now();
+    const self = this.state.snapshot!.workload;
+    const ep = this.pick(route);
+    const rec: TcpRecord = {
+      reporter: "source",
+      source: { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace },
+      destination: ep ? { principal: principalOf(ep.spiffeId), workload: ep.workload, namespace: route.service.namespace } : {},
+      service: `${route.service.name}.${route.service.namespace}.svc.cluster.local`,
+      mtls: true,
+      sentBytes: 0,
+      receivedBytes: 0,
+      durationMs: 0,
+    };
+    const close = (flag?: string) => {
+      if (flag) rec.flag = flag;
+      rec.sentBytes = s.bytesWritten;
+      rec.receivedBytes = s.bytesRead;
+      rec.durationMs = Date.now() - start;
+      this.telemetry.tcpClose(rec);
+    };
+    if (!ep) {
+      s.destroy();
+      return close("UPSTREAM_FAILURE");
+    }
+    this.telemetry.tcpOpen(rec);
+    s.pause();
+    const vip = route.service.vip;
+    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
+    this.dial(ep.address, route.targetPort, [ALPN_TCP], () => this.state.route(vip, port), (err, up) => {
+      if (err || !up) {
+        s.destroy();
+        return close(err instanceof ZmeshError && err.code === "ZMESH_SECURE_NAMING" ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+      }
+      let flag: string | undefined;
+      s.pipe(up);
+      up.pipe(s);
+      s.resume();
+      const end = (e?: Error | null) => {
+        if (e && !flag) flag = "CONNECTION_RESET";
+        s.destroy();
+        up.destroy();
+      };
+      s.once("close", () => {
+        end();
+        close(flag);
+      });
+      up.once("close", () => end());
+      s.on("error", end);
+      up.on("error", end);
     });
   }
 
@@ -53,53 +144,63 @@ export class Outbound {
     return d;
   }
 
-  /** A connector that does mTLS with the current SVID and checks the server's SPIFFE ID. */
-  private connector(route: () => Route | undefined): buildConnector.connector {
-    return (opts, cb) => {
-      const cert = this.state.cert;
-      const bundle = this.state.trustBundlePem;
-      if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
-      let done = false;
-      const finish = (err: Error | null, sock: Socket | null) => {
-        if (done) return;
-        done = true;
-        cb(err as Error, sock as never);
-      };
-      const sock = tlsConnect({
-        host: opts.hostname,
-        port: Number(opts.port),
-        key: cert.keyPem,
-        cert: cert.chainPem.join(""),
-        ca: bundle,
-        minVersion: "TLSv1.3",
-        ALPNProtocols: ["http/1.1"],
-        // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
-        checkServerIdentity: () => undefined,
-      });
-      sock.setNoDelay(true);
-      sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
-        sock.destroy();
-        finish(new Error(`connect timeout after ${CONNECT_TIMEOUT_MS} ms`), null);
-      });
-      sock.once("secureConnect", () => {
-        sock.setTimeout(0);
-        const r = route();
-        try {
-          const id = peerSpiffeId(sock.getPeerX509Certificate());
-          if (!r?.allowed.has(id)) {
-            throw new ZmeshError(
-              "ZMESH_SECURE_NAMING",
-              `${opts.hostname}:${opts.port} presented ${id}, which service ${r?.service.namespace}/${r?.service.name} may not run as`,
-            );
-          }
-          finish(null, sock);
-        } catch (e) {
-          sock.destroy();
-          finish(e as Error, null);
-        }
-      });
-      sock.once("error", (e) => finish(e, null));
+  /** Mutual TLS to an endpoint with the current SVID; used only if the server proves an identity the service may run as. */
+  private dial(
+    host: string,
+    port: number,
+    alpn: string[],
+    route: () => Route | undefined,
+    cb: (err: Error | null, sock: TLSSocket | null) => void,
+  ): void {
+    const cert = this.state.cert;
+    const bundle = this.state.trustBundlePem;
+    if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
+    let done = false;
+    const finish = (err: Error | null, sock: TLSSocket | null) => {
+      if (done) return;
+      done = true;
+      cb(err, sock);
     };
+    const sock = tlsConnect({
+      host,
+      port,
+      key: cert.keyPem,
+      cert: cert.chainPem.join(""),
+      ca: bundle,
+      minVersion: "TLSv1.3",
+      ALPNProtocols: alpn,
+      // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
+      checkServerIdentity: () => undefined,
+    });
+    sock.setNoDelay(true);
+    sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
+      sock.destroy();
+      finish(new Error(`connect timeout after ${CONNECT_TIMEOUT_MS} ms`), null);
+    });
+    sock.once("secureConnect", () => {
+      sock.setTimeout(0);
+      const r = route();
+      try {
+        const id = peerSpiffeId(sock.getPeerX509Certificate());
+        if (!r?.allowed.has(id)) {
+          throw new ZmeshError(
+            "ZMESH_SECURE_NAMING",
+            `${host}:${port} presented ${id}, which service ${r?.service.namespace}/${r?.service.name} may not run as`,
+          );
+        }
+        finish(null, sock);
+      } catch (e) {
+        sock.destroy();
+        finish(e as Error, null);
+      }
+    });
+    sock.once("error", (e) => finish(e, null));
+  }
+
+  /** The undici connector of a pool: the same dial, for HTTP/1.1. */
+  private connector(route: () => Route | undefined): buildConnector.connector {
+    return (opts, cb) =>
+      this.dial(opts.hostname, Number(opts.port), ["http/1.1"], route, (err, sock) => cb(err as Error, sock as never));
   }
 
   private pool(route: Route, address: string): Pool {
@@ -186,7 +287,7 @@ export class Outbound {
 
   async close(): Promise<void> {
     this.server.close();
-    this.server.closeAllConnections();
+    this.http.closeAllConnections();
     await Promise.all([...this.pools.values()].map((p) => p.close()));
   }
 }

@@ -22,6 +22,8 @@ export interface Certificate {
 export interface Route {
   service: SnapshotService;
   targetPort: number;
+  /** From the Service port; "auto" means detect from the first bytes. */
+  protocol: "http" | "tcp" | "auto";
   allowed: ReadonlySet<string>;
 }
 
@@ -53,7 +55,7 @@ export class ProxyState {
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
       for (const p of svc.ports)
-        routes.set(`${svc.vip}:${p.port}`, { service: svc, targetPort: p.targetPort, allowed });
+        routes.set(`${svc.vip}:${p.port}`, { service: svc, targetPort: p.targetPort, protocol: p.protocol, allowed });
     }
     this.snapshot = s;
     this.policies = policies;

@@ -157,9 +157,12 @@ export function call(
   req: { method?: string; path?: string; headers?: Record<string, string>; body?: string } = {},
 ): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const sock = connect({ host: "127.0.0.1", port: via.ports.outbound });
+    // The intent must be known before the proxy accepts (it reads the destination at once), so the
+    // client binds a local port chosen here, as iptables would know the destination at connect.
+    const localPort = 20_000 + Math.floor(Math.random() * 40_000);
+    mesh.intents.set(localPort, dst);
+    const sock = connect({ host: "127.0.0.1", port: via.ports.outbound, localPort });
     sock.once("connect", () => {
-      mesh.intents.set(sock.localPort!, dst);
       const body = req.body ?? "";
       const head = [
         `${req.method ?? "GET"} ${req.path ?? "/"} HTTP/1.1`,
@@ -185,5 +188,60 @@ export function call(
       }
       resolve({ status: Number(statusLine.split(" ")[1] ?? 0), headers, body: rest.join("\r\n\r\n") });
     });
+  });
+}
+
+export interface TcpClient {
+  write(data: string): void;
+  /** Resolves with what has arrived once it matches `until` (bounded to 3 s). */
+  read(until: RegExp): Promise<string>;
+  close(): void;
+  /** Resolves with everything received once the connection closes (bounded to 3 s). */
+  closed: Promise<string>;
+}
+
+/** Opens a raw TCP connection through a proxy's outbound port as if the app had dialled `dst`. */
+export function openTcp(mesh: MeshFixture, via: Sidecar, dst: { address: string; port: number }): Promise<TcpClient> {
+  const localPort = 20_000 + Math.floor(Math.random() * 40_000);
+  mesh.intents.set(localPort, dst);
+  return new Promise((resolve, reject) => {
+    const sock = connect({ host: "127.0.0.1", port: via.ports.outbound, localPort });
+    let data = "";
+    let consumed = 0;
+    const waiters: (() => void)[] = [];
+    sock.on("data", (d: Buffer) => {
+      data += d.toString("latin1");
+      for (const w of waiters.splice(0)) w();
+    });
+    const closed = new Promise<string>((r) => {
+      const t = setTimeout(() => r(`(still open after 3 s) ${data}`), 3_000);
+      sock.on("close", () => {
+        clearTimeout(t);
+        r(data);
+      });
+    });
+    sock.on("error", () => {});
+    sock.once("connect", () =>
+      resolve({
+        write: (d) => sock.write(d),
+        close: () => sock.destroy(),
+        closed,
+        read: (until) =>
+          new Promise((res, rej) => {
+            const deadline = setTimeout(() => rej(new Error(`timed out waiting for ${until}; got ${JSON.stringify(data)}`)), 3_000);
+            const check = () => {
+              const rest = data.slice(consumed);
+              const m = until.exec(rest);
+              if (m) {
+                clearTimeout(deadline);
+                consumed += m.index + m[0].length;
+                res(rest.slice(0, m.index + m[0].length));
+              } else waiters.push(check);
+            };
+            check();
+          }),
+      }),
+    );
+    sock.once("error", reject);
   });
 }
