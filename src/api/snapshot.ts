@@ -1,7 +1,14 @@
 // The per-proxy configuration snapshot the control plane pushes: the type both ends share and
 // the validator the proxy runs before applying a push (a bad push is NACKed, the last good stays).
 
-import { type PolicyRef, validateAuthorizationPolicySpec } from "../policy/index.js";
+import {
+  type PeerAuthRef,
+  type PolicyRef,
+  type RequestAuthRef,
+  validateAuthorizationPolicySpec,
+  validatePeerAuthenticationSpec,
+  validateRequestAuthenticationSpec,
+} from "../policy/index.js";
 
 export interface SnapshotEndpoint {
   address: string;
@@ -41,6 +48,10 @@ export interface ProxySnapshot {
   };
   /** The AuthorizationPolicies that apply to this workload, already selected. */
   policies: PolicyRef[];
+  /** PeerAuthentications of the workload's namespace and the root namespace (the proxy resolves per port). */
+  peerAuthentications: PeerAuthRef[];
+  /** The RequestAuthentications that select this workload. */
+  requestAuthentications: RequestAuthRef[];
   services: SnapshotService[];
 }
 
@@ -87,6 +98,15 @@ export function parseSnapshot(json: string): ProxySnapshot {
     const r = validateAuthorizationPolicySpec(po["spec"]);
     if (r.issues.length > 0) fail(`policies[${i}].spec`, `${r.issues[0]!.path}: ${r.issues[0]!.message}`);
   });
+  for (const [key, validate] of [
+    ["peerAuthentications", validatePeerAuthenticationSpec],
+    ["requestAuthentications", validateRequestAuthenticationSpec],
+  ] as const) {
+    arr(s[key], key).forEach((p, i) => {
+      const r = validate(obj(p, `${key}[${i}]`)["spec"]);
+      if (r.issues.length > 0) fail(`${key}[${i}].spec`, `${r.issues[0]!.path}: ${r.issues[0]!.message}`);
+    });
+  }
   arr(s["services"], "services").forEach((sv, i) => {
     const so = obj(sv, `services[${i}]`);
     str(so["vip"], `services[${i}].vip`);

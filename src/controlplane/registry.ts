@@ -74,6 +74,15 @@ export class Registry {
       { namespace: e.meta.namespace, labels: e.labels },
       this.opts.rootNamespace,
     );
+    const inScope = (ns: string) => ns === e.meta.namespace || ns === this.opts.rootNamespace;
+    const peerAuthentications = this.config.peerAuthentications
+      .filter((p) => inScope(p.meta.namespace))
+      .map((p) => ({ namespace: p.meta.namespace, name: p.meta.name, spec: p.spec }));
+    const requestAuthentications = selectPolicies(
+      this.config.requestAuthentications.map((r) => ({ namespace: r.meta.namespace, name: r.meta.name, spec: r.spec })),
+      { namespace: e.meta.namespace, labels: e.labels },
+      this.opts.rootNamespace,
+    );
     const body = {
       trustDomain: this.opts.trustDomain,
       rootNamespace: this.opts.rootNamespace,
@@ -88,6 +97,8 @@ export class Registry {
         labels: e.labels,
       },
       policies,
+      peerAuthentications,
+      requestAuthentications,
       services: this.services,
     };
     const version = createHash("sha256").update(JSON.stringify(body)).digest("hex").slice(0, 12);

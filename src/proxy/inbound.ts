@@ -9,21 +9,23 @@ import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
-import { evaluate, normalizePath } from "../policy/index.js";
+import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import type { Certificate, ProxyState } from "./state.js";
-import { ALPN_TCP } from "./sniff.js";
+import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 
 interface Peer {
+  /** Empty for a plaintext peer (PERMISSIVE or DISABLE ports). */
   spiffeId: string;
   /** SHA-256 of the peer certificate's DER, hex (XFCC's Hash). */
   certHash: string;
-  principal: string;
+  principal: string | undefined;
   namespace: string | undefined;
+  mtls: boolean;
   remoteAddress: string;
   port: number;
 }
@@ -114,10 +116,39 @@ export class Inbound {
       return;
     }
     raw.setNoDelay(true);
+    const mode = this.state.mtls(port).mode;
+    if (mode === "STRICT") return this.handshake(raw, port);
+    // PERMISSIVE takes TLS from mesh peers and plaintext from others, told apart by the first
+    // byte (a TLS handshake record is 0x16); DISABLE takes everything as plaintext.
+    sniff(raw, SNIFF_MS, (first) => {
+      if (mode === "PERMISSIVE" && first?.[0] === 0x16) return this.handshake(raw, port);
+      this.plaintext(raw, port, first);
+    });
+  }
+
+  private handshake(raw: Socket, port: number): void {
     const key = `${raw.remoteAddress}|${raw.remotePort}`;
     this.dstPorts.set(key, port);
     raw.once("close", () => this.dstPorts.delete(key));
     this.tls.emit("connection", raw);
+  }
+
+  /** A plaintext peer on a PERMISSIVE or DISABLE port: no identity, authorized as such. */
+  private plaintext(raw: Socket, port: number, first: Buffer | undefined): void {
+    const peer: Peer = {
+      spiffeId: "",
+      certHash: "",
+      principal: undefined,
+      namespace: undefined,
+      mtls: false,
+      remoteAddress: raw.remoteAddress ?? "",
+      port,
+    };
+    if (first && looksLikeHttp(first)) {
+      this.peers.set(raw, peer);
+      this.http.emit("connection", raw);
+      raw.resume();
+    } else this.tcp(raw, peer);
   }
 
   private secured(tls: TLSSocket): void {
@@ -142,27 +173,42 @@ export class Inbound {
     const certHash = cert!.fingerprint256.replaceAll(":", "").toLowerCase();
     const principal = principalOf(spiffeId);
     const ns = /\/ns\/([^/]+)\//.exec(principal)?.[1];
-    const peer: Peer = { spiffeId, certHash, principal, namespace: ns, remoteAddress: tls.remoteAddress ?? "", port };
+    const peer: Peer = {
+      spiffeId,
+      certHash,
+      principal,
+      namespace: ns,
+      mtls: true,
+      remoteAddress: tls.remoteAddress ?? "",
+      port,
+    };
     if (tls.alpnProtocol === ALPN_TCP) return this.tcp(tls, peer);
     this.peers.set(tls, peer);
     this.http.emit("connection", tls);
   }
 
   /** Opaque TCP: authorized once per connection (HTTP-only rule parts do not apply), then piped to the app. */
-  private tcp(tls: TLSSocket, peer: Peer): void {
+  private tcp(tls: Socket, peer: Peer): void {
     const start = Date.now();
     const snap = this.state.snapshot!;
     const decision = evaluate(this.state.policies!, {
-      principal: peer.principal,
+      ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
       ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
       sourceIp: peer.remoteAddress,
       destinationPort: peer.port,
     });
     const rec: TcpRecord = {
       reporter: "destination",
-      source: { principal: peer.principal, ...(peer.namespace ? { namespace: peer.namespace } : {}) },
-      destination: { principal: principalOf(snap.workload.spiffeId), workload: snap.workload.name, namespace: snap.workload.namespace },
-      mtls: true,
+      source: {
+        ...(peer.principal ? { principal: peer.principal } : {}),
+        ...(peer.namespace ? { namespace: peer.namespace } : {}),
+      },
+      destination: {
+        principal: principalOf(snap.workload.spiffeId),
+        workload: snap.workload.name,
+        namespace: snap.workload.namespace,
+      },
+      mtls: peer.mtls,
       decision: decision.allowed ? "allow" : "deny",
       reason: decision.reason,
       ...(decision.policy ? { policy: decision.policy } : {}),
@@ -223,7 +269,7 @@ export class Inbound {
       reporter: "destination",
       requestId,
       source: {
-        principal: peer.principal,
+        ...(peer.principal ? { principal: peer.principal } : {}),
         ...(peer.namespace ? { namespace: peer.namespace } : {}),
         ...(typeof sourceWorkload === "string" ? { workload: sourceWorkload } : {}),
       },
@@ -237,7 +283,7 @@ export class Inbound {
       path: norm.ok ? norm.path : req.url,
       protocol: "http",
       status: 0,
-      mtls: true,
+      mtls: peer.mtls,
       durationMs: 0,
       requestBytes: 0,
       responseBytes: 0,
@@ -253,34 +299,63 @@ export class Inbound {
       this.telemetry.http(record);
     };
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
-    const decision = evaluate(policies, {
-      principal: peer.principal,
-      ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
-      sourceIp: peer.remoteAddress,
-      destinationPort: peer.port,
-      http: {
-        method: req.method ?? "",
-        path: norm.path,
-        host: req.headers.host ?? "",
-        headers: req.headers as Record<string, string | undefined>,
+    const authorize = (auth?: RequestAuth) => {
+      const decision = evaluate(policies, {
+        ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
+        ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
+        sourceIp: peer.remoteAddress,
+        remoteIp: peer.remoteAddress,
+        destinationPort: peer.port,
+        ...(auth ? { auth } : {}),
+        http: {
+          method: req.method ?? "",
+          path: norm.path,
+          host: req.headers.host ?? "",
+          headers: req.headers as Record<string, string | undefined>,
+        },
+      });
+      record.decision = decision.allowed ? "allow" : "deny";
+      record.reason = decision.reason;
+      if (decision.policy !== undefined) record.policy = decision.policy;
+      if (decision.action !== undefined) record.action = decision.action;
+      if (decision.rule !== undefined) record.rule = decision.rule;
+      if (decision.dryRun?.length) record.dryRun = decision.dryRun;
+      if (!decision.allowed) return finish({}, "RBAC_DENIED");
+      const headers = forwardable(req.headers, true);
+      delete headers[SOURCE_WORKLOAD_HEADER];
+      headers["x-request-id"] = requestId;
+      if (peer.mtls) headers["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
+      const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
+      relay(this.app(peer.port), req, res, path, headers, (r) => {
+        if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
+        finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
+      });
+    };
+    const jwtRules = snap.requestAuthentications;
+    if (jwtRules.length === 0) return authorize();
+    // A present but invalid token is 401; a missing one gives no request principal.
+    authenticateJwt(
+      jwtRules,
+      { headers: req.headers as Record<string, string | undefined>, query: norm.query },
+      new Date(),
+    ).then(
+      (r) => {
+        if (!r.ok)
+          return finish(
+            { decision: "deny", reason: r.reason, ...(r.policy ? { policy: r.policy } : {}) },
+            "JWT_INVALID",
+          );
+        for (const h of r.headersToRemove) delete req.headers[h];
+        Object.assign(req.headers, r.headersToSet);
+        authorize({
+          ...(r.principal !== undefined ? { principal: r.principal } : {}),
+          ...(r.audiences ? { audiences: r.audiences } : {}),
+          ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
+          ...(r.claims ? { claims: r.claims } : {}),
+        });
       },
-    });
-    record.decision = decision.allowed ? "allow" : "deny";
-    record.reason = decision.reason;
-    if (decision.policy !== undefined) record.policy = decision.policy;
-    if (decision.action !== undefined) record.action = decision.action;
-    if (decision.rule !== undefined) record.rule = decision.rule;
-    if (decision.dryRun?.length) record.dryRun = decision.dryRun;
-    if (!decision.allowed) return finish({}, "RBAC_DENIED");
-    const headers = forwardable(req.headers, true);
-    delete headers[SOURCE_WORKLOAD_HEADER];
-    headers["x-request-id"] = requestId;
-    headers["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
-    const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
-    relay(this.app(peer.port), req, res, path, headers, (r) => {
-      if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
-      finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
-    });
+      (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
+    );
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,7 @@ import type { ServerResponse } from "node:http";
 export const FLAGS = {
   RBAC_DENIED: { status: 403, body: "RBAC: access denied" },
   BAD_REQUEST: { status: 400, body: "bad request" },
+  JWT_INVALID: { status: 401, body: "Jwt verification fails" },
   NO_ROUTE: { status: 502, body: "no service of the mesh at this address" },
   SECURE_NAMING: { status: 503, body: "upstream presented an identity the service may not run as" },
   UPSTREAM_FAILURE: { status: 503, body: "upstream connect error or disconnect" },

@@ -3,7 +3,7 @@
 // Listeners read from here on each new connection, so a swap never drops an open one.
 
 import type { ProxySnapshot, SnapshotService } from "../api/index.js";
-import { type CompiledPolicies, compilePolicies } from "../policy/index.js";
+import { type CompiledPolicies, compilePolicies, type MtlsResolution, resolveMtlsMode } from "../policy/index.js";
 
 export interface Certificate {
   keyPem: string;
@@ -34,6 +34,7 @@ export class ProxyState {
   /** The roots peers must chain to: from the latest snapshot (or the signing answer before one). */
   trustBundlePem: string | undefined;
   private routes = new Map<string, Route>();
+  private mtlsByPort = new Map<number, MtlsResolution>();
   private readonly listeners: (() => void)[] = [];
 
   get ready(): boolean {
@@ -60,6 +61,7 @@ export class ProxyState {
     this.snapshot = s;
     this.policies = policies;
     this.routes = routes;
+    this.mtlsByPort = new Map();
     this.trustBundlePem = s.trustBundlePem;
     this.changed();
   }
@@ -69,6 +71,17 @@ export class ProxyState {
     this.cert = c;
     this.trustBundlePem ??= bundle;
     this.changed();
+  }
+
+  /** The PeerAuthentication mode of one of this workload's ports (STRICT when nothing says otherwise). */
+  mtls(port: number): MtlsResolution {
+    let m = this.mtlsByPort.get(port);
+    if (!m) {
+      const s = this.snapshot!;
+      m = resolveMtlsMode(s.peerAuthentications, { namespace: s.workload.namespace, labels: s.workload.labels }, port, s.rootNamespace);
+      this.mtlsByPort.set(port, m);
+    }
+    return m;
   }
 
   route(address: string, port: number): Route | undefined {

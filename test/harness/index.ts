@@ -150,7 +150,23 @@ export interface Reply {
 }
 
 /** Sends one HTTP/1.1 request through a proxy's outbound port as if the app had called `dst`. */
-export function call(
+export async function call(
+  mesh: MeshFixture,
+  via: Sidecar,
+  dst: { address: string; port: number },
+  req: { method?: string; path?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<Reply> {
+  // A randomly chosen local port may still be in TIME_WAIT from an earlier request: pick again.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await callOnce(mesh, via, dst, req);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt >= 5) throw e;
+    }
+  }
+}
+
+function callOnce(
   mesh: MeshFixture,
   via: Sidecar,
   dst: { address: string; port: number },
