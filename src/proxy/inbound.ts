@@ -14,9 +14,10 @@ import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
-import type { Certificate, ProxyState } from "./state.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
+import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 interface Peer {
   /** Empty for a plaintext peer (PERMISSIVE or DISABLE ports). */
@@ -76,6 +77,9 @@ export class Inbound {
       );
     });
     this.http.on("request", (req, res) => this.request(req, res));
+    this.http.on("upgrade", (req: IncomingMessage, sock: Socket, head: Buffer) =>
+      this.upgrade(req, sock, head),
+    );
     this.http.on("clientError", (_e, sock: Socket) => {
       if (sock.writable)
         sock.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
@@ -356,6 +360,52 @@ export class Inbound {
       },
       (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
     );
+  }
+
+  /** An upgrade (WebSocket): authorized like any request, then the app connection carries bytes both ways. */
+  private upgrade(req: IncomingMessage, sock: Socket, head: Buffer): void {
+    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+    const peer = this.peers.get(sock);
+    const snap = this.state.snapshot;
+    const norm = normalizePath(req.url ?? "");
+    if (!peer || !snap || !this.state.policies)
+      return refuseUpgrade(sock, 503, FLAGS.NOT_READY.body, requestId);
+    if (!norm.ok) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
+    const decision = evaluate(this.state.policies, {
+      ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
+      ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
+      sourceIp: peer.remoteAddress,
+      destinationPort: peer.port,
+      http: {
+        method: req.method ?? "",
+        path: norm.path,
+        host: req.headers.host ?? "",
+        headers: req.headers as Record<string, string | undefined>,
+      },
+    });
+    this.log.info(
+      {
+        direction: "inbound",
+        requestId,
+        upgrade: req.headers.upgrade,
+        source: peer.spiffeId || undefined,
+        path: norm.path,
+        decision: decision.allowed ? "allow" : "deny",
+        policy: decision.policy,
+        reason: decision.reason,
+      },
+      "access",
+    );
+    if (!decision.allowed) return refuseUpgrade(sock, 403, FLAGS.RBAC_DENIED.body, requestId);
+    const app = connect({ host: this.appHost, port: peer.port }, () => {
+      const extra: Record<string, string> = { "x-request-id": requestId };
+      if (peer.mtls) extra["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
+      const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
+      app.write(upgradeHead(req.method ?? "GET", path, req.headers, extra));
+      if (head.length > 0) app.write(head);
+      splice(sock, app, () => {});
+    });
+    app.once("error", () => refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId));
   }
 
   async close(): Promise<void> {

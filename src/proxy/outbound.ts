@@ -3,9 +3,14 @@
 // used only if the server proves a SPIFFE ID the service may run as (secure naming).
 
 import { randomUUID } from "node:crypto";
-import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import {
+  createServer,
+  type Server as HttpServer,
+  type IncomingMessage,
+  type ServerResponse,
+} from "node:http";
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import { type buildConnector, Pool } from "undici";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
@@ -15,9 +20,10 @@ import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
-import type { ProxyState, Route } from "./state.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
+import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 
@@ -36,6 +42,9 @@ export class Outbound {
     private readonly telemetry: Telemetry,
   ) {
     this.http = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
+    this.http.on("upgrade", (req: IncomingMessage, sock: Socket, head: Buffer) =>
+      this.upgrade(req, sock, head),
+    );
     this.server = createNetServer((s) => this.accept(s));
   }
 
@@ -54,8 +63,7 @@ export class Outbound {
       if (first && looksLikeHttp(first)) {
         this.http.emit("connection", s);
         s.resume(); // sniff paused it with the first bytes pushed back; the HTTP parser reads them now
-      }
-      else if (route) this.tcp(s, route);
+      } else if (route) this.tcp(s, route);
       else this.noRoute(s, dst);
     });
   }
@@ -64,7 +72,9 @@ export class Outbound {
     const self = this.state.snapshot?.workload;
     this.telemetry.tcpClose({
       reporter: "source",
-      source: self ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace } : {},
+      source: self
+        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
+        : {},
       destination: {},
       service: `${dst.address}:${dst.port}`,
       mtls: false,
@@ -84,7 +94,9 @@ export class Outbound {
     const rec: TcpRecord = {
       reporter: "source",
       source: { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace },
-      destination: ep ? { principal: principalOf(ep.spiffeId), workload: ep.workload, namespace: route.service.namespace } : {},
+      destination: ep
+        ? { principal: principalOf(ep.spiffeId), workload: ep.workload, namespace: route.service.namespace }
+        : {},
       service: `${route.service.name}.${route.service.namespace}.svc.cluster.local`,
       mtls: true,
       sentBytes: 0,
@@ -106,28 +118,38 @@ export class Outbound {
     s.pause();
     const vip = route.service.vip;
     const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
-    this.dial(ep.address, route.targetPort, [ALPN_TCP], () => this.state.route(vip, port), (err, up) => {
-      if (err || !up) {
-        s.destroy();
-        return close(err instanceof ZmeshError && err.code === "ZMESH_SECURE_NAMING" ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
-      }
-      let flag: string | undefined;
-      s.pipe(up);
-      up.pipe(s);
-      s.resume();
-      const end = (e?: Error | null) => {
-        if (e && !flag) flag = "CONNECTION_RESET";
-        s.destroy();
-        up.destroy();
-      };
-      s.once("close", () => {
-        end();
-        close(flag);
-      });
-      up.once("close", () => end());
-      s.on("error", end);
-      up.on("error", end);
-    });
+    this.dial(
+      ep.address,
+      route.targetPort,
+      [ALPN_TCP],
+      () => this.state.route(vip, port),
+      (err, up) => {
+        if (err || !up) {
+          s.destroy();
+          return close(
+            err instanceof ZmeshError && err.code === "ZMESH_SECURE_NAMING"
+              ? "SECURE_NAMING"
+              : "UPSTREAM_FAILURE",
+          );
+        }
+        let flag: string | undefined;
+        s.pipe(up);
+        up.pipe(s);
+        s.resume();
+        const end = (e?: Error | null) => {
+          if (e && !flag) flag = "CONNECTION_RESET";
+          s.destroy();
+          up.destroy();
+        };
+        s.once("close", () => {
+          end();
+          close(flag);
+        });
+        up.once("close", () => end());
+        s.on("error", end);
+        up.on("error", end);
+      },
+    );
   }
 
   /** The captured socket's original destination, read once per connection. */
@@ -200,7 +222,9 @@ export class Outbound {
   /** The undici connector of a pool: the same dial, for HTTP/1.1. */
   private connector(route: () => Route | undefined): buildConnector.connector {
     return (opts, cb) =>
-      this.dial(opts.hostname, Number(opts.port), ["http/1.1"], route, (err, sock) => cb(err as Error, sock as never));
+      this.dial(opts.hostname, Number(opts.port), ["http/1.1"], route, (err, sock) =>
+        cb(err as Error, sock as never),
+      );
   }
 
   private pool(route: Route, address: string): Pool {
@@ -283,6 +307,35 @@ export class Outbound {
       }
       finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
     });
+  }
+
+  /** An upgrade (WebSocket): its own mutual-TLS connection to an endpoint, then bytes both ways. */
+  private upgrade(req: IncomingMessage, sock: Socket, head: Buffer): void {
+    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+    const dst = this.destination(sock);
+    const route = dst ? this.state.route(dst.address, dst.port) : undefined;
+    const ep = route ? this.pick(route) : undefined;
+    const self = this.state.snapshot?.workload;
+    if (!route || !ep || !self) return refuseUpgrade(sock, 502, FLAGS.NO_ROUTE.body, requestId);
+    const vip = route.service.vip;
+    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
+    this.dial(
+      ep.address,
+      route.targetPort,
+      ["http/1.1"],
+      () => this.state.route(vip, port),
+      (err, up) => {
+        if (err || !up) return refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId);
+        up.write(
+          upgradeHead(req.method ?? "GET", req.url ?? "/", req.headers, {
+            "x-request-id": requestId,
+            [SOURCE_WORKLOAD_HEADER]: self.name,
+          }),
+        );
+        if (head.length > 0) up.write(head);
+        splice(sock, up, () => {});
+      },
+    );
   }
 
   async close(): Promise<void> {

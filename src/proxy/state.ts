@@ -3,7 +3,12 @@
 // Listeners read from here on each new connection, so a swap never drops an open one.
 
 import type { ProxySnapshot, SnapshotService } from "../api/index.js";
-import { type CompiledPolicies, compilePolicies, type MtlsResolution, resolveMtlsMode } from "../policy/index.js";
+import {
+  type CompiledPolicies,
+  compilePolicies,
+  type MtlsResolution,
+  resolveMtlsMode,
+} from "../policy/index.js";
 
 export interface Certificate {
   keyPem: string;
@@ -56,7 +61,12 @@ export class ProxyState {
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
       for (const p of svc.ports)
-        routes.set(`${svc.vip}:${p.port}`, { service: svc, targetPort: p.targetPort, protocol: p.protocol, allowed });
+        routes.set(`${svc.vip}:${p.port}`, {
+          service: svc,
+          targetPort: p.targetPort,
+          protocol: p.protocol,
+          allowed,
+        });
     }
     this.snapshot = s;
     this.policies = policies;
@@ -78,7 +88,12 @@ export class ProxyState {
     let m = this.mtlsByPort.get(port);
     if (!m) {
       const s = this.snapshot!;
-      m = resolveMtlsMode(s.peerAuthentications, { namespace: s.workload.namespace, labels: s.workload.labels }, port, s.rootNamespace);
+      m = resolveMtlsMode(
+        s.peerAuthentications,
+        { namespace: s.workload.namespace, labels: s.workload.labels },
+        port,
+        s.rootNamespace,
+      );
       this.mtlsByPort.set(port, m);
     }
     return m;
