@@ -31,7 +31,15 @@ function json(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-export function adminEndpoints(state: ProxyState, quit: () => void): AdminEndpoint[] {
+export interface AdminActions {
+  drain: () => Promise<void>;
+  quit: () => void;
+  setLogLevel: (level: string) => void;
+}
+
+const LEVELS = ["trace", "debug", "info", "warn", "error"];
+
+export function adminEndpoints(state: ProxyState, actions: AdminActions): AdminEndpoint[] {
   return [
     {
       path: "/ready",
@@ -59,12 +67,31 @@ export function adminEndpoints(state: ProxyState, quit: () => void): AdminEndpoi
       },
     },
     {
+      path: "/drain",
+      method: "POST",
+      help: "stop taking new connections; answers once requests in flight are done (5 s at most)",
+      handle: (_q, r) =>
+        void actions.drain().then(() => json(r, 200, { drained: true, inflight: state.inflight })),
+    },
+    {
+      path: "/logging",
+      method: "POST",
+      help: "set the log level: /logging?level=debug (trace, debug, info, warn, error)",
+      handle: (q, r) => {
+        const level = new URL(q.url ?? "/", "http://admin").searchParams.get("level") ?? "";
+        if (!LEVELS.includes(level))
+          return json(r, 400, { error: `level must be one of ${LEVELS.join(", ")}` });
+        actions.setLogLevel(level);
+        json(r, 200, { level });
+      },
+    },
+    {
       path: "/quitquitquit",
       method: "POST",
-      help: "drain and exit",
+      help: "drain, then exit",
       handle: (_q, r) => {
         json(r, 200, { quitting: true });
-        setImmediate(quit);
+        setImmediate(actions.quit);
       },
     },
   ];

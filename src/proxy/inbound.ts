@@ -292,7 +292,10 @@ export class Inbound {
       requestBytes: 0,
       responseBytes: 0,
     };
+    this.state.inflight++;
+    if (this.state.draining) res.setHeader("connection", "close");
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
         record.flag = flag;

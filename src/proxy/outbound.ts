@@ -275,7 +275,10 @@ export class Outbound {
       responseBytes: 0,
       ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
     };
+    this.state.inflight++;
+    if (this.state.draining) res.setHeader("connection", "close");
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
         record.flag = flag;

@@ -32,6 +32,8 @@ export interface SidecarOptions {
   originalDst?: OriginalDst;
   certTtlSeconds?: number;
   log?: Logger;
+  /** Called after POST /quitquitquit has drained and closed the proxy (the process exits). */
+  onQuit?: () => void;
 }
 
 function listen(server: Server, at: { host: string; port: number }): Promise<number> {
@@ -75,7 +77,18 @@ export class Sidecar {
     this.metrics = this.telemetry.server();
     this.inbound = new Inbound(this.state, od, this.log, this.telemetry, opts.appHost);
     this.outbound = new Outbound(this.state, od, this.log, this.telemetry);
-    this.admin = adminServer(adminEndpoints(this.state, () => void this.close()));
+    this.admin = adminServer(
+      adminEndpoints(this.state, {
+        drain: () => this.drain(),
+        quit: () =>
+          void this.drain()
+            .then(() => this.close())
+            .then(() => opts.onQuit?.()),
+        setLogLevel: (level) => {
+          this.log.level = level;
+        },
+      }),
+    );
     this.health = healthServer(this.state);
   }
 
@@ -188,6 +201,21 @@ export class Sidecar {
       this.renewTimer = setTimeout(() => void this.renew(), 2_000);
       this.renewTimer.unref();
     }
+  }
+
+  /**
+   * Stops taking new connections and waits (at most `timeoutMs`) for requests in flight to
+   * finish; their connections are asked to close. Control-plane updates keep coming meanwhile.
+   */
+  async drain(timeoutMs = 5_000): Promise<void> {
+    if (!this.state.draining) {
+      this.state.draining = true;
+      this.inbound.server.close();
+      this.outbound.server.close();
+      this.log.info({ inflight: this.state.inflight }, "draining");
+    }
+    const deadline = Date.now() + timeoutMs;
+    while (this.state.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   }
 
   async close(): Promise<void> {

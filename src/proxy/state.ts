@@ -38,6 +38,10 @@ export class ProxyState {
   cert: Certificate | undefined;
   /** The roots peers must chain to: from the latest snapshot (or the signing answer before one). */
   trustBundlePem: string | undefined;
+  /** Requests being handled now (both directions), so a drain knows when it is done. */
+  inflight = 0;
+  /** Set by a drain: no new connections; responses ask clients to close theirs. */
+  draining = false;
   private routes = new Map<string, Route>();
   private mtlsByPort = new Map<number, MtlsResolution>();
   private readonly listeners: (() => void)[] = [];

@@ -32,9 +32,15 @@ export function proxyCommand(): Command {
         trustBundlePem,
         credential,
         controlPlaneId: o["controlPlaneId"]!,
+        onQuit: () => process.exit(0),
       });
       await proxy.start();
-      const stop = () => void proxy.close().then(() => process.exit(0));
+      // SIGTERM drains: no new connections, in-flight requests finish (5 s at most), then exit.
+      const stop = () =>
+        void proxy
+          .drain()
+          .then(() => proxy.close())
+          .then(() => process.exit(0));
       process.on("SIGTERM", stop);
       process.on("SIGINT", stop);
     });

@@ -1,0 +1,65 @@
+// Graceful drain: a request in flight when the drain starts completes; new connections are refused.
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import { after, before, describe, it } from "node:test";
+import type { Sidecar } from "../src/proxy/index.js";
+import { call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+
+describe("drain", { timeout: 30_000 }, () => {
+  let mesh: MeshFixture;
+  let client: Sidecar;
+  let server: Server;
+  const vip = { address: "198.19.0.50", port: 80 };
+
+  before(async () => {
+    server = createServer((_q, r) => setTimeout(() => r.end("slow but sure"), 400));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const inbound = await freePort();
+    mesh = await controlPlane(
+      `
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: client, namespace: shop, labels: { app: client } }
+spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: slow, namespace: shop, labels: { app: slow } }
+spec: { address: 127.0.0.1, serviceAccount: slow, labels: { app: slow } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: slow, namespace: shop }
+spec:
+  selector: { app: slow }
+  clusterIP: ${vip.address}
+  ports: [{ name: http, port: 80, targetPort: ${inbound} }]
+`,
+      [
+        { namespace: "shop", name: "client" },
+        { namespace: "shop", name: "slow" },
+      ],
+    );
+    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
+    await proxy(mesh, "shop/slow", {
+      inboundPort: inbound,
+      appPort: (server.address() as { port: number }).port,
+    });
+  });
+  after(async () => {
+    await mesh.close();
+    server.close();
+  });
+
+  it("finishes requests in flight, then takes no new connections", async () => {
+    const inflight = call(mesh, client, vip, { path: "/" });
+    await new Promise((r) => setTimeout(r, 100));
+    const drained = client.drain(3_000);
+    const r = await inflight;
+    assert.equal(r.status, 200);
+    assert.equal(r.body, "slow but sure");
+    await drained;
+    assert.equal(client.state.inflight, 0);
+    await assert.rejects(call(mesh, client, vip, { path: "/" }), /ECONNREFUSED/);
+  });
+});
