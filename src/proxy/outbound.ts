@@ -16,9 +16,10 @@ import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { Balancer } from "./balancer.js";
 import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination, OriginalDst } from "./origdst.js";
-import { relay } from "./relay.js";
+import { hasBody, relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
@@ -26,6 +27,7 @@ import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
 
 export class Outbound {
   /** Accepts captured connections and routes each: HTTP to `http`, TCP to a mutual-TLS pipe. */
@@ -33,7 +35,7 @@ export class Outbound {
   private readonly http: HttpServer;
   private readonly dsts = new WeakMap<Socket, Destination>();
   private readonly pools = new Map<string, Pool>();
-  private readonly rr = new Map<string, number>();
+  private readonly balancer = new Balancer();
 
   constructor(
     private readonly state: ProxyState,
@@ -244,13 +246,8 @@ export class Outbound {
     return pool;
   }
 
-  private pick(route: Route): SnapshotEndpoint | undefined {
-    const eps = route.service.endpoints;
-    if (eps.length === 0) return undefined;
-    const key = `${route.service.namespace}/${route.service.name}`;
-    const i = (this.rr.get(key) ?? 0) % eps.length;
-    this.rr.set(key, i + 1);
-    return eps[i];
+  private pick(route: Route, exclude?: string): SnapshotEndpoint | undefined {
+    return this.balancer.pick(route.service.endpoints, exclude);
   }
 
   private request(req: IncomingMessage, res: ServerResponse): void {
@@ -292,24 +289,35 @@ export class Outbound {
     const route = this.state.route(dst.address, dst.port);
     if (!route) return finish({}, "NO_ROUTE");
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
-    const ep = this.pick(route);
-    if (!ep) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
-    record.upstream = `${ep.address}:${route.targetPort}`;
-    record.destination = {
-      principal: principalOf(ep.spiffeId),
-      workload: ep.workload,
-      namespace: route.service.namespace,
-    };
+    const first = this.pick(route);
+    if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
     const headers = forwardable(req.headers, true);
     headers["x-request-id"] = requestId;
     headers[SOURCE_WORKLOAD_HEADER] = self.name;
-    relay(this.pool(route, ep.address), req, res, req.url ?? "/", headers, (r) => {
-      if (r.error) {
+    // An idempotent request without a body is retried once, on another endpoint, when the first
+    // could not be reached: nothing was sent to the app, so nothing can happen twice.
+    const retryable = !hasBody(req) && IDEMPOTENT.has(req.method ?? "");
+    const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
+      record.upstream = `${ep.address}:${route.targetPort}`;
+      record.destination = {
+        principal: principalOf(ep.spiffeId),
+        workload: ep.workload,
+        namespace: route.service.namespace,
+      };
+      this.balancer.started(ep.address);
+      relay(this.pool(route, ep.address), req, res, req.url ?? "/", headers, (r) => {
         const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
-        return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
-      }
-      finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
-    });
+        this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
+        if (r.error) {
+          const next =
+            retryable && !retried && !naming && r.status === 0 ? this.pick(route, ep.address) : undefined;
+          if (next) return attempt(next, true);
+          return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+        }
+        finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
+      });
+    };
+    attempt(first, false);
   }
 
   /** An upgrade (WebSocket): its own mutual-TLS connection to an endpoint, then bytes both ways. */

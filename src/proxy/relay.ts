@@ -14,6 +14,12 @@ export interface RelayResult {
   error?: Error;
 }
 
+/** Whether a request carries a body (`content-length: 0` does not). */
+export function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers["content-length"];
+  return (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
+}
+
 export function relay(
   pool: Pool,
   req: IncomingMessage,
@@ -23,14 +29,13 @@ export function relay(
   done: (r: RelayResult) => void,
 ): void {
   const r: RelayResult = { status: 0, requestBytes: 0, responseBytes: 0 };
-  const hasBody =
-    req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined;
-  if (hasBody) {
+  const body = hasBody(req);
+  if (body) {
     req.on("data", (c: Buffer) => {
       r.requestBytes += c.length;
     });
   }
-  pool.request({ path, method: req.method as "GET", headers, body: hasBody ? req : null }).then(
+  pool.request({ path, method: req.method as "GET", headers, body: body ? req : null }).then(
     (up) => {
       r.status = up.statusCode;
       res.writeHead(up.statusCode, responseHeaders(up.headers));

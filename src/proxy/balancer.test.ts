@@ -1,0 +1,52 @@
+// The outbound balancer: power of two choices prefers the less loaded endpoint, failing endpoints
+// are ejected for a while and come back, and `exclude` gives a retry another endpoint.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Balancer, EJECT_AFTER, EJECT_MS } from "./balancer.js";
+
+const eps = ["198.18.0.10", "198.18.0.11", "198.18.0.12"].map((address) => ({
+  address,
+  workload: "w",
+  spiffeId: "spiffe://cluster.local/ns/a/sa/w",
+}));
+
+describe("Balancer", () => {
+  it("never picks an endpoint with more requests in flight than the other of its pair", () => {
+    const b = new Balancer();
+    for (let i = 0; i < 50; i++) b.started("198.18.0.10");
+    const picks = new Map<string, number>();
+    for (let i = 0; i < 3000; i++) {
+      const p = b.pick(eps)!.address;
+      picks.set(p, (picks.get(p) ?? 0) + 1);
+    }
+    // The loaded endpoint only wins a pair against itself, which the pair never is.
+    assert.equal(picks.get("198.18.0.10") ?? 0, 0);
+  });
+
+  it("ejects an endpoint after consecutive connect failures, and takes it back after a while", () => {
+    let now = 0;
+    const b = new Balancer(() => now);
+    for (let i = 0; i < EJECT_AFTER; i++) b.finished("198.18.0.11", true);
+    assert.equal(b.ejected("198.18.0.11"), true);
+    for (let i = 0; i < 500; i++) assert.notEqual(b.pick(eps)!.address, "198.18.0.11");
+    now += EJECT_MS + 1;
+    assert.equal(b.ejected("198.18.0.11"), false);
+  });
+
+  it("a success resets the failure count", () => {
+    const b = new Balancer();
+    for (let i = 0; i < EJECT_AFTER - 1; i++) b.finished("198.18.0.12", true);
+    b.finished("198.18.0.12", false);
+    b.finished("198.18.0.12", true);
+    assert.equal(b.ejected("198.18.0.12"), false);
+  });
+
+  it("excludes the endpoint a retry must avoid, and still answers when everything is ejected", () => {
+    const b = new Balancer();
+    for (let i = 0; i < 200; i++) assert.notEqual(b.pick(eps, "198.18.0.10")!.address, "198.18.0.10");
+    const one = [eps[0]!];
+    for (let i = 0; i < EJECT_AFTER; i++) b.finished(one[0]!.address, true);
+    assert.equal(b.pick(one)?.address, one[0]!.address);
+    assert.equal(b.pick(one, one[0]!.address), undefined);
+  });
+});

@@ -1,0 +1,54 @@
+// Outbound endpoint choice: power of two choices on requests in flight (cheap, and it avoids
+// both herding and slow endpoints), with passive ejection of endpoints that fail to connect.
+
+import type { SnapshotEndpoint } from "../api/index.js";
+
+/** Consecutive connect failures that eject an endpoint, and for how long. */
+export const EJECT_AFTER = 3;
+export const EJECT_MS = 10_000;
+
+export class Balancer {
+  private readonly active = new Map<string, number>();
+  private readonly failures = new Map<string, number>();
+  private readonly ejectedUntil = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** Two random healthy endpoints (other than `exclude`), the one with fewer requests in flight. */
+  pick(endpoints: readonly SnapshotEndpoint[], exclude?: string): SnapshotEndpoint | undefined {
+    const t = this.now();
+    let healthy = endpoints.filter(
+      (e) => e.address !== exclude && (this.ejectedUntil.get(e.address) ?? 0) <= t,
+    );
+    // Everything ejected: better to try than to fail closed on a guess.
+    if (healthy.length === 0) healthy = endpoints.filter((e) => e.address !== exclude);
+    if (healthy.length <= 1) return healthy[0];
+    const a = healthy[Math.floor(Math.random() * healthy.length)]!;
+    let b = healthy[Math.floor(Math.random() * (healthy.length - 1))]!;
+    if (b === a) b = healthy[healthy.length - 1]!;
+    return (this.active.get(a.address) ?? 0) <= (this.active.get(b.address) ?? 0) ? a : b;
+  }
+
+  started(address: string): void {
+    this.active.set(address, (this.active.get(address) ?? 0) + 1);
+  }
+
+  /** `connectFailed`: the endpoint could not be reached at all (counts towards ejection). */
+  finished(address: string, connectFailed: boolean): void {
+    this.active.set(address, Math.max(0, (this.active.get(address) ?? 1) - 1));
+    if (!connectFailed) {
+      this.failures.delete(address);
+      return;
+    }
+    const n = (this.failures.get(address) ?? 0) + 1;
+    this.failures.set(address, n);
+    if (n >= EJECT_AFTER) {
+      this.ejectedUntil.set(address, this.now() + EJECT_MS);
+      this.failures.delete(address);
+    }
+  }
+
+  ejected(address: string): boolean {
+    return (this.ejectedUntil.get(address) ?? 0) > this.now();
+  }
+}
