@@ -3,7 +3,15 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+import {
+  call,
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 describe("drain", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
@@ -16,25 +24,7 @@ describe("drain", { timeout: 30_000 }, () => {
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const inbound = await freePort();
     mesh = await controlPlane(
-      `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: shop, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: slow, namespace: shop, labels: { app: slow } }
-spec: { address: 127.0.0.1, serviceAccount: slow, labels: { app: slow } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: slow, namespace: shop }
-spec:
-  selector: { app: slow }
-  clusterIP: ${vip.address}
-  ports: [{ name: http, port: 80, targetPort: ${inbound} }]
-`,
+      entryYaml("client") + entryYaml("slow") + serviceYaml("slow", vip.address, [[80, inbound]]),
       [
         { namespace: "shop", name: "client" },
         { namespace: "shop", name: "slow" },

@@ -17,10 +17,12 @@ import {
   call,
   captured,
   controlPlane,
+  entryYaml,
   freePort,
   logLines,
   type MeshFixture,
   proxy,
+  serviceYaml,
 } from "./harness/index.js";
 
 const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
@@ -95,25 +97,7 @@ async function testHierarchy() {
 const FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend";
 
 function meshYaml(catalogPort: number): string {
-  return `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: frontend, namespace: shop, labels: { app: frontend } }
-spec: { address: 127.0.0.1, serviceAccount: frontend, labels: { app: frontend } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: catalog, namespace: shop, labels: { app: catalog } }
-spec: { address: 127.0.0.1, serviceAccount: catalog, labels: { app: catalog } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: catalog, namespace: shop }
-spec:
-  selector: { app: catalog }
-  clusterIP: 198.19.0.10
-  ports: [{ name: http, port: 80, targetPort: ${catalogPort} }]
-`;
+  return `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", "198.19.0.10", [[80, catalogPort]])}`;
 }
 
 /** Connects to a proxy's inbound port with the given client certificate; resolves what happened. */

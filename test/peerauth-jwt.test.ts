@@ -6,7 +6,16 @@ import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import type { Sidecar } from "../src/proxy/index.js";
-import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+import {
+  app,
+  call,
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 const ISSUER = "https://issuer.test";
 
@@ -43,25 +52,7 @@ describe("PeerAuthentication and JWT at the inbound", { timeout: 30_000 }, () =>
         .sign(privateKey);
     api = await app("api");
     apiInbound = await freePort();
-    const yaml = `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: shop, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: api, namespace: shop, labels: { app: api } }
-spec: { address: 127.0.0.1, serviceAccount: api, labels: { app: api } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: api, namespace: shop }
-spec:
-  selector: { app: api }
-  clusterIP: ${vip.address}
-  ports: [{ name: http, port: 80, targetPort: ${apiInbound} }]
----
+    const yaml = `${entryYaml("client")}${entryYaml("api")}${serviceYaml("api", vip.address, [[80, apiInbound]])}
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: { name: api, namespace: shop }

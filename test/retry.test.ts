@@ -3,7 +3,16 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+import {
+  app,
+  call,
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 describe("retries and ejection", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
@@ -16,30 +25,10 @@ describe("retries and ejection", { timeout: 30_000 }, () => {
     const inbound = await freePort();
     // Two endpoints: 127.0.0.1 has the backend's sidecar, 127.0.0.2 has nothing on that port.
     mesh = await controlPlane(
-      `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: shop, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: backend-live, namespace: shop, labels: { app: backend } }
-spec: { address: 127.0.0.1, serviceAccount: backend, labels: { app: backend } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: backend-dead, namespace: shop, labels: { app: backend } }
-spec: { address: 127.0.0.2, serviceAccount: backend, labels: { app: backend } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: backend, namespace: shop }
-spec:
-  selector: { app: backend }
-  clusterIP: ${vip.address}
-  ports: [{ name: http, port: 80, targetPort: ${inbound} }]
-`,
+      entryYaml("client") +
+        entryYaml("backend-live", { app: "backend", sa: "backend" }) +
+        entryYaml("backend-dead", { app: "backend", sa: "backend", address: "127.0.0.2" }) +
+        serviceYaml("backend", vip.address, [[80, inbound]]),
       [
         { namespace: "shop", name: "client" },
         { namespace: "shop", name: "backend-live" },

@@ -5,35 +5,21 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { controlPlane, freePort, type MeshFixture, openTcp, proxy } from "./harness/index.js";
+import {
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  openTcp,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 function yaml(dbPort: number, autoPort: number): string {
-  return `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: app, namespace: shop, labels: { app: app } }
-spec: { address: 127.0.0.1, serviceAccount: app, labels: { app: app } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: stranger, namespace: shop, labels: { app: stranger } }
-spec: { address: 127.0.0.1, serviceAccount: stranger, labels: { app: stranger } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: db, namespace: shop, labels: { app: db } }
-spec: { address: 127.0.0.1, serviceAccount: db, labels: { app: db } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: db, namespace: shop }
-spec:
-  selector: { app: db }
-  clusterIP: 198.19.0.20
-  ports:
-    - { name: tcp-db, port: 5432, targetPort: ${dbPort} }
-    - { name: legacy, port: 7000, targetPort: ${autoPort} }
----
+  return `${entryYaml("app")}${entryYaml("stranger")}${entryYaml("db")}${serviceYaml("db", "198.19.0.20", [
+    [5432, dbPort, "tcp-db"],
+    [7000, autoPort, "legacy"],
+  ])}
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: db-from-app, namespace: shop }
@@ -98,7 +84,10 @@ describe("opaque TCP through the mesh", { timeout: 30_000 }, () => {
   it("the TCP counters carry Istio's names", async () => {
     await new Promise((r) => setTimeout(r, 50));
     const text = await (await fetch(`http://127.0.0.1:${app.ports.metrics}/stats/prometheus`)).text();
-    assert.match(text, /istio_tcp_connections_opened_total\{[^}]*destination_service="db\.shop\.svc\.cluster\.local"/);
+    assert.match(
+      text,
+      /istio_tcp_connections_opened_total\{[^}]*destination_service="db\.shop\.svc\.cluster\.local"/,
+    );
     assert.match(text, /istio_tcp_connections_closed_total\{[^}]*connection_security_policy="mutual_tls"/);
     assert.match(text, /istio_tcp_received_bytes_total\{[^}]*\} [1-9]/);
     assert.match(text, /istio_tcp_sent_bytes_total\{[^}]*\} [1-9]/);

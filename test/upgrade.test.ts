@@ -4,7 +4,15 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { controlPlane, freePort, type MeshFixture, openTcp, proxy } from "./harness/index.js";
+import {
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  openTcp,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 describe("upgrades through the mesh", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
@@ -26,26 +34,7 @@ describe("upgrades through the mesh", { timeout: 30_000 }, () => {
     const appPort = (server.address() as { port: number }).port;
     const inbound = await freePort();
     mesh = await controlPlane(
-      `
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: shop, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: chat, namespace: shop, labels: { app: chat } }
-spec: { address: 127.0.0.1, serviceAccount: chat, labels: { app: chat } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: chat, namespace: shop }
-spec:
-  selector: { app: chat }
-  clusterIP: ${vip.address}
-  ports: [{ name: http, port: 80, targetPort: ${inbound} }]
----
-apiVersion: security.istio.io/v1
+      `${entryYaml("client")}${entryYaml("chat")}${serviceYaml("chat", vip.address, [[80, inbound]])}apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: chat, namespace: shop }
 spec:

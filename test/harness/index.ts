@@ -217,7 +217,11 @@ export interface TcpClient {
 }
 
 /** Opens a raw TCP connection through a proxy's outbound port as if the app had dialled `dst`. */
-export function openTcp(mesh: MeshFixture, via: Sidecar, dst: { address: string; port: number }): Promise<TcpClient> {
+export function openTcp(
+  mesh: MeshFixture,
+  via: Sidecar,
+  dst: { address: string; port: number },
+): Promise<TcpClient> {
   const localPort = 20_000 + Math.floor(Math.random() * 40_000);
   mesh.intents.set(localPort, dst);
   return new Promise((resolve, reject) => {
@@ -244,7 +248,10 @@ export function openTcp(mesh: MeshFixture, via: Sidecar, dst: { address: string;
         closed,
         read: (until) =>
           new Promise((res, rej) => {
-            const deadline = setTimeout(() => rej(new Error(`timed out waiting for ${until}; got ${JSON.stringify(data)}`)), 3_000);
+            const deadline = setTimeout(
+              () => rej(new Error(`timed out waiting for ${until}; got ${JSON.stringify(data)}`)),
+              3_000,
+            );
             const check = () => {
               const rest = data.slice(consumed);
               const m = until.exec(rest);
@@ -260,4 +267,40 @@ export function openTcp(mesh: MeshFixture, via: Sidecar, dst: { address: string;
     );
     sock.once("error", reject);
   });
+}
+
+/** YAML of a WorkloadEntry (an instance) for the harness: address 127.0.0.1 unless given. */
+export function entryYaml(
+  name: string,
+  opts: { app?: string; sa?: string; address?: string; namespace?: string } = {},
+): string {
+  const app = opts.app ?? name;
+  return `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: ${name}, namespace: ${opts.namespace ?? "shop"}, labels: { app: ${app} } }
+spec: { address: ${opts.address ?? "127.0.0.1"}, serviceAccount: ${opts.sa ?? name}, labels: { app: ${app} } }
+---
+`;
+}
+
+/** YAML of a Service with a fixed VIP; `ports` are [port, targetPort, name?]. */
+export function serviceYaml(
+  name: string,
+  vip: string,
+  ports: [number, number, string?][],
+  app = name,
+): string {
+  const list = ports.map(
+    ([port, targetPort, n]) => `    - { name: ${n ?? "http"}, port: ${port}, targetPort: ${targetPort} }`,
+  );
+  return `apiVersion: v1
+kind: Service
+metadata: { name: ${name}, namespace: shop }
+spec:
+  selector: { app: ${app} }
+  clusterIP: ${vip}
+  ports:
+${list.join("\n")}
+---
+`;
 }

@@ -1,0 +1,1084 @@
+// bench:chain: the data plane end to end on loopback, three chains side by side in one run:
+//   direct   load generator -> app
+//   zmesh    load generator -> outbound sidecar -> mTLS -> inbound sidecar (one L7 ALLOW policy) -> app
+//   haproxy  the same chain from two HAProxy instances doing mTLS in HTTP mode
+// For each: max rps (closed loop, N connections, fixed time) and latency at a fixed 1,000 rps
+// (open loop) with 1 KiB responses; for each proxy process, CPU per 1,000 rps and RSS from /proc.
+// Warm-up, pinning (load generator on one core, the rest on the other), repeated runs, medians.
+// Method and results: bench/README.md, "Data plane chain". Last line: one JSON object.
+
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { request } from "node:http";
+import { connect, createServer } from "node:net";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
+import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+const { values: opt } = parseArgs({
+  options: {
+    json: { type: "boolean", default: false },
+    runs: { type: "string", default: "3" },
+    "max-seconds": { type: "string", default: "5" },
+    "rate-seconds": { type: "string", default: "8" },
+    rate: { type: "string", default: "1000" },
+    connections: { type: "string", default: "32" },
+    "rate-connections": { type: "string", default: "16" },
+    only: { type: "string", default: "direct,zmesh,haproxy" },
+    "no-access-log": { type: "boolean", default: false },
+    "no-pin": { type: "boolean", default: false },
+    "no-install": { type: "boolean", default: false },
+    profile: { type: "string" },
+    /** Extra node flags for the sidecar processes, space-separated, e.g. "--max-semi-space-size=4". */
+    "sidecar-flags": { type: "string", default: "" },
+  },
+  strict: true,
+});
+
+/** A numeric option, clamped so that no setting can make a loop unbounded. */
+function num(name: keyof typeof opt, lo: number, hi: number): number {
+  const v = Number(opt[name]);
+  if (!Number.isFinite(v) || v < lo || v > hi) throw new Error(`--${name} must be between ${lo} and ${hi}`);
+  return v;
+}
+
+const RUNS = num("runs", 1, 9);
+const MAX_MS = num("max-seconds", 1, 60) * 1000;
+const RATE_MS = num("rate-seconds", 1, 60) * 1000;
+const RATE = num("rate", 1, 50_000);
+const CONNECTIONS = num("connections", 1, 1024);
+const RATE_CONNECTIONS = num("rate-connections", 1, 1024);
+const ACCESS_LOG = !opt["no-access-log"];
+const SIDECAR_FLAGS = opt["sidecar-flags"].split(" ").filter(Boolean);
+for (const f of SIDECAR_FLAGS)
+  if (!f.startsWith("--")) throw new Error(`--sidecar-flags: ${f} is not a node flag`);
+const BODY_BYTES = 1024;
+const WARM_MAX_MS = 2_000;
+const WARM_RATE_MS = 2_000;
+const PAUSE_MS = 500;
+/** Hard limit of a whole run: past it, everything started is stopped and the run fails. */
+const WATCHDOG_MS = 9 * 60_000;
+const PATH_ALLOWED = "/api/item";
+const VIP = { address: "198.19.0.10", port: 80 };
+const CP_ID = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
+const LOADGEN_CPU = 0;
+const REST_CPU = 1;
+
+type Name = "direct" | "zmesh" | "haproxy";
+const NAMES: Name[] = ["direct", "zmesh", "haproxy"];
+const only = new Set(opt.only.split(",").map((s) => s.trim()));
+for (const n of only) if (!NAMES.includes(n as Name)) throw new Error(`--only: unknown chain ${n}`);
+
+const say = (line: string) => process.stderr.write(`[bench:chain] ${line}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const silent = pino({ level: "silent" });
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: every one is tracked, and stopped by its pid at the end.
+
+interface Child {
+  name: string;
+  proc: ChildProcess;
+  stderr: string[];
+}
+const children: Child[] = [];
+
+function track(name: string, proc: ChildProcess): Child {
+  const c: Child = { name, proc, stderr: [] };
+  proc.stderr?.setEncoding("utf8");
+  proc.stderr?.on("data", (d: string) => {
+    c.stderr.push(d);
+    if (c.stderr.length > 50) c.stderr.shift();
+  });
+  children.push(c);
+  return c;
+}
+
+/** The end of a child's stderr, led by its first line naming an error (a stack's last lines rarely say what broke). */
+function tail(c: Child): string {
+  const lines = c.stderr.join("").trim().split("\n");
+  const first = lines.find((l) => /error|alert/i.test(l));
+  const last = lines.slice(-3);
+  return [...(first && !last.includes(first) ? [first] : []), ...last].join(" | ");
+}
+
+function spawnNode(name: string, script: string, args: string[] = [], execArgv: string[] = []): Child {
+  const proc = spawn(process.execPath, [...execArgv, join(here, script), ...args], {
+    stdio: ["ignore", "ignore", "pipe", "ipc"],
+  });
+  return track(name, proc);
+}
+
+/** The first IPC message of a child, or an error if it exits or takes longer than `ms`. */
+function firstMessage<T>(c: Child, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`${c.name}: no answer within ${ms} ms (${tail(c)})`)), ms);
+    const onMsg = (m: T) => done(undefined, m);
+    const onExit = (code: number | null) => done(new Error(`${c.name} exited (${code}): ${tail(c)}`));
+    function done(err: Error | undefined, m?: T) {
+      clearTimeout(timer);
+      c.proc.off("message", onMsg);
+      c.proc.off("exit", onExit);
+      if (err) reject(err);
+      else resolve(m as T);
+    }
+    c.proc.on("message", onMsg);
+    c.proc.once("exit", onExit);
+  });
+}
+
+function exited(c: Child, ms: number): Promise<boolean> {
+  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    c.proc.once("exit", () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+}
+
+/** Asks a child to stop (IPC "stop" when it has a channel, else SIGTERM), then SIGKILL after 5 s. */
+async function stopChild(c: Child): Promise<void> {
+  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
+  if (c.proc.connected) c.proc.send("stop");
+  else c.proc.kill("SIGTERM");
+  if (!(await exited(c, 5_000))) {
+    c.proc.kill("SIGKILL");
+    await exited(c, 2_000);
+  }
+}
+
+async function stopAll(): Promise<void> {
+  await Promise.all(children.map(stopChild));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cores and /proc.
+
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 utime, 15 stime
+}
+
+function statusKb(pid: number, key: "VmRSS" | "VmHWM"): number {
+  const m = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) : 0;
+}
+
+/** Busy CPU seconds of the whole machine (all CPUs), from /proc/stat. */
+function machineBusySeconds(): number {
+  const f = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "")
+    .trim()
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return (total - (f[3] ?? 0) - (f[4] ?? 0)) / CLK_TCK; // minus idle and iowait
+}
+
+/** CPU seconds of this process and every child still running. */
+function ourCpuSeconds(): number {
+  const me = process.cpuUsage();
+  let s = (me.user + me.system) / 1e6;
+  for (const c of children) {
+    if (c.proc.exitCode !== null || c.proc.signalCode !== null || !c.proc.pid) continue;
+    try {
+      s += cpuSeconds(c.proc.pid);
+    } catch {
+      // exited between the check and the read
+    }
+  }
+  return s;
+}
+
+const canPin = !opt["no-pin"] && availableParallelism() >= 2 && hasCommand("taskset");
+
+/** Moves a process and all its threads to one CPU; later threads inherit it. */
+function pin(pid: number, cpu: number): void {
+  if (!canPin) return;
+  execFileSync("taskset", ["-a", "-p", "-c", String(cpu), String(pid)], { stdio: "ignore" });
+}
+
+function hasCommand(cmd: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
+}
+
+function findHaproxy(): string | undefined {
+  for (const p of ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"])
+    if (existsSync(p)) return p;
+  const r = spawnSync("sh", ["-c", "command -v haproxy"], { encoding: "utf8" });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets.
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Resolves once something accepts connections on the port; gives up after `ms`. */
+async function waitPort(port: number, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  for (let i = 0; i < 1_000 && Date.now() < until; i++) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = connect({ host: "127.0.0.1", port }, () => {
+        s.destroy();
+        r(true);
+      });
+      s.on("error", () => r(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on 127.0.0.1:${port} after ${ms} ms`);
+}
+
+/** One request from the parent, to check what a chain answers before loading it. */
+function probe(port: number, method: string, path: string): Promise<{ status: number; bytes: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port,
+        method,
+        path,
+        agent: false,
+        headers: { host: "bench.local", "content-length": "0" },
+      },
+      (res) => {
+        let bytes = 0;
+        res.on("data", (d: Buffer) => {
+          bytes += d.length;
+        });
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, bytes }));
+        res.on("error", reject);
+      },
+    );
+    req.setTimeout(5_000, () => req.destroy(new Error("probe timed out")));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator, in its own process on its own core.
+
+class Loadgen {
+  private next = 1;
+  private constructor(readonly child: Child) {}
+
+  static async start(): Promise<Loadgen> {
+    const c = spawnNode("loadgen", "loadgen.js");
+    await new Promise<void>((r, j) => {
+      c.proc.once("spawn", r);
+      c.proc.once("error", j);
+    });
+    pin(c.proc.pid!, LOADGEN_CPU);
+    return new Loadgen(c);
+  }
+
+  get pid(): number {
+    return this.child.proc.pid!;
+  }
+
+  run(job: Job): Promise<LoadResult> {
+    const id = this.next++;
+    const p = new Promise<LoadResult>((resolve, reject) => {
+      const timer = setTimeout(
+        () => done(new Error(`load job ${id} did not finish`)),
+        job.durationMs + 20_000,
+      );
+      const onMsg = (m: Reply) => {
+        if (m.id !== id) return;
+        if ("error" in m) done(new Error(`load generator: ${m.error}`));
+        else done(undefined, m.result);
+      };
+      const onExit = () => done(new Error(`load generator exited: ${tail(this.child)}`));
+      const done = (err: Error | undefined, r?: LoadResult) => {
+        clearTimeout(timer);
+        this.child.proc.off("message", onMsg);
+        this.child.proc.off("exit", onExit);
+        if (err) reject(err);
+        else resolve(r!);
+      };
+      this.child.proc.on("message", onMsg);
+      this.child.proc.once("exit", onExit);
+    });
+    this.child.proc.send({ id, job } satisfies Request);
+    return p;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chains.
+
+interface ProxyProc {
+  name: string;
+  pid: number;
+}
+
+interface Chain {
+  name: Name;
+  /** Where the load generator connects. */
+  port: number;
+  proxies: ProxyProc[];
+  /** What a request the policy does not allow gets (the app itself answers 200 to anything). */
+  deniedStatus: number;
+  close(): Promise<void>;
+}
+
+async function startApp(): Promise<{ port: number; child: Child }> {
+  const child = spawnNode("app", "chain-app.js", [String(BODY_BYTES)]);
+  const { port } = await firstMessage<{ port: number }>(child, 10_000);
+  return { port, child };
+}
+
+function meshYaml(inboundPort: number): string {
+  return `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: client, namespace: bench, labels: { app: client } }
+spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: server, namespace: bench, labels: { app: server } }
+spec: { address: 127.0.0.1, serviceAccount: server, labels: { app: server } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: server, namespace: bench }
+spec:
+  selector: { app: server }
+  clusterIP: ${VIP.address}
+  ports: [{ name: http, port: ${VIP.port}, targetPort: ${inboundPort} }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: server-readers, namespace: bench }
+spec:
+  selector: { matchLabels: { app: server } }
+  action: ALLOW
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/bench/sa/client"] } }]
+      to: [{ operation: { methods: ["GET"], paths: ["/api/*"] } }]
+`;
+}
+
+/**
+ * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
+ * config and certificates), each Sidecar in a child process of its own.
+ */
+async function zmeshChain(appPort: number, execArgv: (role: string) => string[] = () => []): Promise<Chain> {
+  const dir = await mkdtemp(join(tmpdir(), "zmesh-bench-"));
+  const inboundPort = await freePort();
+  await writeFile(join(dir, "mesh.yaml"), meshYaml(inboundPort));
+  const tokens = {
+    client: randomBytes(24).toString("base64url"),
+    server: randomBytes(24).toString("base64url"),
+  };
+  await writeFile(
+    join(dir, "tokens.json"),
+    JSON.stringify({
+      [tokenDigest(tokens.client)]: { namespace: "bench", entry: "client" },
+      [tokenDigest(tokens.server)]: { namespace: "bench", entry: "server" },
+    }),
+  );
+  const cp = await ControlPlane.start({
+    configPaths: [join(dir, "mesh.yaml")],
+    listen: "127.0.0.1:0",
+    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    watch: false,
+    log: silent,
+  });
+  const base = {
+    controlPlane: `127.0.0.1:${cp.port}`,
+    controlPlaneId: CP_ID,
+    trustBundlePem: cp.ca.trustBundlePem(),
+    inboundPort,
+    appPort,
+    vip: VIP,
+    accessLog: ACCESS_LOG,
+  };
+  const started: Child[] = [];
+  const close = async () => {
+    await Promise.all(started.map(stopChild));
+    await cp.close();
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const sidecar = async (role: "inbound" | "outbound", credential: string) => {
+      const c = spawnNode(`zmesh-${role}`, "chain-sidecar.js", [], [...SIDECAR_FLAGS, ...execArgv(role)]);
+      started.push(c);
+      c.proc.send({ ...base, role, credential } satisfies SidecarJob);
+      const m = await firstMessage<SidecarMessage>(c, 30_000);
+      if ("error" in m) throw new Error(`zmesh ${role} sidecar: ${m.error}`);
+      return { c, ports: m.ports };
+    };
+    const inbound = await sidecar("inbound", tokens.server);
+    const outbound = await sidecar("outbound", tokens.client);
+    return {
+      name: "zmesh",
+      port: outbound.ports.outbound,
+      proxies: [
+        { name: "outbound", pid: outbound.c.proc.pid! },
+        { name: "inbound", pid: inbound.c.proc.pid! },
+      ],
+      deniedStatus: 403,
+      close,
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+class Skipped extends Error {}
+
+/** Installs haproxy with apt when it is missing and we are root; a failure means "skipped", with why. */
+function ensureHaproxy(): string {
+  const found = findHaproxy();
+  if (found) return found;
+  if (opt["no-install"]) throw new Skipped("haproxy is not installed (--no-install)");
+  if (process.getuid?.() !== 0) throw new Skipped("haproxy is not installed and this is not root");
+  const apt = (args: string[], ms: number) =>
+    spawnSync("apt-get", args, {
+      encoding: "utf8",
+      timeout: ms,
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+    });
+  say("haproxy missing: apt-get install -y haproxy");
+  let r = apt(["install", "-y", "haproxy"], 180_000);
+  if (r.status !== 0) {
+    say("apt-get install failed; apt-get update, then one more try");
+    apt(["update"], 120_000);
+    r = apt(["install", "-y", "haproxy"], 180_000);
+  }
+  const bin = findHaproxy();
+  if (r.status !== 0 || !bin) {
+    const why = (r.error?.message ?? r.stderr ?? "").trim().split("\n").slice(-2).join(" ");
+    throw new Skipped(`apt-get install -y haproxy failed: ${why || `exit ${r.status}`}`);
+  }
+  return bin;
+}
+
+function openssl(args: string[], cwd: string): void {
+  const r = spawnSync("openssl", args, { cwd, encoding: "utf8", timeout: 20_000 });
+  if (r.status !== 0) throw new Error(`openssl ${args[0]}: ${(r.stderr ?? r.error?.message ?? "").trim()}`);
+}
+
+/** A P-256 CA, a server leaf (DNS SAN bench-server) and a client leaf (CN bench-client, SPIFFE URI SAN). */
+function makeCerts(dir: string): void {
+  const ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+  openssl(["genpkey", ...ec, "-out", "ca.key"], dir);
+  openssl(
+    [
+      "req",
+      "-x509",
+      "-new",
+      "-key",
+      "ca.key",
+      "-subj",
+      "/CN=bench-ca",
+      "-days",
+      "2",
+      "-addext",
+      "basicConstraints=critical,CA:TRUE",
+      "-addext",
+      "keyUsage=critical,keyCertSign,cRLSign",
+      "-out",
+      "ca.pem",
+    ],
+    dir,
+  );
+  const leaf = (name: string, san: string) => {
+    openssl(["genpkey", ...ec, "-out", `${name}.key`], dir);
+    openssl(["req", "-new", "-key", `${name}.key`, "-subj", `/CN=bench-${name}`, "-out", `${name}.csr`], dir);
+    const ext = `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=${san}\n`;
+    spawnSync("sh", ["-c", `cat > ${name}.ext`], { cwd: dir, input: ext });
+    openssl(
+      [
+        "x509",
+        "-req",
+        "-in",
+        `${name}.csr`,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        `${name}.ext`,
+        "-out",
+        `${name}.crt`,
+      ],
+      dir,
+    );
+    spawnSync("sh", ["-c", `cat ${name}.crt ${name}.key > ${name}.pem`], { cwd: dir });
+  };
+  leaf("server", "DNS:bench-server");
+  leaf("client", "URI:spiffe://cluster.local/ns/bench/sa/client");
+}
+
+function haproxyConfig(kind: "outbound" | "inbound", dir: string, listen: number, next: number): string {
+  const global = [
+    "global",
+    "  nbthread 1",
+    "  maxconn 4096", // haproxy asks for ~2 fds per connection; the hard limit here is 20,000
+    ...(ACCESS_LOG ? ["  log stdout format raw local0"] : []),
+    "defaults",
+    "  mode http",
+    ...(ACCESS_LOG ? ["  log global", "  option httplog"] : []),
+    "  timeout connect 5s",
+    "  timeout client 60s",
+    "  timeout server 60s",
+    "  timeout http-keep-alive 65s",
+  ];
+  if (kind === "outbound")
+    // Like the zmesh outbound: caller-supplied identity headers dropped, a request id added,
+    // mTLS to the next hop whose certificate must name the expected server.
+    return [
+      ...global,
+      "frontend outbound",
+      `  bind 127.0.0.1:${listen}`,
+      "  unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid",
+      "  unique-id-header x-request-id",
+      "  http-request del-header x-forwarded-client-cert",
+      "  default_backend mesh",
+      "backend mesh",
+      "  http-reuse always",
+      `  server inbound 127.0.0.1:${next} ssl crt ${dir}/client.pem ca-file ${dir}/ca.pem verify required verifyhost bench-server ssl-min-ver TLSv1.3 alpn http/1.1`,
+      "",
+    ].join("\n");
+  // Like the zmesh inbound: mTLS required, one L7 ALLOW rule (this client's certificate, GET,
+  // /api/ paths; everything else 403), the caller's identity passed to the app.
+  return [
+    ...global,
+    "frontend inbound",
+    `  bind 127.0.0.1:${listen} ssl crt ${dir}/server.pem ca-file ${dir}/ca.pem verify required ssl-min-ver TLSv1.3 alpn http/1.1`,
+    "  http-request deny deny_status 403 unless { ssl_c_s_dn(CN) -m str bench-client } METH_GET { path_beg /api/ }",
+    '  http-request set-header x-forwarded-client-cert "By=bench-server;Subject=%[ssl_c_s_dn]"',
+    "  default_backend app",
+    "backend app",
+    "  http-reuse always",
+    `  server app 127.0.0.1:${next}`,
+    "",
+  ].join("\n");
+}
+
+let haproxyVersion: string | undefined;
+
+async function haproxyChain(appPort: number): Promise<Chain> {
+  const bin = ensureHaproxy();
+  haproxyVersion = spawnSync(bin, ["-v"], { encoding: "utf8" }).stdout.split("\n")[0]?.trim();
+  const dir = await mkdtemp(join(tmpdir(), "zmesh-bench-haproxy-"));
+  makeCerts(dir);
+  const inPort = await freePort();
+  const outPort = await freePort();
+  const cfgIn = join(dir, "inbound.cfg");
+  const cfgOut = join(dir, "outbound.cfg");
+  await writeFile(cfgIn, haproxyConfig("inbound", dir, inPort, appPort));
+  await writeFile(cfgOut, haproxyConfig("outbound", dir, outPort, inPort));
+  for (const cfg of [cfgIn, cfgOut]) {
+    const r = spawnSync(bin, ["-c", "-q", "-f", cfg], { encoding: "utf8", timeout: 10_000 });
+    if (r.status !== 0) throw new Error(`haproxy -c ${cfg}: ${(r.stderr || r.stdout).trim()}`);
+  }
+  const start = (name: string, cfg: string) =>
+    track(name, spawn(bin, ["-db", "-f", cfg], { stdio: ["ignore", "ignore", "pipe"] }));
+  const inbound = start("haproxy-inbound", cfgIn);
+  const outbound = start("haproxy-outbound", cfgOut);
+  const close = async () => {
+    await Promise.all([stopChild(inbound), stopChild(outbound)]);
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitPort(inPort, 10_000);
+    await waitPort(outPort, 10_000);
+  } catch (e) {
+    await close();
+    throw new Error(`${(e as Error).message}: ${tail(inbound)} ${tail(outbound)}`);
+  }
+  return {
+    name: "haproxy",
+    port: outPort,
+    proxies: [
+      { name: "outbound", pid: outbound.proc.pid! },
+      { name: "inbound", pid: inbound.proc.pid! },
+    ],
+    deniedStatus: 403,
+    close,
+  };
+}
+
+/** Before any load: an allowed request gets 200 and 1 KiB; one the policy does not allow, the denial. */
+async function check(chain: Chain): Promise<void> {
+  const ok = await probe(chain.port, "GET", PATH_ALLOWED);
+  if (ok.status !== 200 || ok.bytes !== BODY_BYTES)
+    throw new Error(`${chain.name}: GET ${PATH_ALLOWED} gave ${ok.status} with ${ok.bytes} bytes`);
+  const denied = await probe(chain.port, "POST", PATH_ALLOWED);
+  if (denied.status !== chain.deniedStatus)
+    throw new Error(`${chain.name}: POST ${PATH_ALLOWED} gave ${denied.status}, not ${chain.deniedStatus}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement.
+
+interface Sample {
+  max: LoadResult;
+  rate: LoadResult;
+  /** Cores each proxy used during the max-rps window. */
+  coresAtMax: Record<string, number>;
+  /** CPU seconds per 1,000 requests at the fixed rate = cores per 1,000 rps. */
+  cpuPer1k: Record<string, number>;
+  rssMb: Record<string, number>;
+  loadgenCoresAtMax: number;
+}
+
+const cpuOf = (ps: ProxyProc[]) => Object.fromEntries(ps.map((p) => [p.name, cpuSeconds(p.pid)]));
+const target = (c: Chain) => ({ host: "127.0.0.1", port: c.port, path: PATH_ALLOWED });
+
+async function measure(lg: Loadgen, chain: Chain, maxMs: number, rateMs: number): Promise<Sample> {
+  const rss: Record<string, number> = {};
+  const sampleRss = () => {
+    for (const p of chain.proxies) rss[p.name] = Math.max(rss[p.name] ?? 0, statusKb(p.pid, "VmRSS") / 1024);
+  };
+  const a0 = cpuOf(chain.proxies);
+  const l0 = cpuSeconds(lg.pid);
+  const t0 = performance.now();
+  const max = await lg.run({
+    kind: "max",
+    target: target(chain),
+    connections: CONNECTIONS,
+    durationMs: maxMs,
+  });
+  const secs = (performance.now() - t0) / 1000;
+  const a1 = cpuOf(chain.proxies);
+  const loadgenCoresAtMax = (cpuSeconds(lg.pid) - l0) / secs;
+  sampleRss();
+  await sleep(PAUSE_MS);
+  const b0 = cpuOf(chain.proxies);
+  const rate = await lg.run({
+    kind: "rate",
+    target: target(chain),
+    connections: RATE_CONNECTIONS,
+    durationMs: rateMs,
+    rps: RATE,
+  });
+  const b1 = cpuOf(chain.proxies);
+  sampleRss();
+  const coresAtMax: Record<string, number> = {};
+  const cpuPer1k: Record<string, number> = {};
+  for (const p of chain.proxies) {
+    coresAtMax[p.name] = (a1[p.name]! - a0[p.name]!) / secs;
+    cpuPer1k[p.name] = ((b1[p.name]! - b0[p.name]!) * 1000) / Math.max(1, rate.completed);
+  }
+  return { max, rate, coresAtMax, cpuPer1k, rssMb: rss, loadgenCoresAtMax };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const r1 = (x: number) => Math.round(x * 10) / 10;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Per "chain/proxy": RSS before any load, and cores used while idle (the fixed cost of being there). */
+const idleRss = new Map<string, number>();
+const idleCores = new Map<string, number>();
+const IDLE_MS = 2_000;
+const IDLE_SETTLE_MS = 2_000;
+
+function summarize(chain: Chain, samples: Sample[]): Record<string, unknown> {
+  const byProxy = (f: (s: Sample) => Record<string, number>, round: (x: number) => number) =>
+    Object.fromEntries(chain.proxies.map((p) => [p.name, round(median(samples.map((s) => f(s)[p.name]!)))]));
+  const out: Record<string, unknown> = {
+    rps_max: Math.round(median(samples.map((s) => s.max.rps))),
+    p50_ms: r3(median(samples.map((s) => s.rate.p50_ms))),
+    p90_ms: r3(median(samples.map((s) => s.rate.p90_ms))),
+    p99_ms: r3(median(samples.map((s) => s.rate.p99_ms))),
+  };
+  // Below the rate means the chain could not keep up, and its latencies are mostly queueing.
+  out["rate_sustained"] = median(samples.map((s) => s.rate.rps)) >= 0.97 * RATE;
+  if (chain.proxies.length > 0) {
+    out["cpu_per_1k_rps"] = byProxy((s) => s.cpuPer1k, r3);
+    // The largest RSS seen (after each phase of each run), per proxy process.
+    out["rss_mb"] = Object.fromEntries(
+      chain.proxies.map((p) => [p.name, r1(Math.max(...samples.map((s) => s.rssMb[p.name]!)))]),
+    );
+    out["rss_idle_mb"] = Object.fromEntries(
+      chain.proxies.map((p) => [p.name, idleRss.get(`${chain.name}/${p.name}`) ?? 0]),
+    );
+    out["cores_idle"] = Object.fromEntries(
+      chain.proxies.map((p) => [p.name, idleCores.get(`${chain.name}/${p.name}`) ?? 0]),
+    );
+    out["cores_at_max"] = byProxy((s) => s.coresAtMax, r3);
+  }
+  out["runs"] = {
+    rps_max: samples.map((s) => Math.round(s.max.rps)),
+    p50_ms: samples.map((s) => r3(s.rate.p50_ms)),
+    p90_ms: samples.map((s) => r3(s.rate.p90_ms)),
+    p99_ms: samples.map((s) => r3(s.rate.p99_ms)),
+    rate_rps: samples.map((s) => Math.round(s.rate.rps)),
+    send_lag_p99_ms: samples.map((s) => r3(s.rate.send_lag_p99_ms ?? 0)),
+    errors: samples.reduce((n, s) => n + s.max.errors + s.rate.errors, 0),
+    unanswered: samples.reduce((n, s) => n + s.max.unanswered + s.rate.unanswered, 0),
+    non2xx: samples.reduce((n, s) => n + s.max.non2xx + s.rate.non2xx, 0),
+    loadgen_cores_at_max: r3(median(samples.map((s) => s.loadgenCoresAtMax))),
+  };
+  return out;
+}
+
+type Summary = Record<string, unknown> & { rps_max: number; p90_ms: number; p99_ms: number };
+
+function targets(results: Record<string, unknown>): Record<string, unknown> {
+  const d = results["direct"] as Summary | undefined;
+  const z = results["zmesh"] as Summary | undefined;
+  const h = results["haproxy"] as Summary | undefined;
+  const out: Record<string, unknown> = {};
+  if (z?.["cpu_per_1k_rps"]) {
+    const cpu = Math.max(...Object.values(z["cpu_per_1k_rps"] as Record<string, number>));
+    out["cpu_per_1k_rps"] = { zmesh_worst_proxy: cpu, goal: 0.2, stretch: 0.06, met: cpu <= 0.2 };
+    const rss = Math.max(...Object.values(z["rss_mb"] as Record<string, number>));
+    out["rss_mb"] = { zmesh_worst_proxy: rss, goal: 50, met: rss <= 50 };
+  }
+  if (d && z && h?.rps_max) {
+    for (const p of ["p90_ms", "p99_ms"] as const) {
+      const zAdd = r3(z[p] - d[p]);
+      const hAdd = r3(h[p] - d[p]);
+      out[`added_${p}`] = { zmesh: zAdd, haproxy: hAdd, met: zAdd <= hAdd };
+    }
+    const ratio = Math.round((z.rps_max / h.rps_max) * 100) / 100;
+    out["rps_max_vs_haproxy"] = { ratio, goal: 0.8, met: ratio >= 0.8 };
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profiling: `--profile DIR` runs only the zmesh chain, with each sidecar under `node --cpu-prof`,
+// and reports where the CPU went during max rps.
+
+interface CpuProfile {
+  nodes: {
+    id: number;
+    callFrame: { functionName: string; url: string; lineNumber: number };
+    children?: number[];
+  }[];
+  samples: number[];
+  timeDeltas: number[];
+  /** Microseconds on the monotonic clock, the one process.hrtime reads in every process. */
+  startTime: number;
+}
+
+function shortUrl(url: string): string {
+  const nm = url.lastIndexOf("/node_modules/");
+  if (nm >= 0) return url.slice(nm + "/node_modules/".length);
+  const d = url.indexOf("/dist/");
+  if (d >= 0) return url.slice(d + "/dist/".length);
+  return url;
+}
+
+/**
+ * Where a sidecar's time went. Only samples inside `window` (µs, monotonic) count, if any fall in
+ * it. V8 samples on wall time: a sample is "busy" when the thread was not waiting for I/O, so the
+ * shares are of busy time, which on a saturated core is CPU time.
+ */
+function analyzeProfile(file: string, top: number, window: [number, number]) {
+  const p = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
+  const at: number[] = [];
+  let t = p.startTime;
+  for (let i = 0; i < p.samples.length; i++) {
+    t += p.timeDeltas[i] ?? 0;
+    at.push(t);
+  }
+  const inWindow = at.some((x) => x >= window[0] && x <= window[1]);
+  const counts = (i: number) => !inWindow || (at[i]! >= window[0] && at[i]! <= window[1]);
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const key = (id: number) => {
+    const f = byId.get(id)!.callFrame;
+    if (!f.url) return f.functionName || "(anonymous)";
+    return `${f.functionName || "(anonymous)"} ${shortUrl(f.url)}:${f.lineNumber + 1}`;
+  };
+  const self = new Map<string, number>();
+  const incl = new Map<string, number>();
+  const files = new Map<string, number>();
+  /** Per self frame: its callers, two levels up, with their time. */
+  const via = new Map<string, Map<string, number>>();
+  let total = 0;
+  let idle = 0;
+  const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
+  for (let i = 0; i < p.samples.length; i++) {
+    if (!counts(i)) continue;
+    const id = p.samples[i]!;
+    const dt = p.timeDeltas[i] ?? 0;
+    const f = byId.get(id)!.callFrame;
+    if (f.functionName === "(idle)") {
+      idle += dt;
+      continue;
+    }
+    total += dt;
+    const k0 = key(id);
+    add(self, k0, dt);
+    add(files, f.url ? shortUrl(f.url) : f.functionName, dt);
+    const up1 = parent.get(id);
+    const up2 = up1 === undefined ? undefined : parent.get(up1);
+    const chain = [up1, up2].filter((x) => x !== undefined).map((x) => key(x!));
+    const callers = via.get(k0) ?? new Map<string, number>();
+    via.set(k0, callers);
+    add(callers, chain.join(" < "), dt);
+    const seen = new Set<string>();
+    let n: number | undefined = id;
+    for (let depth = 0; n !== undefined && depth < 1_000; depth++, n = parent.get(n)) {
+      const k = key(n);
+      if (!seen.has(k)) {
+        seen.add(k);
+        add(incl, k, dt);
+      }
+    }
+  }
+  const pct = (v: number) => Math.round((v / Math.max(1, total)) * 1000) / 10;
+  const rank = (m: Map<string, number>, keep: (k: string) => boolean = () => true) =>
+    [...m.entries()]
+      .filter(([k]) => keep(k))
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, top);
+  return {
+    window: inWindow ? "measured max-rps window only" : "whole process (the window matched no sample)",
+    busy_ms: Math.round(total / 1000),
+    idle_ms: Math.round(idle / 1000),
+    top_self: rank(self).map(([k, v]) => ({
+      frame: k,
+      pct: pct(v),
+      via: rank(via.get(k) ?? new Map()).at(0)?.[0] ?? "",
+    })),
+    top_files: rank(files).map(([k, v]) => ({ frame: k, pct: pct(v) })),
+    zmesh_inclusive: rank(incl, (k) => / src\//.test(k)).map(([k, v]) => ({ frame: k, pct: pct(v) })),
+  };
+}
+
+async function profileRun(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  for (const role of ["outbound", "inbound"]) rmSync(join(dir, `${role}.cpuprofile`), { force: true });
+  const app = await startApp();
+  const lg = await Loadgen.start();
+  const chain = await zmeshChain(app.port, (role) => [
+    "--cpu-prof",
+    "--cpu-prof-dir",
+    dir,
+    "--cpu-prof-name",
+    `${role}.cpuprofile`,
+  ]);
+  await check(chain);
+  say(`profiling the zmesh sidecars: warm-up, then max rps for ${MAX_MS / 1000} s`);
+  await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: WARM_MAX_MS });
+  const usNow = () => Number(process.hrtime.bigint() / 1000n);
+  const w0 = usNow();
+  const max = await lg.run({
+    kind: "max",
+    target: target(chain),
+    connections: CONNECTIONS,
+    durationMs: MAX_MS,
+  });
+  const w1 = usNow();
+  await chain.close(); // the sidecars exit normally, which writes the profiles
+  const profiles: Record<string, unknown> = {};
+  for (const role of ["outbound", "inbound"]) {
+    const file = join(dir, `${role}.cpuprofile`);
+    if (!existsSync(file)) throw new Error(`no profile written at ${file}`);
+    const a = analyzeProfile(file, 20, [w0, w1]);
+    profiles[role] = { file, ...a };
+    const lines = (rows: { frame: string; pct: number; via?: string }[]) =>
+      rows
+        .map((r) => `    ${String(r.pct).padStart(5)}%  ${r.frame}${r.via ? `  < ${r.via}` : ""}`)
+        .join("\n");
+    say(`${role} sidecar, ${a.busy_ms} ms busy (${a.window}). Self time:\n${lines(a.top_self)}`);
+    say(`${role} by file:\n${lines(a.top_files)}`);
+    say(`${role} zmesh functions, inclusive:\n${lines(a.zmesh_inclusive)}`);
+  }
+  console.log(
+    JSON.stringify({ bench: "chain-profile", rps_max: Math.round(max.rps), errors: max.errors, profiles }),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+async function main(): Promise<number> {
+  const started = Date.now();
+  if (canPin) pin(process.pid, REST_CPU); // children inherit it; the load generator is moved off
+  say(
+    canPin
+      ? `pinning: load generator on cpu ${LOADGEN_CPU}; app, proxies and control plane on cpu ${REST_CPU}`
+      : "pinning: off (--no-pin, fewer than 2 CPUs or no taskset)",
+  );
+  if (opt.profile) {
+    await profileRun(resolve(opt.profile));
+    return 0;
+  }
+  const app = await startApp();
+  const lg = await Loadgen.start();
+  const results: Record<string, unknown> = {};
+  const chains: Chain[] = [];
+  let failed = false;
+  const setups: [Name, () => Promise<Chain>][] = [
+    [
+      "direct",
+      async () => ({ name: "direct", port: app.port, proxies: [], deniedStatus: 200, close: async () => {} }),
+    ],
+    ["zmesh", () => zmeshChain(app.port)],
+    ["haproxy", () => haproxyChain(app.port)],
+  ];
+  for (const [name, setup] of setups) {
+    if (!only.has(name)) continue;
+    try {
+      const c = await setup();
+      chains.push(c);
+      await check(c);
+      // Memory of each proxy before any load: what it costs to have it there at all.
+      for (const p of c.proxies) idleRss.set(`${c.name}/${p.name}`, r1(statusKb(p.pid, "VmRSS") / 1024));
+    } catch (e) {
+      if (e instanceof Skipped) {
+        say(`${name}: skipped: ${e.message}`);
+        results[name] = { skipped: e.message };
+      } else {
+        say(`${name}: failed: ${(e as Error).message}`);
+        results[name] = { error: (e as Error).message };
+        failed = true;
+        const i = chains.findIndex((c) => c.name === name);
+        if (i >= 0) await chains.splice(i, 1)[0]!.close();
+      }
+    }
+  }
+  // Idle cost of each proxy: a settling pause after start-up, then CPU over a quiet window.
+  await sleep(IDLE_SETTLE_MS);
+  const quiet = chains.map((c) => ({ c, before: cpuOf(c.proxies) }));
+  await sleep(IDLE_MS);
+  for (const { c, before } of quiet) {
+    const after = cpuOf(c.proxies);
+    for (const p of c.proxies)
+      idleCores.set(`${c.name}/${p.name}`, r3((after[p.name]! - before[p.name]!) / (IDLE_MS / 1000)));
+  }
+  for (const c of chains) {
+    say(`${c.name}: warm-up (${WARM_MAX_MS / 1000} s max rps, ${WARM_RATE_MS / 1000} s at ${RATE} rps)`);
+    await measure(lg, c, WARM_MAX_MS, WARM_RATE_MS);
+  }
+  const samples = new Map<Name, Sample[]>(chains.map((c) => [c.name, []]));
+  // Other work on the machine (this is a shared box) skews everything: measure how much there was.
+  const load0 = loadavg()[0]!;
+  const busy0 = machineBusySeconds();
+  const ours0 = ourCpuSeconds();
+  const wall0 = performance.now();
+  for (let run = 0; run < RUNS; run++) {
+    // The order rotates from run to run, so that a drift of the machine does not favour one chain.
+    for (let k = 0; k < chains.length; k++) {
+      const c = chains[(run + k) % chains.length]!;
+      const s = await measure(lg, c, MAX_MS, RATE_MS);
+      samples.get(c.name)!.push(s);
+      const cpu = Object.entries(s.cpuPer1k)
+        .map(([p, v]) => `${p} ${v.toFixed(3)}`)
+        .join(", ");
+      say(
+        `run ${run + 1}/${RUNS} ${c.name.padEnd(7)} max ${Math.round(s.max.rps)} rps (errors ${s.max.errors}); ` +
+          `at ${Math.round(s.rate.rps)} rps p50 ${s.rate.p50_ms.toFixed(3)} p90 ${s.rate.p90_ms.toFixed(3)} ` +
+          `p99 ${s.rate.p99_ms.toFixed(3)} ms (errors ${s.rate.errors}, late ${s.rate.unanswered})${cpu ? `; cpu/1k rps ${cpu}` : ""}`,
+      );
+      if (s.max.errors + s.rate.errors + s.max.non2xx + s.rate.non2xx > 0) failed = true;
+    }
+  }
+  const others = Math.max(
+    0,
+    (machineBusySeconds() - busy0 - (ourCpuSeconds() - ours0)) / ((performance.now() - wall0) / 1000),
+  );
+  const contention = { other_processes_cores: r3(others), loadavg_1m: [r1(load0), r1(loadavg()[0]!)] };
+  if (others > 0.1)
+    say(`warning: other processes used ${others.toFixed(2)} cores during the runs; results are skewed`);
+  for (const c of chains) results[c.name] = summarize(c, samples.get(c.name)!);
+  for (const c of chains) await c.close();
+  const out = {
+    bench: "chain",
+    ...Object.fromEntries(NAMES.filter((n) => results[n]).map((n) => [n, results[n]])),
+    targets: targets(results),
+    method: {
+      runs: RUNS,
+      statistic: "median of runs",
+      max_seconds: MAX_MS / 1000,
+      max_connections: CONNECTIONS,
+      rate_rps: RATE,
+      rate_seconds: RATE_MS / 1000,
+      rate_connections: RATE_CONNECTIONS,
+      body_bytes: BODY_BYTES,
+      pinning: canPin ? `loadgen cpu${LOADGEN_CPU}; app, proxies, control plane cpu${REST_CPU}` : "none",
+      access_log: ACCESS_LOG,
+      ...(SIDECAR_FLAGS.length ? { sidecar_flags: SIDECAR_FLAGS.join(" ") } : {}),
+      node: process.version,
+      ...(haproxyVersion ? { haproxy: haproxyVersion } : {}),
+      contention,
+      seconds: Math.round((Date.now() - started) / 1000),
+    },
+  };
+  if (!opt.json) {
+    for (const n of NAMES) {
+      const r = results[n] as Summary | { skipped?: string; error?: string } | undefined;
+      if (!r) continue;
+      if ("rps_max" in r)
+        console.log(
+          `${n.padEnd(8)} rps_max ${String(r.rps_max).padStart(6)}  p50 ${r["p50_ms"]} p90 ${r.p90_ms} p99 ${r.p99_ms} ms` +
+            (r["cpu_per_1k_rps"]
+              ? `  cpu/1k ${JSON.stringify(r["cpu_per_1k_rps"])}  rss ${JSON.stringify(r["rss_mb"])}`
+              : ""),
+        );
+      else console.log(`${n.padEnd(8)} ${JSON.stringify(r)}`);
+    }
+  }
+  console.log(JSON.stringify(out));
+  return failed ? 1 : 0;
+}
+
+const watchdog = setTimeout(() => {
+  say(`watchdog: the run took more than ${WATCHDOG_MS / 1000} s; stopping everything`);
+  void stopAll().finally(() => process.exit(2));
+}, WATCHDOG_MS);
+watchdog.unref();
+process.once("SIGINT", () => void stopAll().finally(() => process.exit(130)));
+process.once("SIGTERM", () => void stopAll().finally(() => process.exit(143)));
+
+let code = 1;
+try {
+  code = await main();
+} catch (e) {
+  say(`failed: ${(e as Error).stack ?? e}`);
+} finally {
+  await stopAll();
+}
+process.exit(code);
