@@ -12,6 +12,8 @@ export {
 export type {
   AuthorizationPolicy,
   Meta,
+  PeerAuthentication,
+  RequestAuthentication,
   Resource,
   Service,
   ServicePort,

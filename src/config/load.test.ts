@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { isZmeshError } from "../errors/index.js";
-import { ConfigError, loadConfig, parseYaml } from "./index.js";
+import { assemble, ConfigError, loadConfig, parseYaml } from "./index.js";
 
 const root = join(import.meta.dirname ?? ".", "..", "..", "..");
 
@@ -43,18 +43,118 @@ describe("config loader", () => {
     const cases: [string, string][] = [
       ["apiVersion: v1\nkind: Gizmo\nmetadata: {name: a}\n", "ZMESH_CONFIG_INVALID"],
       ["apiVersion: security.istio.io/v1\nkind: Service\nmetadata: {name: a}\n", "ZMESH_CONFIG_INVALID"],
+      ["apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n", "ZMESH_CONFIG_UNSUPPORTED"],
       [
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n",
-        "ZMESH_CONFIG_UNSUPPORTED",
+        "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n",
+        "ZMESH_CONFIG_INVALID",
       ],
     ];
     for (const [yaml, code] of cases) assert.equal(parseYaml(yaml, "f.yaml").problems[0]?.code, code, yaml);
   });
 
-  it("refuses a tcp port for now rather than treating it as HTTP", () => {
-    const yaml =
-      "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  selector: {app: db}\n  ports: [{name: tcp-pg, port: 5432}]\n";
-    assert.equal(parseYaml(yaml, "f.yaml").problems[0]?.code, "ZMESH_CONFIG_UNSUPPORTED");
+  it("reads PeerAuthentication and RequestAuthentication (v1 and v1beta1) into their own lists", () => {
+    const jwks = JSON.stringify({
+      keys: [
+        {
+          kty: "EC",
+          crv: "P-256",
+          x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+          y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+        },
+      ],
+    });
+    const yaml = [
+      "apiVersion: security.istio.io/v1",
+      "kind: PeerAuthentication",
+      "metadata: { name: default, namespace: zmesh-system }",
+      "spec: { mtls: { mode: STRICT } }",
+      "---",
+      "apiVersion: security.istio.io/v1beta1",
+      "kind: PeerAuthentication",
+      "metadata: { name: metrics, namespace: shop }",
+      "spec:",
+      "  selector: { matchLabels: { app: payments } }",
+      "  portLevelMtls:",
+      "    9090: { mode: PERMISSIVE }",
+      "---",
+      "apiVersion: security.istio.io/v1",
+      "kind: RequestAuthentication",
+      "metadata: { name: jwt, namespace: shop }",
+      "spec:",
+      "  jwtRules:",
+      "    - issuer: https://issuer.example",
+      `      jwks: '${jwks}'`,
+    ].join("\n");
+    const { documents, problems } = parseYaml(yaml, "authn.yaml");
+    assert.deepEqual(problems, []);
+    const { config } = assemble(documents);
+    assert.deepEqual(
+      config.peerAuthentications.map((p) => [p.meta.namespace, p.meta.name, p.spec]),
+      [
+        ["zmesh-system", "default", { mtls: { mode: "STRICT" } }],
+        [
+          "shop",
+          "metrics",
+          {
+            selector: { matchLabels: { app: "payments" } },
+            portLevelMtls: { "9090": { mode: "PERMISSIVE" } },
+          },
+        ],
+      ],
+    );
+    assert.equal(config.requestAuthentications.length, 1);
+    assert.equal(config.requestAuthentications[0]!.spec.jwtRules?.[0]?.issuer, "https://issuer.example");
+    assert.deepEqual(config.policies, [], "AuthorizationPolicies only");
+  });
+
+  it("names file, line, resource and field path for PeerAuthentication and RequestAuthentication problems", () => {
+    const yaml = [
+      "apiVersion: security.istio.io/v1",
+      "kind: PeerAuthentication",
+      "metadata: { name: default, namespace: shop }",
+      "spec:",
+      "  mtls:",
+      "    mode: strict",
+      "---",
+      "apiVersion: security.istio.io/v1",
+      "kind: PeerAuthentication",
+      "metadata: { name: ports, namespace: shop }",
+      "spec:",
+      "  portLevelMtls:",
+      "    8080: { mode: DISABLE }",
+      "---",
+      "apiVersion: security.istio.io/v1",
+      "kind: RequestAuthentication",
+      "metadata: { name: jwt, namespace: shop }",
+      "spec:",
+      "  jwtRules:",
+      "    - issuer: https://issuer.example",
+      "      jwksUri: https://issuer.example/jwks.json",
+    ].join("\n");
+    const { problems } = parseYaml(yaml, "authn.yaml");
+    assert.deepEqual(
+      problems.map((p) => [p.line, p.resource, p.path, p.code]),
+      [
+        [6, "PeerAuthentication shop/default", "spec.mtls.mode", "ZMESH_CONFIG_INVALID"],
+        [13, "PeerAuthentication shop/ports", "spec.portLevelMtls", "ZMESH_CONFIG_INVALID"],
+        [21, "RequestAuthentication shop/jwt", "spec.jwtRules[0].jwksUri", "ZMESH_CONFIG_UNSUPPORTED"],
+      ],
+    );
+    assert.match(problems[0]!.message, /upper case: "STRICT"/);
+    assert.match(problems[1]!.message, /requires a selector/);
+    assert.match(problems[2]!.message, /no egress/);
+  });
+
+  it("reads a tcp- port as opaque TCP and refuses HTTP/2 and gRPC ports for now", () => {
+    const svc = (port: string) =>
+      `apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  selector: {app: db}\n  ports: [${port}]\n`;
+    const tcp = parseYaml(svc("{name: tcp-pg, port: 5432}"), "f.yaml");
+    assert.deepEqual(tcp.problems, []);
+    assert.equal((tcp.documents[0]!.resource as { ports: { protocol: string }[] }).ports[0]!.protocol, "tcp");
+    assert.equal(
+      parseYaml(svc("{name: grpc-api, port: 9000}"), "f.yaml").problems[0]?.code,
+      "ZMESH_CONFIG_UNSUPPORTED",
+    );
   });
 
   it("reports YAML syntax errors with their line", () => {

@@ -8,6 +8,8 @@ import { ZmeshError } from "../errors/index.js";
 import type { Issue } from "../policy/index.js";
 import {
   type AuthorizationPolicy,
+  type PeerAuthentication,
+  type RequestAuthentication,
   type Resource,
   readResource,
   type Service,
@@ -19,7 +21,10 @@ export interface MeshConfig {
   workloads: Workload[];
   services: Service[];
   workloadEntries: WorkloadEntry[];
+  /** AuthorizationPolicies only. */
   policies: AuthorizationPolicy[];
+  peerAuthentications: PeerAuthentication[];
+  requestAuthentications: RequestAuthentication[];
   /** The parsed documents, in file order, for tools that write resources back (the runtime's store). */
   documents: { resource: Resource; raw: Record<string, unknown> }[];
 }
@@ -116,7 +121,15 @@ export function assemble(documents: MeshConfig["documents"]): {
   config: MeshConfig;
   problems: ConfigProblem[];
 } {
-  const config: MeshConfig = { workloads: [], services: [], workloadEntries: [], policies: [], documents };
+  const config: MeshConfig = {
+    workloads: [],
+    services: [],
+    workloadEntries: [],
+    policies: [],
+    peerAuthentications: [],
+    requestAuthentications: [],
+    documents,
+  };
   const problems: ConfigProblem[] = [];
   const seen = new Map<string, string>();
   for (const { resource: r } of documents) {
@@ -136,6 +149,8 @@ export function assemble(documents: MeshConfig["documents"]): {
     if (r.kind === "Workload") config.workloads.push(r);
     else if (r.kind === "Service") config.services.push(r);
     else if (r.kind === "WorkloadEntry") config.workloadEntries.push(r);
+    else if (r.kind === "PeerAuthentication") config.peerAuthentications.push(r);
+    else if (r.kind === "RequestAuthentication") config.requestAuthentications.push(r);
     else config.policies.push(r);
   }
   return { config, problems };
@@ -164,7 +179,7 @@ export async function loadConfig(paths: string[]): Promise<MeshConfig> {
     } catch {
       throw new ZmeshError(
         "ZMESH_CONFIG_PARSE",
-        `${p}: no such file or directory; pass a directory of YAML resources`,
+        `${p}: no such file or directory; pass a YAML file or a directory of them`,
       );
     }
     if (s.isDirectory()) files.push(...(await yamlFiles(p)));

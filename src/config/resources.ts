@@ -5,7 +5,11 @@
 import {
   type AuthorizationPolicySpec,
   type Issue,
+  type PeerAuthenticationSpec,
+  type RequestAuthenticationSpec,
   validateAuthorizationPolicySpec,
+  validatePeerAuthenticationSpec,
+  validateRequestAuthenticationSpec,
 } from "../policy/index.js";
 
 export interface Meta {
@@ -42,7 +46,8 @@ export interface ServicePort {
   name?: string;
   port: number;
   targetPort: number;
-  protocol: "http" | "tcp";
+  /** "auto": nothing names it; the proxy tells HTTP from TCP by the first bytes. */
+  protocol: "http" | "tcp" | "auto";
 }
 
 export interface Service {
@@ -72,15 +77,40 @@ export interface AuthorizationPolicy {
   source: Source;
 }
 
-export type Resource = Workload | Service | WorkloadEntry | AuthorizationPolicy;
+/** Istio PeerAuthentication: which mTLS mode a workload's ports accept. */
+export interface PeerAuthentication {
+  kind: "PeerAuthentication";
+  meta: Meta;
+  spec: PeerAuthenticationSpec;
+  source: Source;
+}
 
+/** Istio RequestAuthentication: which JWTs a workload accepts. */
+export interface RequestAuthentication {
+  kind: "RequestAuthentication";
+  meta: Meta;
+  spec: RequestAuthenticationSpec;
+  source: Source;
+}
+
+export type Resource =
+  | Workload
+  | Service
+  | WorkloadEntry
+  | AuthorizationPolicy
+  | PeerAuthentication
+  | RequestAuthentication;
+
+const SECURITY = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 const KINDS: Record<string, string[]> = {
   Workload: ["zmesh.dev/v1"],
   Service: ["v1"],
   WorkloadEntry: ["networking.istio.io/v1", "networking.istio.io/v1beta1"],
-  AuthorizationPolicy: ["security.istio.io/v1", "security.istio.io/v1beta1"],
+  AuthorizationPolicy: SECURITY,
+  PeerAuthentication: SECURITY,
+  RequestAuthentication: SECURITY,
 };
-const UNSUPPORTED_KINDS = new Set(["PeerAuthentication", "RequestAuthentication", "Deployment", "Pod"]);
+const UNSUPPORTED_KINDS = new Set(["Deployment", "Pod"]);
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
@@ -219,11 +249,16 @@ function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, 
   return w;
 }
 
-function protocolOf(name: string | undefined, appProtocol: unknown): "http" | "tcp" {
-  const p =
-    typeof appProtocol === "string" ? appProtocol.toLowerCase() : (name ?? "").split("-")[0]!.toLowerCase();
-  if (p === "tcp") return "tcp";
-  return "http";
+/**
+ * The protocol of a Service port, as Kubernetes users write it: `appProtocol`, else the port name's
+ * prefix before "-" (Istio's convention). Ports that name nothing are detected from the first bytes.
+ */
+function protocolOf(name: string | undefined, appProtocol: unknown): ServicePort["protocol"] | "http2" {
+  const p = (typeof appProtocol === "string" ? appProtocol : (name ?? "").split("-")[0]!).toLowerCase();
+  if (p === "http") return "http";
+  if (["tcp", "tls", "https", "mongo", "mysql", "redis"].includes(p)) return "tcp";
+  if (["http2", "grpc", "grpc-web", "h2c"].includes(p)) return "http2";
+  return "auto";
 }
 
 function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): Service {
@@ -263,14 +298,21 @@ function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, s
       const target =
         p["targetPort"] === undefined ? num : port(issues, p["targetPort"], `${path}.targetPort`);
       const name = typeof p["name"] === "string" ? p["name"] : undefined;
-      const sp: ServicePort = { port: num, targetPort: target, protocol: protocolOf(name, p["appProtocol"]) };
-      if (name !== undefined) sp.name = name;
-      if (sp.protocol === "tcp")
+      const protocol = protocolOf(name, p["appProtocol"]);
+      if (protocol === "http2") {
         issues.push({
-          path: `${path}`,
-          message: "TCP ports are not supported yet (HTTP/1.1 only); remove the tcp- name or appProtocol",
+          path,
+          message:
+            "HTTP/2 and gRPC ports are not supported yet; name the port http- (HTTP/1.1) or tcp- (opaque TCP) for now",
           code: "ZMESH_CONFIG_UNSUPPORTED",
         });
+      }
+      const sp: ServicePort = {
+        port: num,
+        targetPort: target,
+        protocol: protocol === "http2" ? "tcp" : protocol,
+      };
+      if (name !== undefined) sp.name = name;
       s.ports.push(sp);
     });
   if (spec["clusterIP"] !== undefined) {
@@ -324,6 +366,28 @@ function readPolicy(
   };
 }
 
+function readPeerAuthentication(
+  issues: Issues,
+  raw: Record<string, unknown>,
+  meta: Meta,
+  source: Source,
+): PeerAuthentication {
+  const result = validatePeerAuthenticationSpec(raw["spec"] ?? {});
+  for (const i of result.issues) issues.push(i);
+  return { kind: "PeerAuthentication", meta, spec: result.value ?? {}, source };
+}
+
+function readRequestAuthentication(
+  issues: Issues,
+  raw: Record<string, unknown>,
+  meta: Meta,
+  source: Source,
+): RequestAuthentication {
+  const result = validateRequestAuthenticationSpec(raw["spec"] ?? {});
+  for (const i of result.issues) issues.push(i);
+  return { kind: "RequestAuthentication", meta, spec: result.value ?? {}, source };
+}
+
 /** Validates one parsed YAML document into a resource; issues carry paths relative to it. */
 export function readResource(raw: unknown, source: Source): { resource?: Resource; issues: Issue[] } {
   const issues: Issue[] = [];
@@ -335,7 +399,7 @@ export function readResource(raw: unknown, source: Source): { resource?: Resourc
   const kind = raw["kind"];
   const apiVersion = raw["apiVersion"];
   if (typeof kind !== "string" || kind === "") {
-    invalid(issues, "kind", "is required (Workload, Service, AuthorizationPolicy or WorkloadEntry)");
+    invalid(issues, "kind", `is required (${Object.keys(KINDS).join(", ")})`);
     return { issues };
   }
   const versions = KINDS[kind];
@@ -361,6 +425,8 @@ export function readResource(raw: unknown, source: Source): { resource?: Resourc
   if (kind === "Workload") resource = readWorkload(issues, raw, meta, source);
   else if (kind === "Service") resource = readService(issues, raw, meta, source);
   else if (kind === "WorkloadEntry") resource = readWorkloadEntry(issues, raw, meta, source);
+  else if (kind === "PeerAuthentication") resource = readPeerAuthentication(issues, raw, meta, source);
+  else if (kind === "RequestAuthentication") resource = readRequestAuthentication(issues, raw, meta, source);
   else resource = readPolicy(issues, raw, meta, source);
   return { resource, issues: issues.map((i) => ({ ...i, path: i.path.replace(/^\./, "") })) };
 }

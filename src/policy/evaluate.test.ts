@@ -3,6 +3,8 @@
 // AUDIT policies never change the decision (they are reported in `audits`), and dry-run policies
 // are evaluated but not enforced (reported in `dryRun`). A plain TCP connection has no HTTP fields:
 // an ALLOW rule using one never matches it, a DENY or AUDIT rule is matched without them.
+// JWT attributes (requestPrincipals, request.auth.*) are HTTP-only; remote.ip, destination.ip and
+// connection.sni are connection attributes.
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -36,9 +38,16 @@ interface ReqOpts {
   path?: string;
   host?: string;
   headers?: Record<string, string | undefined>;
+  remoteIp?: string | null;
+  destinationIp?: string | null;
+  sni?: string;
+  auth?: RequestAttributes["auth"];
 }
 
-/** A request from shop/frontend to port 8080, GET / on catalog.shop, unless overridden. */
+/**
+ * A request from shop/frontend (198.18.0.5) to 198.18.0.9 port 8080, GET / on catalog.shop, without
+ * JWT, unless overridden.
+ */
 function req(o: ReqOpts = {}): RequestAttributes {
   const r: RequestAttributes = { destinationPort: o.port ?? 8080 };
   const principal = o.principal === undefined ? "cluster.local/ns/shop/sa/frontend" : o.principal;
@@ -47,6 +56,12 @@ function req(o: ReqOpts = {}): RequestAttributes {
   if (principal !== null) r.principal = principal;
   if (namespace !== null) r.namespace = namespace;
   if (sourceIp !== null) r.sourceIp = sourceIp;
+  const remoteIp = o.remoteIp === undefined ? sourceIp : o.remoteIp;
+  if (remoteIp !== null) r.remoteIp = remoteIp;
+  const destinationIp = o.destinationIp === undefined ? "198.18.0.9" : o.destinationIp;
+  if (destinationIp !== null) r.destinationIp = destinationIp;
+  if (o.sni !== undefined) r.sni = o.sni;
+  if (o.auth !== undefined) r.auth = o.auth;
   if (!o.tcp) {
     r.http = {
       method: o.method ?? "GET",
@@ -344,6 +359,20 @@ const fieldCases: FieldCase[] = [
   },
   { field: "namespaces", values: ["shop"], hit: req(), miss: req({ namespace: "billing" }), where: "source" },
   {
+    field: "requestPrincipals",
+    values: ["https://issuer.example/alice"],
+    hit: req({ auth: { principal: "https://issuer.example/alice" } }),
+    miss: req({ auth: { principal: "https://issuer.example/bob" } }),
+    where: "source",
+  },
+  {
+    field: "remoteIpBlocks",
+    values: ["198.18.0.0/24"],
+    hit: req(),
+    miss: req({ remoteIp: "198.18.1.5" }),
+    where: "source",
+  },
+  {
     field: "ipBlocks",
     values: ["198.18.0.0/24"],
     hit: req(),
@@ -399,6 +428,17 @@ describe("every field and its not twin", () => {
     assert.equal(decide([allowFrom({ notNamespaces: ["shop"] })], plaintext).allowed, true);
     assert.equal(decide([allowFrom({ ipBlocks: ["0.0.0.0/0"] })], plaintext).allowed, false);
     assert.equal(decide([allowFrom({ notIpBlocks: ["0.0.0.0/0"] })], plaintext).allowed, true);
+    const noJwt = req({ remoteIp: null });
+    assert.equal(decide([allowFrom({ requestPrincipals: ["*"] })], noJwt).allowed, false);
+    assert.equal(decide([allowFrom({ notRequestPrincipals: ["*/x"] })], noJwt).allowed, true);
+    assert.equal(decide([allowFrom({ remoteIpBlocks: ["0.0.0.0/0"] })], noJwt).allowed, false);
+    assert.equal(decide([allowFrom({ notRemoteIpBlocks: ["0.0.0.0/0"] })], noJwt).allowed, true);
+  });
+
+  test("remoteIpBlocks reads remoteIp and ipBlocks reads sourceIp", () => {
+    const r = req({ sourceIp: "198.18.0.5", remoteIp: "198.18.7.7" });
+    assert.equal(decide([allowFrom({ remoteIpBlocks: ["198.18.7.0/24"] })], r).allowed, true);
+    assert.equal(decide([allowFrom({ ipBlocks: ["198.18.7.0/24"] })], r).allowed, false);
   });
 });
 
@@ -493,6 +533,118 @@ describe("when conditions", () => {
   });
 });
 
+describe("when conditions on connection and JWT attributes", () => {
+  const allowWhen = (key: string, values?: string[], notValues?: string[]) =>
+    pol("allow", {
+      rules: [{ when: [{ key, ...(values ? { values } : {}), ...(notValues ? { notValues } : {}) }] }],
+    });
+  const jwt = (auth: RequestAttributes["auth"], o: ReqOpts = {}) => req({ ...o, auth });
+
+  test("remote.ip", () => {
+    assert.equal(decide([allowWhen("remote.ip", ["198.18.0.0/24"])]).allowed, true);
+    assert.equal(
+      decide([allowWhen("remote.ip", ["198.18.0.0/24"])], req({ remoteIp: "198.19.0.1" })).allowed,
+      false,
+    );
+    assert.equal(decide([allowWhen("remote.ip", undefined, ["198.18.0.5"])]).allowed, false);
+  });
+
+  test("destination.ip", () => {
+    assert.equal(decide([allowWhen("destination.ip", ["198.18.0.9"])]).allowed, true);
+    assert.equal(
+      decide([allowWhen("destination.ip", ["198.18.0.9"])], req({ destinationIp: "198.18.0.8" })).allowed,
+      false,
+    );
+    assert.equal(
+      decide([allowWhen("destination.ip", ["198.18.0.0/16"])], req({ destinationIp: null })).allowed,
+      false,
+    );
+  });
+
+  test("connection.sni", () => {
+    const p = [allowWhen("connection.sni", ["*.shop.svc.cluster.local"])];
+    assert.equal(decide(p, req({ sni: "catalog.shop.svc.cluster.local" })).allowed, true);
+    assert.equal(decide(p, req({ sni: "catalog.billing.svc.cluster.local" })).allowed, false);
+    assert.equal(decide(p, req()).allowed, false, "no SNI matches no value");
+    assert.equal(decide([allowWhen("connection.sni", undefined, ["x"])], req()).allowed, true);
+  });
+
+  test("request.auth.principal", () => {
+    const p = [allowWhen("request.auth.principal", ["https://issuer.example/*"])];
+    assert.equal(decide(p, jwt({ principal: "https://issuer.example/alice" })).allowed, true);
+    assert.equal(decide(p, jwt({ principal: "https://evil.example/alice" })).allowed, false);
+    assert.equal(decide(p, req()).allowed, false);
+  });
+
+  test("request.auth.audiences: any audience of the token may match", () => {
+    const p = [allowWhen("request.auth.audiences", ["shop"])];
+    assert.equal(decide(p, jwt({ audiences: ["billing", "shop"] })).allowed, true);
+    assert.equal(decide(p, jwt({ audiences: ["billing"] })).allowed, false);
+    assert.equal(decide(p, jwt({})).allowed, false);
+    const not = [allowWhen("request.auth.audiences", undefined, ["billing"])];
+    assert.equal(decide(not, jwt({ audiences: ["shop", "billing"] })).allowed, false);
+    assert.equal(decide(not, jwt({ audiences: ["shop"] })).allowed, true);
+  });
+
+  test("request.auth.presenter", () => {
+    const p = [allowWhen("request.auth.presenter", ["web-app"])];
+    assert.equal(decide(p, jwt({ presenter: "web-app" })).allowed, true);
+    assert.equal(decide(p, jwt({ presenter: "cli" })).allowed, false);
+  });
+
+  test("request.auth.claims[NAME]: strings, and lists where any element may match", () => {
+    const p = [allowWhen("request.auth.claims[groups]", ["admins"])];
+    assert.equal(decide(p, jwt({ claims: { groups: "admins" } })).allowed, true);
+    assert.equal(decide(p, jwt({ claims: { groups: ["dev", "admins"] } })).allowed, true);
+    assert.equal(decide(p, jwt({ claims: { groups: ["dev"] } })).allowed, false);
+    assert.equal(decide(p, jwt({ claims: {} })).allowed, false);
+    assert.equal(decide(p, req()).allowed, false);
+    const not = [allowWhen("request.auth.claims[groups]", undefined, ["banned"])];
+    assert.equal(decide(not, jwt({ claims: { groups: ["dev", "banned"] } })).allowed, false);
+    assert.equal(decide(not, jwt({ claims: { groups: ["dev"] } })).allowed, true);
+  });
+
+  test("request.auth.claims[a][b] reads nested claims", () => {
+    const p = [allowWhen("request.auth.claims[realm_access][roles]", ["buyer"])];
+    assert.equal(decide(p, jwt({ claims: { realm_access: { roles: ["viewer", "buyer"] } } })).allowed, true);
+    assert.equal(decide(p, jwt({ claims: { realm_access: { roles: "buyer" } } })).allowed, true);
+    assert.equal(decide(p, jwt({ claims: { realm_access: ["buyer"] } })).allowed, false);
+    assert.equal(decide(p, jwt({ claims: { realm_access: null } })).allowed, false);
+    assert.equal(decide(p, jwt({ claims: { "realm_access.roles": "buyer" } })).allowed, false);
+  });
+
+  test("claims that are numbers, booleans or maps never match, as in Istio", () => {
+    assert.equal(
+      decide([allowWhen("request.auth.claims[n]", ["1"])], jwt({ claims: { n: 1 } })).allowed,
+      false,
+    );
+    assert.equal(
+      decide([allowWhen("request.auth.claims[b]", ["true"])], jwt({ claims: { b: true } })).allowed,
+      false,
+    );
+    assert.equal(
+      decide([allowWhen("request.auth.claims[m]", ["*"])], jwt({ claims: { m: { a: "x" } } })).allowed,
+      false,
+    );
+  });
+
+  test("inherited members of claims are not claims", () => {
+    const p = [allowWhen("request.auth.claims[constructor]", ["*"])];
+    assert.equal(decide(p, jwt({ claims: {} })).allowed, false);
+    const q = [allowWhen("request.auth.claims[a][toString]", ["*"])];
+    assert.equal(decide(q, jwt({ claims: { a: {} } })).allowed, false);
+  });
+
+  test("requestPrincipals and notRequestPrincipals: the 'require a JWT' idiom", () => {
+    const requireJwt = pol("require-jwt", {
+      action: "DENY",
+      rules: [{ from: [{ source: { notRequestPrincipals: ["*"] } }] }],
+    });
+    assert.equal(decide([requireJwt], req()).allowed, false);
+    assert.equal(decide([requireJwt], jwt({ principal: "https://issuer.example/alice" })).allowed, true);
+  });
+});
+
 describe("plain TCP connections", () => {
   const tcp = req({ tcp: true });
 
@@ -572,6 +724,39 @@ describe("plain TCP connections", () => {
     assert.equal(decide([p], req({ tcp: true, port: 8080 })).allowed, true);
   });
 
+  test("JWT fields are HTTP-only: an ALLOW rule with them never matches TCP, a DENY rule widens", () => {
+    const allowJwt = pol("allow-jwt", { rules: [{ from: [{ source: { requestPrincipals: ["*"] } }] }] });
+    assert.equal(decide([allowJwt], tcp).allowed, false);
+    const allowClaim = pol("allow-claim", {
+      rules: [{ when: [{ key: "request.auth.claims[groups]", values: ["admins"] }] }],
+    });
+    assert.equal(decide([allowClaim], tcp).allowed, false);
+    const denyNoJwt = pol("deny-no-jwt", {
+      action: "DENY",
+      rules: [{ from: [{ source: { notRequestPrincipals: ["*"], namespaces: ["billing"] } }] }],
+    });
+    assert.equal(decide([denyNoJwt], tcp).allowed, true, "namespaces still applies on TCP");
+    assert.equal(decide([denyNoJwt], req({ tcp: true, namespace: "billing" })).allowed, false);
+  });
+
+  test("connection attributes still apply on TCP", () => {
+    const p = pol("allow", {
+      rules: [
+        {
+          from: [{ source: { remoteIpBlocks: ["198.18.0.0/24"] } }],
+          when: [
+            { key: "destination.ip", values: ["198.18.0.9"] },
+            { key: "connection.sni", values: ["db.shop"] },
+            { key: "remote.ip", values: ["198.18.0.5"] },
+          ],
+        },
+      ],
+    });
+    assert.equal(decide([p], req({ tcp: true, sni: "db.shop" })).allowed, true);
+    assert.equal(decide([p], req({ tcp: true, sni: "db.other" })).allowed, false);
+    assert.deepEqual(tcpWarnings([p]), []);
+  });
+
   test("an AUDIT rule drops its HTTP-only fields on TCP too", () => {
     const p = pol("audit-get", { action: "AUDIT", rules: [{ to: [{ operation: { methods: ["GET"] } }] }] });
     assert.deepEqual(decide([p], tcp).audits, ["shop/audit-get"]);
@@ -619,11 +804,11 @@ describe("compilePolicies", () => {
   });
 
   test("an unsupported field throws ZMESH_CONFIG_UNSUPPORTED", () => {
-    const jwt = pol("jwt", {
-      rules: [{ from: [{ source: { requestPrincipals: ["*"] } as Source }] }],
+    const template = pol("template", {
+      rules: [{ to: [{ operation: { paths: ["/api/{*}"] } }] }],
     });
     assert.throws(
-      () => compilePolicies([jwt]),
+      () => compilePolicies([template]),
       (e: unknown) => isZmeshError(e, "ZMESH_CONFIG_UNSUPPORTED"),
     );
   });
@@ -645,7 +830,7 @@ describe("regressions", () => {
     return decide([denyAdmin], req({ path: n.path })).allowed;
   };
 
-  test("//admin does not bypass a rule on /admin", () => {
+  test("CVE-2021-31920: //admin does not bypass a rule on /admin", () => {
     assert.equal(through("//admin"), false);
     assert.equal(through("//admin//users"), false);
   });
@@ -662,8 +847,32 @@ describe("regressions", () => {
     assert.equal(through("/%41dmin"), true, "paths are case-sensitive: /Admin is another path");
   });
 
-  test("encoded slashes do not bypass a rule on /admin when decodeSlashes is on", () => {
+  test("%2F: encoded slashes do not bypass a rule on /admin when decodeSlashes is on", () => {
     assert.equal(through("/public%2F..%2Fadmin", { decodeSlashes: true }), false);
+    assert.equal(through("/admin%2Fusers", { decodeSlashes: true }), false);
+    assert.equal(through("/admin%2fusers", { decodeSlashes: true }), false);
+  });
+
+  test("%2F: off by default, the encoded path is matched exactly as the app will receive it", () => {
+    const n = normalizePath("/public%2F..%2Fadmin");
+    assert.ok(n.ok);
+    assert.equal(n.path, "/public%2F..%2Fadmin");
+    const allowPublicOnly = pol("public", { rules: [{ to: [{ operation: { paths: ["/public/*"] } }] }] });
+    assert.equal(decide([allowPublicOnly], req({ path: n.path })).allowed, false);
+  });
+
+  test("CVE-2021-39156: a #fragment does not bypass a rule on /admin", () => {
+    assert.equal(through("/admin#"), false);
+    assert.equal(through("/admin#/../public"), false);
+    assert.equal(through("/admin/users#x"), false);
+    const allowPng = pol("png", { rules: [{ to: [{ operation: { paths: ["*.png"] } }] }] });
+    const n = normalizePath("/admin#.png");
+    assert.ok(n.ok);
+    assert.equal(
+      decide([allowPng], req({ path: n.path })).allowed,
+      false,
+      "the fragment is not part of the path",
+    );
   });
 
   test("a query string does not bypass a rule on /admin", () => {

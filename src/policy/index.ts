@@ -1,5 +1,6 @@
 // Public face of the policy engine: Istio AuthorizationPolicy validation, selection, compilation
-// and evaluation, plus request-path normalization. Pure: no I/O, no clock, no sockets.
+// and evaluation; PeerAuthentication (mTLS mode per workload port); RequestAuthentication (JWT);
+// request-path normalization. Pure: no I/O, no clock (callers pass `now`), no sockets.
 
 export {
   type CompiledPolicies,
@@ -7,17 +8,30 @@ export {
   evaluate,
   tcpWarnings,
 } from "./compile.js";
+export { authenticateJwt, JWT_ALGORITHMS, validateRequestAuthenticationSpec } from "./jwt.js";
 export { type NormalizeOptions, type NormalizeResult, normalizePath } from "./path.js";
+export { DEFAULT_MTLS_MODE, resolveMtlsMode, validatePeerAuthenticationSpec } from "./peerauth.js";
 export { selectorMatches, selectPolicies } from "./select.js";
 export type {
   Action,
   AuthorizationPolicySpec,
+  ClaimToHeader,
   Condition,
   Decision,
   Issue,
+  JwtAuthResult,
+  JwtHeaderLocation,
+  JwtRule,
+  MtlsMode,
+  MtlsResolution,
   Operation,
+  PeerAuthenticationSpec,
+  PeerAuthRef,
   PolicyRef,
   RequestAttributes,
+  RequestAuth,
+  RequestAuthenticationSpec,
+  RequestAuthRef,
   Rule,
   RuleFrom,
   RuleTo,

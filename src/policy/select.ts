@@ -1,5 +1,6 @@
 // Which policies apply to a workload: Istio's attachment rules (same namespace, or the root
-// namespace for the whole mesh), decided by workload selector labels.
+// namespace for the whole mesh), decided by workload selector labels. Serves AuthorizationPolicy
+// and RequestAuthentication alike; PeerAuthentication has its own precedence (resolveMtlsMode).
 
 import type { PolicyRef, WorkloadSelector } from "./types.js";
 
@@ -19,14 +20,16 @@ export function selectorMatches(
 /**
  * Policies that apply to a workload: same namespace (selector matches labels, or no selector), plus
  * root-namespace policies (selector matched against labels in any namespace; no selector = whole mesh).
- * Keeps the input order.
+ * Keeps the input order. Works for any resource with a namespace and a spec.selector.
  */
-export function selectPolicies(
-  all: readonly PolicyRef[],
+export function selectPolicies<
+  T extends { namespace: string; spec: { selector?: WorkloadSelector } } = PolicyRef,
+>(
+  all: readonly T[],
   workload: { namespace: string; labels: Record<string, string> },
   rootNamespace: string,
-): PolicyRef[] {
-  const out: PolicyRef[] = [];
+): T[] {
+  const out: T[] = [];
   for (const p of all) {
     if (p.namespace !== workload.namespace && p.namespace !== rootNamespace) continue;
     if (selectorMatches(p.spec.selector, workload.labels)) out.push(p);

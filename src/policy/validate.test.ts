@@ -41,6 +41,10 @@ describe("validateAuthorizationPolicySpec: accepted specs", () => {
                 notNamespaces: ["dev*"],
                 ipBlocks: ["198.18.0.0/16", "198.19.0.7"],
                 notIpBlocks: ["198.18.9.0/24"],
+                requestPrincipals: ["https://issuer.example/alice", "https://issuer.example/*"],
+                notRequestPrincipals: ["*/mallory"],
+                remoteIpBlocks: ["198.18.0.0/16"],
+                notRemoteIpBlocks: ["198.18.7.7"],
               },
             },
           ],
@@ -64,6 +68,14 @@ describe("validateAuthorizationPolicySpec: accepted specs", () => {
             { key: "source.namespace", notValues: ["dev"] },
             { key: "source.principal", values: ["cluster.local/ns/shop/sa/frontend"] },
             { key: "destination.port", values: ["8080"] },
+            { key: "remote.ip", values: ["198.18.0.0/16"] },
+            { key: "destination.ip", notValues: ["198.18.0.9"] },
+            { key: "connection.sni", values: ["*.shop.svc.cluster.local"] },
+            { key: "request.auth.principal", values: ["https://issuer.example/alice"] },
+            { key: "request.auth.audiences", values: ["shop"] },
+            { key: "request.auth.presenter", notValues: ["evil-client"] },
+            { key: "request.auth.claims[groups]", values: ["admins"] },
+            { key: "request.auth.claims[realm_access][roles]", values: ["buyer"] },
           ],
         },
       ],
@@ -111,34 +123,38 @@ describe("validateAuthorizationPolicySpec: accepted specs", () => {
 });
 
 describe("validateAuthorizationPolicySpec: unsupported Istio features", () => {
-  test("requestPrincipals and notRequestPrincipals are refused (JWT)", () => {
-    const i = one(
-      src({ requestPrincipals: ["issuer/subject"] }),
-      "spec.rules[0].from[0].source.requestPrincipals",
-      UNSUPPORTED,
-      /not supported yet by zmesh \(JWT arrives with RequestAuthentication support\); remove it/,
-    );
-    assert.match(i.message, /^"requestPrincipals" is/);
+  test("requestPrincipals values that can never match are refused with the fix", () => {
     one(
-      src({ principals: ["a"], notRequestPrincipals: ["*"] }),
-      "spec.rules[0].from[0].source.notRequestPrincipals",
-      UNSUPPORTED,
-      /JWT/,
+      src({ requestPrincipals: ["alice"] }),
+      "spec.rules[0].from[0].source.requestPrincipals[0]",
+      INVALID,
+      /<iss>\/<sub>/,
+    );
+    one(
+      when({ key: "request.auth.principal", notValues: ["alice"] }),
+      "spec.rules[0].when[0].notValues[0]",
+      INVALID,
+    );
+    assert.deepEqual(
+      validateAuthorizationPolicySpec(src({ requestPrincipals: ["*", "alice*", "*alice"] })).issues,
+      [],
     );
   });
 
-  test("remoteIpBlocks and notRemoteIpBlocks are refused", () => {
+  test("remoteIpBlocks take IPv4 blocks like ipBlocks", () => {
     one(
-      src({ remoteIpBlocks: ["198.18.0.1"] }),
-      "spec.rules[0].from[0].source.remoteIpBlocks",
-      UNSUPPORTED,
-      /ipBlocks/,
+      src({ remoteIpBlocks: ["198.18.0.300"] }),
+      "spec.rules[0].from[0].source.remoteIpBlocks[0]",
+      INVALID,
+      /IPv4/,
     );
     one(
-      src({ notRemoteIpBlocks: ["198.18.0.1"] }),
-      "spec.rules[0].from[0].source.notRemoteIpBlocks",
+      src({ notRemoteIpBlocks: ["fd00::1"] }),
+      "spec.rules[0].from[0].source.notRemoteIpBlocks[0]",
       UNSUPPORTED,
     );
+    one(when({ key: "destination.ip", values: ["x"] }), "spec.rules[0].when[0].values[0]", INVALID);
+    one(when({ key: "remote.ip", values: ["::1"] }), "spec.rules[0].when[0].values[0]", UNSUPPORTED);
   });
 
   test("action CUSTOM and provider are refused", () => {
@@ -160,18 +176,34 @@ describe("validateAuthorizationPolicySpec: unsupported Istio features", () => {
   });
 
   test("condition keys zmesh does not implement are refused", () => {
-    const cases: [string, RegExp][] = [
-      ["request.auth.principal", /JWT/],
-      ["request.auth.audiences", /JWT/],
-      ["request.auth.presenter", /JWT/],
-      ["request.auth.claims[iss]", /JWT/],
-      ["remote.ip", /source\.ip/],
-      ["destination.ip", /destination\.port/],
-      ["connection.sni", /SNI/],
-      ["experimental.envoy.filters.network.mysql_proxy[db.table]", /Envoy/],
-    ];
-    for (const [key, msg] of cases)
-      one(when({ key, values: ["x"] }), "spec.rules[0].when[0].key", UNSUPPORTED, msg);
+    one(
+      when({ key: "experimental.envoy.filters.network.mysql_proxy[db.table]", values: ["x"] }),
+      "spec.rules[0].when[0].key",
+      UNSUPPORTED,
+      /Envoy/,
+    );
+  });
+
+  test("request.auth keys must be one of the four, claims written with brackets", () => {
+    for (const key of [
+      "request.auth.claims",
+      "request.auth.claims[]",
+      "request.auth.claims.groups",
+      "request.auth.claims[a]b",
+    ]) {
+      one(
+        when({ key, values: ["x"] }),
+        "spec.rules[0].when[0].key",
+        INVALID,
+        /request\.auth\.claims\[NAME\]/,
+      );
+    }
+    one(
+      when({ key: "request.auth.subject", values: ["x"] }),
+      "spec.rules[0].when[0].key",
+      INVALID,
+      /request\.auth\.principal/,
+    );
   });
 
   test("IPv6 blocks are refused as unsupported, not as invalid", () => {
@@ -363,7 +395,7 @@ describe("validateAuthorizationPolicySpec: wrong types and values", () => {
       action: "allow",
       rules: [
         { to: [{ operation: { methods: ["GET", 2], ports: ["x"] } }] },
-        { from: [{ source: { requestPrincipals: ["*"] } }], wen: [] },
+        { to: [{ operation: { paths: ["/a/{*}"] } }], wen: [] },
       ],
     });
     assert.deepEqual(
@@ -373,7 +405,7 @@ describe("validateAuthorizationPolicySpec: wrong types and values", () => {
         ["spec.rules[0].to[0].operation.ports[0]", INVALID],
         ["spec.rules[0].to[0].operation.methods[1]", INVALID],
         ["spec.rules[1].wen", INVALID],
-        ["spec.rules[1].from[0].source.requestPrincipals", UNSUPPORTED],
+        ["spec.rules[1].to[0].operation.paths[0]", UNSUPPORTED],
       ],
     );
     assert.equal(r.value, undefined);

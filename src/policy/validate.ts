@@ -2,15 +2,35 @@
 // problem becomes an Issue with a field path, and Istio features zmesh lacks are refused, never ignored.
 
 import { parseIPv4Block } from "./match.js";
-import type { Action, AuthorizationPolicySpec, Condition, Issue, Operation, Rule, Source } from "./types.js";
+import type {
+  Action,
+  AuthorizationPolicySpec,
+  Condition,
+  Issue,
+  Operation,
+  Rule,
+  Source,
+  WorkloadSelector,
+} from "./types.js";
 
-type Obj = Record<string, unknown>;
+export type Obj = Record<string, unknown>;
 
 /** The kinds of values a list can hold; each has its own checks and example. */
-type ValueKind = "principal" | "namespace" | "ip" | "port" | "method" | "path" | "host" | "header";
+export type ValueKind =
+  | "principal"
+  | "requestPrincipal"
+  | "namespace"
+  | "ip"
+  | "port"
+  | "method"
+  | "path"
+  | "host"
+  | "header"
+  | "value";
 
 const EXAMPLE: Record<ValueKind, string> = {
   principal: '["cluster.local/ns/shop/sa/frontend"]',
+  requestPrincipal: '["https://issuer.example/alice"]',
   namespace: '["shop"]',
   ip: '["198.18.0.0/16"]',
   port: '["8080"]',
@@ -18,25 +38,20 @@ const EXAMPLE: Record<ValueKind, string> = {
   path: '["/api/*"]',
   host: '["shop.example"]',
   header: '["value"]',
+  value: '["value"]',
 };
-
-const JWT = "not supported yet by zmesh (JWT arrives with RequestAuthentication support); remove it";
-const REMOTE =
-  "not supported yet by zmesh (it needs the original client address, which zmesh does not read yet); use ipBlocks for the peer address, or remove it";
 
 const SOURCE_FIELDS: Record<string, ValueKind> = {
   principals: "principal",
   notPrincipals: "principal",
+  requestPrincipals: "requestPrincipal",
+  notRequestPrincipals: "requestPrincipal",
   namespaces: "namespace",
   notNamespaces: "namespace",
   ipBlocks: "ip",
   notIpBlocks: "ip",
-};
-const SOURCE_UNSUPPORTED: Record<string, string> = {
-  requestPrincipals: JWT,
-  notRequestPrincipals: JWT,
-  remoteIpBlocks: REMOTE,
-  notRemoteIpBlocks: REMOTE,
+  remoteIpBlocks: "ip",
+  notRemoteIpBlocks: "ip",
 };
 
 const OPERATION_FIELDS: Record<string, ValueKind> = {
@@ -73,24 +88,27 @@ const STANDARD_METHODS = new Set([
 ]);
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const CONDITION_KEYS =
-  "request.headers[NAME], source.ip, source.namespace, source.principal, destination.port";
+  "request.headers[NAME], source.ip, source.namespace, source.principal, remote.ip, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port, connection.sni";
 
-const EMPTY: Record<string, never> = {};
+/** request.auth.claims[NAME] or nested request.auth.claims[a][b]; names are taken literally. */
+export const CLAIM_KEY = /^request\.auth\.claims((?:\[[^[\]]+\])+)$/;
 
-function isObj(v: unknown): v is Obj {
+export const EMPTY: Record<string, never> = {};
+
+export function isObj(v: unknown): v is Obj {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-function has(o: Obj, k: string): boolean {
+export function has(o: Obj, k: string): boolean {
   return Object.hasOwn(o, k) && o[k] !== undefined && o[k] !== null;
 }
 
 /** "spec.selector.matchLabels.app", or ["app.kubernetes.io/name"] for keys that are not identifiers. */
-function child(path: string, key: string): string {
+export function child(path: string, key: string): string {
   return /^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
 }
 
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a map";
@@ -116,7 +134,8 @@ function distance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
-class Checker {
+/** Collects issues while reading one resource spec; shared by the three policy kinds. */
+export class Checker {
   readonly issues: Issue[] = [];
 
   invalid(path: string, message: string): void {
@@ -159,6 +178,14 @@ class Checker {
       case "principal":
         if (v.startsWith("spiffe://")) {
           this.invalid(path, `write principals without the scheme, e.g. "${v.slice("spiffe://".length)}"`);
+        }
+        return;
+      case "requestPrincipal":
+        if (!v.startsWith("*") && !v.endsWith("*") && !v.includes("/")) {
+          this.invalid(
+            path,
+            `"${v}" never matches because a request principal is "<iss>/<sub>", e.g. "https://issuer.example/${v}"`,
+          );
         }
         return;
       case "ip":
@@ -243,7 +270,7 @@ class Checker {
   }
 }
 
-function readSelector(c: Checker, v: unknown, path: string): AuthorizationPolicySpec["selector"] {
+export function readSelector(c: Checker, v: unknown, path: string): WorkloadSelector | undefined {
   if (!isObj(v)) {
     c.invalid(path, `must be a map with matchLabels, e.g. {matchLabels: {app: orders}}, not ${describe(v)}`);
     return undefined;
@@ -348,7 +375,7 @@ function readEntries<T>(
 }
 
 function readSource(c: Checker, v: Obj, path: string): Source | undefined {
-  const { out, any } = readMatchFields(c, v, path, SOURCE_FIELDS, SOURCE_UNSUPPORTED);
+  const { out, any } = readMatchFields(c, v, path, SOURCE_FIELDS, EMPTY);
   if (!any) {
     c.invalid(
       path,
@@ -381,23 +408,23 @@ function conditionKind(c: Checker, key: string, path: string): ValueKind | undef
     case "destination.port":
       return "port";
     case "remote.ip":
-      c.unsupported(path, `key "${key}" is ${REMOTE.replace("use ipBlocks", "use source.ip")}`);
-      return undefined;
     case "destination.ip":
-      c.unsupported(
-        path,
-        `key "${key}" is not supported yet by zmesh (destination address matching is not implemented); use destination.port or remove it`,
-      );
-      return undefined;
+      return "ip";
     case "connection.sni":
-      c.unsupported(
-        path,
-        `key "${key}" is not supported yet by zmesh (SNI matching is not implemented); remove it`,
-      );
-      return undefined;
+    case "request.auth.audiences":
+    case "request.auth.presenter":
+      return "value";
+    case "request.auth.principal":
+      return "requestPrincipal";
   }
   if (key.startsWith("request.auth.")) {
-    c.unsupported(path, `key "${key}" is ${JWT}`);
+    if (CLAIM_KEY.test(key)) return "value";
+    c.invalid(
+      path,
+      key.startsWith("request.auth.claims")
+        ? `write a claim condition as request.auth.claims[NAME] or, nested, request.auth.claims[NAME][FIELD], not "${key}"`
+        : `unknown condition key "${key}"; the request.auth keys are request.auth.principal, request.auth.audiences, request.auth.presenter and request.auth.claims[NAME]`,
+    );
     return undefined;
   }
   if (key.startsWith("experimental.")) {
