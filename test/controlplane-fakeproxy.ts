@@ -15,6 +15,8 @@ export interface FakeProxyOptions {
   parse?: boolean;
   /** Returns a NACK reason for a push, or undefined to ACK it. */
   nack?: (push: ConfigPush) => string | undefined;
+  /** HTTP/2 flow-control window (bytes) the proxy grants; grpc-js's default is 64 KiB. */
+  flowControlWindow?: number;
 }
 
 export interface Received {
@@ -53,6 +55,7 @@ export class FakeProxy {
       "grpc.ssl_target_name_override": "zmesh-controlplane",
       "grpc.max_receive_message_length": -1,
       "grpc.use_local_subchannel_pool": 1,
+      ...(opts.flowControlWindow ? { "grpc-node.flow_control_window": opts.flowControlWindow } : {}),
     }) as never;
   }
 

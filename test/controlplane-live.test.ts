@@ -44,9 +44,13 @@ spec:
 `;
 }
 
-/** Replaces a file the way editors and `zmesh apply` do: write a temporary file, rename it over. */
+/**
+ * Replaces a file the way editors do: write a temporary file, rename it over. The temporary name is
+ * the same each time, as with vim: Node 20's recursive fs.watch on Linux misses every such write
+ * after the first (regression guard).
+ */
 async function renameWrite(file: string, text: string): Promise<void> {
-  const tmp = `${file}.${randomBytes(3).toString("hex")}.swp`;
+  const tmp = `${file}.swp`;
   await writeFile(tmp, text);
   await rename(tmp, file);
 }

@@ -3,11 +3,19 @@
 
 import { Command, CommanderError } from "commander";
 import { isZmeshError } from "../errors/index.js";
+import { applyCommand } from "./commands/apply.js";
+import { caCommand } from "./commands/ca.js";
+import { certsCommand } from "./commands/certs.js";
 import { controlplaneCommand } from "./commands/controlplane.js";
+import { deleteCommand } from "./commands/delete.js";
 import { demoCommand } from "./commands/demo.js";
 import { downCommand } from "./commands/down.js";
 import { execCommand } from "./commands/exec.js";
+import { getCommand } from "./commands/get.js";
+import { logsCommand } from "./commands/logs.js";
 import { proxyCommand } from "./commands/proxy.js";
+import { statusCommand } from "./commands/status.js";
+import { superviseCommand } from "./commands/supervise.js";
 import { upCommand } from "./commands/up.js";
 
 const program = new Command("zmesh")
@@ -15,9 +23,25 @@ const program = new Command("zmesh")
   .version("0.1.0")
   .exitOverride();
 
-for (const make of [upCommand, downCommand, execCommand, demoCommand, controlplaneCommand, proxyCommand]) {
+for (const make of [
+  upCommand,
+  downCommand,
+  statusCommand,
+  applyCommand,
+  deleteCommand,
+  getCommand,
+  logsCommand,
+  execCommand,
+  certsCommand,
+  caCommand,
+  demoCommand,
+  controlplaneCommand,
+  proxyCommand,
+]) {
   program.addCommand(make());
 }
+program.addCommand(superviseCommand(), { hidden: true });
+program.addCommand((await import("./commands/check.js")).checkCommand());
 
 try {
   await program.parseAsync(process.argv);

@@ -79,7 +79,11 @@ export class Registry {
       .filter((p) => inScope(p.meta.namespace))
       .map((p) => ({ namespace: p.meta.namespace, name: p.meta.name, spec: p.spec }));
     const requestAuthentications = selectPolicies(
-      this.config.requestAuthentications.map((r) => ({ namespace: r.meta.namespace, name: r.meta.name, spec: r.spec })),
+      this.config.requestAuthentications.map((r) => ({
+        namespace: r.meta.namespace,
+        name: r.meta.name,
+        spec: r.spec,
+      })),
       { namespace: e.meta.namespace, labels: e.labels },
       this.opts.rootNamespace,
     );

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { ENV, envOr, PORTS } from "../config/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { newKek, parseKek } from "../identity/index.js";
-import { findInstance, type MeshState } from "./mesh.js";
+import { findInstance, type MeshState } from "./state.js";
 import { run } from "./sys.js";
 
 export function dataDir(mesh: string): string {

@@ -6,7 +6,7 @@ import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { PORTS } from "../config/index.js";
 import { ZmeshError } from "../errors/index.js";
-import type { MeshState } from "./mesh.js";
+import type { MeshState } from "./state.js";
 import { hasTool } from "./sys.js";
 
 export interface CaptureReport {

@@ -1,8 +1,10 @@
 // runtime: the local runtime. A network namespace per workload on an isolated bridge, iptables
-// capture, the control plane and sidecars as processes; `up`, `down`, `exec`.
+// capture, a supervisor per mesh that runs and restarts the control plane, sidecars and apps;
+// `up`, `down`, `exec`, `status`, `apply`, `delete`, `get`, `logs`.
 
 export { caStoreFile, controlPlaneAdmin, dataDir, kekFile, proxyAdmin } from "./ca.js";
 export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
+export { followLog, logPath, readLog } from "./logs.js";
 export {
   type AccessEntry,
   addUnmeshed,
@@ -10,15 +12,34 @@ export {
   down,
   exec,
   execArgv,
+  openMesh,
+  proxyLog,
+  type UpOptions,
+  up,
+} from "./mesh.js";
+export { leftovers, listNamespaces } from "./network.js";
+export { alive, zmeshPids } from "./processes.js";
+export {
+  checkMeshName,
   findInstance,
   type Instance,
   loadState,
   type MeshState,
-  proxyLog,
+  type Processes,
+  type ProcRecord,
+  readProcesses,
   stateRoot,
-  type UpOptions,
-  up,
-} from "./mesh.js";
-export { leftovers } from "./network.js";
-export { zmeshPids } from "./processes.js";
+} from "./state.js";
+export { type MeshStatus, meshStatus, type WorkloadStatus } from "./status.js";
+export {
+  applyResources,
+  type Change,
+  deleteResources,
+  getResources,
+  KINDS,
+  LIVE_KINDS,
+  type Rollout,
+  type StoredDoc,
+} from "./store.js";
+export { BACKOFF, Supervisor } from "./supervisor.js";
 export { checkPrerequisites } from "./sys.js";

@@ -1,34 +1,24 @@
-// A local mesh: `up` turns a directory of resources into running workloads (namespaces,
-// capture, sidecars, apps) around a control plane; `down` removes every trace, also of a mesh
-// whose processes were killed; `exec` runs a command inside a workload like its app.
+// A local mesh: `up` turns a directory of resources into a laid-out network (namespaces, capture,
+// the resource store, bootstrap tokens) and hands the processes to the mesh's supervisor; `up` on
+// a mesh that runs reconciles it; `down` removes every trace, also of a mesh whose processes were
+// killed; `exec` runs a command inside a workload like its app.
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, cp, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
+import { chmod, cp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { stringify } from "yaml";
-import {
-  CONTROL_PLANE_SPIFFE_PATH,
-  DEFAULT_APP_UID,
-  ENV,
-  envOr,
-  loadConfig,
-  type MeshConfig,
-  PORTS,
-  PROXY_UID,
-} from "../config/index.js";
+import { DEFAULT_APP_UID, loadConfig, type MeshConfig, PORTS } from "../config/index.js";
 import { tokenDigest } from "../controlplane/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
-import { caStoreFile, controlPlaneSocket, dataDir, kekFile } from "./ca.js";
+import { caStoreFile, dataDir, kekFile } from "./ca.js";
 import {
   createBridge,
   createNamespace,
   destroyNetwork,
   leftovers,
   listNamespaces,
-  type MeshNet,
   meshNet,
   namespacePids,
   netnsPrefix,
@@ -36,70 +26,23 @@ import {
   vethPrefix,
   vipAddress,
 } from "./network.js";
-import { alive, spawnDetached, terminate, ZMESH_BIN, zmeshPids } from "./processes.js";
-import { checkPrerequisites, run } from "./sys.js";
-
-export interface Instance {
-  /** Workload name and the instance's WorkloadEntry name (workload-N). */
-  workload: string;
-  name: string;
-  namespace: string;
-  serviceAccount: string;
-  spiffeId: string;
-  netns: string;
-  address: string;
-  appUid: number;
-  ports: number[];
-  proxyPid: number;
-  appPid: number;
-}
-
-export interface MeshState {
-  name: string;
-  configDir: string;
-  stateDir: string;
-  net: MeshNet;
-  trustDomain: string;
-  controlPlane: { pid: number; address: string };
-  instances: Instance[];
-  services: { namespace: string; name: string; vip: string; ports: number[] }[];
-  unmeshed: { name: string; netns: string; address: string }[];
-  nextAddress: number;
-}
-
-const MESH_NAME = /^[a-z][a-z0-9]{0,9}$/;
-
-export function stateRoot(): string {
-  return envOr(ENV.stateDir, "/run/zmesh");
-}
-
-function stateDirOf(mesh: string): string {
-  return join(stateRoot(), mesh);
-}
-
-export function checkMeshName(name: string): void {
-  if (!MESH_NAME.test(name)) {
-    throw new ZmeshError(
-      "ZMESH_RUNTIME",
-      `mesh name "${name}" is not valid: use 1 to 10 lower-case letters and digits, starting with a letter`,
-    );
-  }
-}
-
-export async function loadState(mesh: string): Promise<MeshState> {
-  try {
-    return JSON.parse(await readFile(join(stateDirOf(mesh), "mesh.json"), "utf8")) as MeshState;
-  } catch {
-    throw new ZmeshError(
-      "ZMESH_MESH_NOT_FOUND",
-      `no mesh named "${mesh}" is up; start one with: zmesh up DIR`,
-    );
-  }
-}
-
-async function saveState(s: MeshState): Promise<void> {
-  await writeFile(join(s.stateDir, "mesh.json"), `${JSON.stringify(s, null, 2)}\n`, { mode: 0o644 });
-}
+import { alive, sameProcess, spawnDetached, terminate, ZMESH_BIN, zmeshPids } from "./processes.js";
+import {
+  checkMeshName,
+  findInstance,
+  type Instance,
+  loadState,
+  type MeshState,
+  type Processes,
+  procKey,
+  readProcesses,
+  saveState,
+  stateDirOf,
+  stateRoot,
+} from "./state.js";
+import { syncStore, topologyOf, writeStore } from "./store.js";
+import { asUser, logFile, logTail } from "./supervisor.js";
+import { checkPrerequisites, run, tryRun } from "./sys.js";
 
 /** The lowest /20 block no other mesh's state claims. */
 async function freeBlock(): Promise<number> {
@@ -118,51 +61,6 @@ async function freeBlock(): Promise<number> {
     "ZMESH_RUNTIME",
     "16 local meshes are already up; bring one down with zmesh down --name NAME",
   );
-}
-
-async function waitFor(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  log?: string,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const tail = log
-    ? (await readFile(log, "utf8").catch(() => "")).trim().split("\n").slice(-3).join(" | ")
-    : "";
-  throw new ZmeshError(
-    "ZMESH_RUNTIME",
-    `${what} did not become ready within ${timeoutMs / 1000} s${tail ? `; last log lines: ${tail}` : ""}`,
-  );
-}
-
-function tcpOpen(host: string, port: number): Promise<boolean> {
-  return new Promise((res) => {
-    const s = connect({ host, port, timeout: 500 });
-    s.once("connect", () => {
-      s.destroy();
-      res(true);
-    });
-    s.once("error", () => res(false));
-    s.once("timeout", () => {
-      s.destroy();
-      res(false);
-    });
-  });
-}
-
-async function httpOk(url: string): Promise<boolean> {
-  const r = await fetch(url, { signal: AbortSignal.timeout(500) });
-  return r.ok;
-}
-
-async function listening(netns: string, port: number): Promise<boolean> {
-  const out = await run("ip", ["netns", "exec", netns, "ss", "-Hltn", `sport = :${port}`]);
-  return out.trim().length > 0;
 }
 
 function hostsFile(
@@ -188,7 +86,13 @@ export interface UpOptions {
   log?: (line: string) => void;
 }
 
-/** Brings a mesh up from a directory of resources. On failure nothing of it is left behind. */
+/**
+ * Brings a mesh up from a directory of resources, or, when a mesh of that name already runs from
+ * the same directory with the same Workloads and Services, reconciles it: the store takes the
+ * directory's policies (live, no restart), a dead supervisor is started again (it adopts what
+ * still runs and restarts what does not). Changed Workloads or Services recreate the mesh. On a
+ * failed bring-up nothing of the mesh is left behind.
+ */
 export async function up(dir: string, opts: UpOptions = {}): Promise<MeshState> {
   const name = opts.name ?? "zmesh";
   const say = opts.log ?? (() => {});
@@ -202,20 +106,57 @@ export async function up(dir: string, opts: UpOptions = {}): Promise<MeshState> 
       `${dir}: no Workload resources; add at least one zmesh.dev/v1 Workload`,
     );
   }
-  await down(name, { quiet: true });
+  const topology = topologyOf(config);
+  const existing = await loadState(name).catch(() => undefined);
+  if (existing) {
+    if (existing.configDir !== configDir) {
+      throw new ZmeshError(
+        "ZMESH_USAGE",
+        `mesh ${name} is already up from ${existing.configDir}; bring it down first (zmesh down${name === "zmesh" ? "" : ` --name ${name}`}) or run this one beside it with --name`,
+      );
+    }
+    const intact = await networkIntact(existing);
+    if (existing.topology === topology && intact) return reconcile(existing, config, say);
+    say(
+      intact
+        ? `the Workloads or Services in ${dir} changed since mesh ${name} came up: recreating it`
+        : `part of mesh ${name}'s network is gone: recreating it`,
+    );
+  }
+  await down(name, { quiet: true }); // also what a crashed mesh without state left
+  return create(name, configDir, config, topology, say);
+}
+
+async function create(
+  name: string,
+  configDir: string,
+  config: MeshConfig,
+  topology: string,
+  say: (line: string) => void,
+): Promise<MeshState> {
   await mkdir(stateRoot(), { recursive: true, mode: 0o755 });
   const stateDir = stateDirOf(name);
+  const net = meshNet(name, await freeBlock());
   const state: MeshState = {
     name,
     configDir,
     stateDir,
-    net: meshNet(name, await freeBlock()),
+    net,
     trustDomain: DEFAULT_TRUST_DOMAIN,
-    controlPlane: { pid: 0, address: "" },
+    controlPlane: {
+      pid: 0,
+      address: `${net.gateway}:${PORTS.controlPlaneGrpc}`,
+      // On the bridge's address: the host reaches it, pods do not (the host drops all from the
+      // bridge but :15012), and meshes side by side do not clash over one loopback port.
+      debug: `${net.gateway}:${PORTS.controlPlaneDebug}`,
+      caStore: caStoreFile(name),
+      kekFile: "",
+    },
     instances: [],
     services: [],
     unmeshed: [],
     nextAddress: 0,
+    topology,
   };
   try {
     await mkdir(join(stateDir, "logs"), { recursive: true, mode: 0o755 });
@@ -223,24 +164,108 @@ export async function up(dir: string, opts: UpOptions = {}): Promise<MeshState> 
     await mkdir(join(stateDir, "secrets"), { recursive: true, mode: 0o700 });
     await chmod(stateDir, 0o755);
     await saveState(state); // from here on, `down` can find and remove what we create
+    state.controlPlane.kekFile = await kekFile(name, join(stateDir, "secrets"));
     await layout(state, config);
+    await saveState(state);
     await createBridge(state.net);
     say(
       `network: bridge ${state.net.bridge}, gateway ${state.net.gateway}, isolated (no uplink, no forwarding)`,
     );
-    await startControlPlane(state);
-    say(`control plane: ${state.controlPlane.address} (mesh CA and config, TLS)`);
-    await stageApps(state);
     for (const inst of state.instances) {
-      await startInstance(state, config, inst);
-      say(`workload ${inst.namespace}/${inst.name}: ${inst.address}, ${inst.spiffeId}`);
-      await saveState(state);
+      await createNamespace(state.net, {
+        netns: inst.netns,
+        veth: inst.veth,
+        address: inst.address,
+        hosts: hostsFile(inst, inst.namespace, state.services),
+        capture: true,
+      });
     }
-    await saveState(state);
-    return state;
+    await stageApps(state);
+    await waitRunning(state, say, startSupervisor(state));
+    return await loadState(name);
   } catch (e) {
     await down(name, { quiet: true });
     throw e;
+  }
+}
+
+async function reconcile(
+  state: MeshState,
+  config: MeshConfig,
+  say: (line: string) => void,
+): Promise<MeshState> {
+  let supervisor: number | undefined;
+  if (zmeshPids(state.name, "supervise").length === 0) {
+    say("the supervisor was not running: started it again (it adopts what still runs)");
+    supervisor = startSupervisor(state);
+  }
+  await waitRunning(state, () => {}, supervisor);
+  const { change, rollout } = await syncStore(state, config);
+  const changed = [
+    ...change.created.map((k) => `${k} created`),
+    ...change.configured.map((k) => `${k} configured`),
+    ...change.deleted.map((k) => `${k} deleted`),
+  ];
+  if (changed.length === 0) say(`mesh ${state.name} is up and matches ${state.configDir}: nothing to change`);
+  else {
+    say(`mesh ${state.name} is up; changed live: ${changed.join(", ")}`);
+    if (rollout?.waiting) say(`  not in force everywhere yet: ${rollout.waiting}`);
+    else if (rollout)
+      say(`  in force: ${rollout.inSync}/${rollout.proxies} proxies ACKed in ${rollout.ms} ms`);
+  }
+  return loadState(state.name);
+}
+
+async function networkIntact(state: MeshState): Promise<boolean> {
+  if (!(await tryRun("ip", ["link", "show", state.net.bridge]))) return false;
+  const present = new Set(await listNamespaces(state.name));
+  return state.instances.every((i) => present.has(i.netns));
+}
+
+function startSupervisor(state: MeshState): number {
+  return spawnDetached(
+    process.execPath,
+    [ZMESH_BIN, "supervise", "--mesh", state.name],
+    join(state.stateDir, "logs", "supervisor.log"),
+  ).pid;
+}
+
+/**
+ * Waits for the supervisor's bring-up (of the supervisor `pid` when given: until it writes its
+ * own processes.json, the file is a previous one's); says what came up as it does.
+ */
+async function waitRunning(state: MeshState, say: (line: string) => void, pid?: number): Promise<void> {
+  const deadline = Date.now() + 40_000 + 5_000 * state.instances.length;
+  const told = new Set<string>();
+  const supervisorLog = join(state.stateDir, "logs", "supervisor.log");
+  for (;;) {
+    const read: Processes | undefined = await readProcesses(state.stateDir);
+    const p = pid === undefined || read?.supervisor.pid === pid ? read : undefined;
+    if (p) {
+      if (p.procs[procKey("controlplane")]?.ready && !told.has("cp")) {
+        told.add("cp");
+        say(
+          `control plane: ${state.controlPlane.address} (mesh CA and config, TLS); metrics on ${state.controlPlane.debug}`,
+        );
+      }
+      for (const i of state.instances) {
+        if (p.procs[procKey("app", i)]?.ready && !told.has(i.name + i.namespace)) {
+          told.add(i.name + i.namespace);
+          say(`workload ${i.namespace}/${i.name}: ${i.address}, ${i.spiffeId}`);
+        }
+      }
+      if (p.phase === "running") return;
+      if (p.phase === "failed") throw new ZmeshError("ZMESH_RUNTIME", p.failure ?? "the bring-up failed");
+    }
+    const supervisorGone = !alive(pid ?? p?.supervisor.pid ?? 0);
+    if (supervisorGone || Date.now() > deadline) {
+      const tail = await logTail(supervisorLog);
+      throw new ZmeshError(
+        "ZMESH_RUNTIME",
+        `${supervisorGone ? "the supervisor of the mesh exited" : "the mesh did not come up in time"}${tail ? `; last log lines: ${tail}` : ""}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
@@ -249,35 +274,31 @@ async function layout(state: MeshState, config: MeshConfig): Promise<void> {
     `${a.meta.namespace}/${a.meta.name}`.localeCompare(`${b.meta.namespace}/${b.meta.name}`),
   );
   services.forEach((s, i) => {
-    s.clusterIP = vipAddress(state.net, i);
     state.services.push({
       namespace: s.meta.namespace,
       name: s.meta.name,
-      vip: s.clusterIP,
+      vip: vipAddress(state.net, i),
       ports: s.ports.map((p) => p.port),
     });
   });
-  const docs: string[] = [];
-  for (const { resource, raw } of config.documents) {
-    if (resource.kind === "Service") {
-      const spec = { ...(raw["spec"] as Record<string, unknown>), clusterIP: resource.clusterIP };
-      docs.push(stringify({ ...raw, spec }));
-    } else if (resource.kind !== "Workload") docs.push(stringify(raw));
-  }
   const entries: string[] = [];
   const tokens: Record<string, { namespace: string; entry: string }> = {};
   for (const w of config.workloads) {
     for (let i = 0; i < w.replicas; i++) {
+      const suffix = w.replicas === 1 ? "" : `-${i}`;
       const inst: Instance = {
         workload: w.meta.name,
-        name: w.replicas === 1 ? w.meta.name : `${w.meta.name}-${i}`,
+        name: `${w.meta.name}${suffix}`,
         namespace: w.meta.namespace,
         serviceAccount: w.serviceAccount,
         spiffeId: `spiffe://${state.trustDomain}/ns/${w.meta.namespace}/sa/${w.serviceAccount}`,
-        netns: `${netnsPrefix(state.name)}${w.meta.namespace}-${w.meta.name}${w.replicas === 1 ? "" : `-${i}`}`,
+        netns: `${netnsPrefix(state.name)}${w.meta.namespace}-${w.meta.name}${suffix}`,
+        veth: `${vethPrefix(state.net)}${state.instances.length}`,
         address: podAddress(state.net, state.nextAddress++),
         appUid: w.runAsUser ?? DEFAULT_APP_UID,
         ports: w.ports.map((p) => p.containerPort),
+        command: w.command,
+        env: w.env,
         proxyPid: 0,
         appPid: 0,
       };
@@ -298,47 +319,8 @@ async function layout(state: MeshState, config: MeshConfig): Promise<void> {
       tokens[tokenDigest(token)] = { namespace: inst.namespace, entry: inst.name };
     }
   }
-  await writeFile(join(state.stateDir, "store", "resources.yaml"), docs.join("---\n"));
-  await writeFile(join(state.stateDir, "store", "instances.yaml"), entries.join("---\n"));
+  await writeStore(state, config, entries);
   await writeFile(join(state.stateDir, "secrets", "tokens.json"), JSON.stringify(tokens), { mode: 0o600 });
-}
-
-async function startControlPlane(state: MeshState): Promise<void> {
-  const address = `${state.net.gateway}:${PORTS.controlPlaneGrpc}`;
-  const bundle = join(state.stateDir, "bundle.pem");
-  const log = join(state.stateDir, "logs", "controlplane.log");
-  const { pid } = spawnDetached(
-    process.execPath,
-    [
-      ZMESH_BIN,
-      "controlplane",
-      "--mesh",
-      state.name,
-      "--config",
-      join(state.stateDir, "store"),
-      "--listen",
-      address,
-      "--tokens",
-      join(state.stateDir, "secrets", "tokens.json"),
-      "--bundle-out",
-      bundle,
-      "--ca-store",
-      caStoreFile(state.name),
-      "--kek-file",
-      await kekFile(state.name, join(state.stateDir, "secrets")),
-      "--admin-socket",
-      controlPlaneSocket(state),
-    ],
-    log,
-  );
-  state.controlPlane = { pid, address };
-  await saveState(state);
-  await waitFor(
-    "the control plane",
-    async () => (await stat(bundle).then(() => true)) && tcpOpen(state.net.gateway, PORTS.controlPlaneGrpc),
-    15_000,
-    log,
-  );
 }
 
 /** Copies the config directory (the workloads' code) where the app uids can read it, like an image. */
@@ -349,81 +331,6 @@ async function stageApps(state: MeshState): Promise<void> {
     filter: (src) => !/(^|\/)(node_modules|\.git)(\/|$)/.test(src.slice(state.configDir.length)),
   });
   await run("chmod", ["-R", "a+rX,go-w", dest]);
-}
-
-async function startInstance(state: MeshState, config: MeshConfig, inst: Instance): Promise<void> {
-  const workload = config.workloads.find(
-    (w) => w.meta.name === inst.workload && w.meta.namespace === inst.namespace,
-  )!;
-  const veth = `${vethPrefix(state.net)}${state.instances.indexOf(inst)}`;
-  await createNamespace(state.net, {
-    netns: inst.netns,
-    veth,
-    address: inst.address,
-    hosts: hostsFile(inst, inst.namespace, state.services),
-    capture: true,
-  });
-  const logs = join(state.stateDir, "logs");
-  const proxyLog = join(logs, `${inst.namespace}.${inst.name}.proxy.log`);
-  inst.proxyPid = spawnDetached(
-    "ip",
-    [
-      "netns",
-      "exec",
-      inst.netns,
-      process.execPath,
-      ZMESH_BIN,
-      "proxy",
-      "--mesh",
-      state.name,
-      "--control-plane",
-      state.controlPlane.address,
-      "--bundle",
-      join(state.stateDir, "bundle.pem"),
-      "--token-file",
-      join(state.stateDir, "secrets", `${inst.name}.${inst.namespace}.token`),
-      "--control-plane-id",
-      `spiffe://${state.trustDomain}${CONTROL_PLANE_SPIFFE_PATH}`,
-      "--uid",
-      String(PROXY_UID),
-    ],
-    proxyLog,
-  ).pid;
-  await saveState(state);
-  await waitFor(
-    `the proxy of ${inst.namespace}/${inst.name}`,
-    () => httpOk(`http://${inst.address}:${PORTS.proxyHealth}/healthz/ready`),
-    20_000,
-    proxyLog,
-  );
-  // The app starts only once its proxy is ready, so its first request is already meshed.
-  const appLog = join(logs, `${inst.namespace}.${inst.name}.app.log`);
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin",
-    HOME: "/tmp",
-    ZMESH_WORKLOAD: inst.workload,
-    ZMESH_NAMESPACE: inst.namespace,
-    ...(inst.ports[0] ? { PORT: String(inst.ports[0]) } : {}),
-    ...workload.env,
-  };
-  inst.appPid = spawnDetached(
-    "ip",
-    ["netns", "exec", inst.netns, ...asUser(inst.appUid), ...workload.command],
-    appLog,
-    { cwd: join(state.stateDir, "app"), env },
-  ).pid;
-  for (const p of inst.ports) {
-    await waitFor(
-      `the app of ${inst.namespace}/${inst.name} on port ${p}`,
-      () => listening(inst.netns, p),
-      15_000,
-      appLog,
-    );
-  }
-}
-
-function asUser(uid: number): string[] {
-  return ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--no-new-privs", "--"];
 }
 
 /** An unmeshed namespace on the bridge (no sidecar, no capture): a stranger on the network. */
@@ -449,21 +356,6 @@ export async function addUnmeshed(
   state.unmeshed.push(u);
   await saveState(state);
   return u;
-}
-
-export function findInstance(state: MeshState, ref: string): Instance {
-  const [a, b] = ref.includes("/") ? ref.split("/", 2) : [undefined, ref];
-  const match = state.instances.filter(
-    (i) => (i.name === b || i.workload === b) && (a === undefined || i.namespace === a),
-  );
-  if (match.length === 0) {
-    const known = state.instances.map((i) => `${i.namespace}/${i.name}`).join(", ");
-    throw new ZmeshError(
-      "ZMESH_WORKLOAD_NOT_FOUND",
-      `no workload "${ref}" in mesh ${state.name}; it has ${known}`,
-    );
-  }
-  return match[0]!;
 }
 
 /** The argv that runs `cmd` inside a workload's namespace as its app's uid (or in an unmeshed one as root-less nobody). */
@@ -505,7 +397,11 @@ export function exec(
   });
 }
 
-/** Removes everything of a mesh: processes, namespaces, bridge, host rules, state. */
+/**
+ * Removes everything of a mesh: processes, namespaces, bridge, host rules, state. The supervisor
+ * goes first so that it restarts nothing; then whatever carries `--mesh NAME` or runs in one of
+ * the mesh's namespaces, in rounds until none is left (a process may fork while we look).
+ */
 export async function down(mesh: string, opts: { quiet?: boolean; purge?: boolean } = {}): Promise<string[]> {
   checkMeshName(mesh);
   checkPrerequisites();
@@ -515,13 +411,17 @@ export async function down(mesh: string, opts: { quiet?: boolean; purge?: boolea
   } catch {
     state = undefined;
   }
-  const pids = new Set<number>(zmeshPids(mesh));
-  for (const ns of await listNamespaces(mesh)) for (const p of await namespacePids(ns)) pids.add(p);
-  if (state) {
-    for (const i of state.instances) for (const p of [i.proxyPid, i.appPid]) if (p > 0) pids.add(p);
-    if (state.controlPlane.pid > 0) pids.add(state.controlPlane.pid);
+  const procs = state ? await readProcesses(state.stateDir) : undefined;
+  await terminate(zmeshPids(mesh, "supervise").filter((p) => p !== process.pid));
+  for (let round = 0; round < 4; round++) {
+    const pids = new Set<number>(zmeshPids(mesh));
+    for (const ns of await listNamespaces(mesh)) for (const p of await namespacePids(ns)) pids.add(p);
+    // Recorded pids only if they are still the processes recorded (a pid may have been reused).
+    for (const r of Object.values(procs?.procs ?? {})) if (sameProcess(r.pid, r.startTicks)) pids.add(r.pid);
+    const live = [...pids].filter((p) => p !== process.pid && alive(p));
+    if (live.length === 0) break;
+    await terminate(live);
   }
-  await terminate([...pids].filter((p) => p !== process.pid && alive(p)));
   await destroyNetwork(mesh, state?.net.bridge);
   await rm(stateDirOf(mesh), { recursive: true, force: true });
   // The CA outlives the mesh unless asked: workloads brought up again keep the same root.
@@ -554,10 +454,7 @@ export interface AccessEntry {
 /** The access-log and connection entries of a workload's proxy (JSON lines), oldest first. */
 export async function proxyLog(state: MeshState, ref: string): Promise<AccessEntry[]> {
   const inst = findInstance(state, ref);
-  const text = await readFile(
-    join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.proxy.log`),
-    "utf8",
-  ).catch(() => "");
+  const text = await readFile(logFile(state, "proxy", inst), "utf8").catch(() => "");
   const out: AccessEntry[] = [];
   for (const line of text.split("\n")) {
     if (!line.startsWith("{")) continue;
@@ -573,7 +470,12 @@ export async function proxyLog(state: MeshState, ref: string): Promise<AccessEnt
 /** What a workload's app printed (its log file). */
 export async function appLog(state: MeshState, ref: string): Promise<string> {
   const inst = findInstance(state, ref);
-  return readFile(join(state.stateDir, "logs", `${inst.namespace}.${inst.name}.app.log`), "utf8").catch(
-    () => "",
-  );
+  return readFile(logFile(state, "app", inst), "utf8").catch(() => "");
+}
+
+/** For commands on a running mesh: a valid name, root and the tools, then its state. */
+export async function openMesh(name: string): Promise<MeshState> {
+  checkMeshName(name);
+  checkPrerequisites();
+  return loadState(name);
 }

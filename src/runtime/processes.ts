@@ -36,15 +36,20 @@ export function spawnDetached(
   }
 }
 
-/** zmesh's own processes of a mesh, found by the `--mesh NAME` they all carry (also after a crash). */
-export function zmeshPids(mesh: string): number[] {
+/**
+ * zmesh's own processes of a mesh, found by the `--mesh NAME` they all carry (also after a crash);
+ * only those running `command` (e.g. "supervise") when it is given.
+ */
+export function zmeshPids(mesh: string, command?: string): number[] {
   const found: number[] = [];
   for (const d of readdirSync("/proc")) {
     if (!/^\d+$/.test(d)) continue;
     try {
       const args = readFileSync(`/proc/${d}/cmdline`, "utf8").split("\0");
       const i = args.indexOf("--mesh");
-      if (i > 0 && args[i + 1] === mesh && args.some((a) => a.endsWith("zmesh.js"))) found.push(Number(d));
+      const bin = args.findIndex((a) => a.endsWith("zmesh.js"));
+      if (i > 0 && args[i + 1] === mesh && bin >= 0 && (command === undefined || args[bin + 1] === command))
+        found.push(Number(d));
     } catch {
       // the process ended while we looked
     }
@@ -52,7 +57,52 @@ export function zmeshPids(mesh: string): number[] {
   return found;
 }
 
+/** The start time of a process in clock ticks since boot (0 if it is gone): with the pid, its identity. */
+export function startTicks(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(rest[19] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** Whether `pid` is alive and is the process that started at `ticks` (not a reuse of its pid). */
+export function sameProcess(pid: number, ticks: number): boolean {
+  return pid > 0 && alive(pid) && startTicks(pid) === ticks && !isZombie(pid);
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
+
+/** TCP ports in LISTEN state in the network namespace of `pid` (from /proc/<pid>/net/tcp{,6}). */
+export function listeningPorts(pid: number): Set<number> {
+  const ports = new Set<number>();
+  for (const f of ["tcp", "tcp6"]) {
+    let text: string;
+    try {
+      text = readFileSync(`/proc/${pid}/net/${f}`, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[3] === "0A") ports.add(Number.parseInt(cols[1]?.split(":")[1] ?? "0", 16));
+    }
+  }
+  return ports;
+}
+
 export function alive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false; // kill(0) would signal our own group
   try {
     process.kill(pid, 0);
     return true;

@@ -11,6 +11,11 @@ export function controlplaneCommand(): Command {
     .requiredOption("--config <dir...>", "directories or files of YAML resources (watched)")
     .requiredOption("--tokens <file>", "bootstrap credentials: SHA-256 digests bound to workload instances")
     .option("--listen <host:port>", "gRPC address", `127.0.0.1:${PORTS.controlPlaneGrpc}`)
+    .option(
+      "--debug-listen <addr>",
+      "metrics (/metrics): host:port, a Unix socket path, or none",
+      `127.0.0.1:${PORTS.controlPlaneDebug}`,
+    )
     .option("--bundle-out <file>", "write the trust bundle (PEM) here once serving")
     .option("--trust-domain <td>", "SPIFFE trust domain", DEFAULT_TRUST_DOMAIN)
     .option("--root-namespace <ns>", "mesh root namespace for policies", DEFAULT_ROOT_NAMESPACE)
@@ -36,6 +41,9 @@ export function controlplaneCommand(): Command {
         ...(o["caStore"] ? { caStore: o["caStore"] as string } : {}),
         ...(kek ? { kek } : {}),
         ...(o["adminSocket"] ? { adminSocket: o["adminSocket"] as string } : {}),
+        ...(o["debugListen"] !== "none"
+          ? { debugListen: o["debugListen"] as string, processMetrics: true }
+          : {}),
         ...(o["certTtl"] ? { certTtlSeconds: o["certTtl"] as unknown as number } : {}),
       });
       const stop = () => void cp.close().then(() => process.exit(0));

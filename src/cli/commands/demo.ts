@@ -239,7 +239,13 @@ export function demoCommand(): Command {
           console.log(
             `  npx zmesh exec --name ${o.name} frontend -- curl -si -X POST http://payments/charge`,
           );
-          console.log(`  cat ${state.stateDir}/logs/shop.payments.proxy.log   # every decision, explained`);
+          console.log(
+            `  npx zmesh status --name ${o.name}                 # identities, certificates, config versions, restarts`,
+          );
+          console.log(`  npx zmesh logs --name ${o.name} payments --proxy  # every decision, explained`);
+          console.log(
+            `  npx zmesh get --name ${o.name} policies; npx zmesh apply --name ${o.name} -f FILE  # change policies live`,
+          );
           console.log(`  npx zmesh certs --name ${o.name} payments; npx zmesh ca rotate --name ${o.name}`);
           console.log(`  npx zmesh down --name ${o.name} --purge`);
         } else {

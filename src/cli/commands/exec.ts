@@ -2,7 +2,7 @@
 // uid, so its traffic is captured and secured like the app's.
 
 import { Command } from "commander";
-import { exec, loadState } from "../../runtime/index.js";
+import { exec, openMesh } from "../../runtime/index.js";
 
 export function execCommand(): Command {
   return new Command("exec")
@@ -11,7 +11,7 @@ export function execCommand(): Command {
     .argument("<cmd...>", "command and arguments (put -- before them)")
     .option("--name <mesh>", "mesh name", "zmesh")
     .action(async (workload: string, cmd: string[], o: { name: string }) => {
-      const state = await loadState(o.name);
+      const state = await openMesh(o.name);
       const r = await exec(state, workload, cmd, { inherit: true });
       process.exitCode = r.code;
     });

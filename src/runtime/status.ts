@@ -1,0 +1,114 @@
+// What `zmesh status` shows, gathered from the three places that know: processes.json (the
+// supervisor: pids, readiness, restarts), the control plane's admin socket (config in force,
+// rejected changes, each proxy's sent and ACKed version, NACKs) and each proxy's admin endpoint
+// (its certificate). A part that does not answer is shown as such, not as an error.
+
+import { PORTS } from "../config/index.js";
+import type { ControlPlane } from "../controlplane/index.js";
+import { controlPlaneAdmin, proxyAdmin } from "./ca.js";
+import { alive, sameProcess } from "./processes.js";
+import { loadState, procKey, readProcesses } from "./state.js";
+import { httpOk } from "./supervisor.js";
+
+type ControlPlaneStatus = ReturnType<ControlPlane["status"]>;
+
+export interface WorkloadStatus {
+  workload: string;
+  identity: string;
+  address: string;
+  /** Certificate expiry (ISO time) as the proxy reports it; null when it cannot be read. */
+  certExpires: string | null;
+  /** The mTLS mode inbound connections must use: STRICT (zmesh has no other mode yet). */
+  mtls: "STRICT";
+  proxyReady: boolean;
+  appRunning: boolean;
+  /** The snapshot version sent and ACKed; null when the proxy is not connected to the control plane. */
+  config: { sent: string; acked: string; inSync: boolean; lastNack: string | null } | null;
+  restarts: { proxy: number; app: number };
+  pids: { proxy: number; app: number };
+}
+
+export interface MeshStatus {
+  mesh: string;
+  configDir: string;
+  supervisor: { pid: number; running: boolean; phase: string; failure?: string };
+  controlPlane: {
+    pid: number;
+    running: boolean;
+    restarts: number;
+    address: string;
+    metrics: string;
+    /** The control plane's own answer; absent when its admin socket does not answer. */
+    answer?: ControlPlaneStatus;
+  };
+  workloads: WorkloadStatus[];
+}
+
+export async function meshStatus(mesh: string): Promise<MeshStatus> {
+  const state = await loadState(mesh);
+  const procs = await readProcesses(state.stateDir);
+  const rec = (k: string) => procs?.procs[k];
+  const running = (k: string) => {
+    const r = rec(k);
+    return r !== undefined && sameProcess(r.pid, r.startTicks);
+  };
+  const cpAnswer = await controlPlaneAdmin(state, "GET", "/status")
+    .then((r) => (r.status === 200 ? (JSON.parse(r.body) as ControlPlaneStatus) : undefined))
+    .catch(() => undefined);
+  const byProxy = new Map((cpAnswer?.proxies ?? []).map((p) => [p.proxy, p]));
+  const workloads = await Promise.all(
+    state.instances.map(async (i): Promise<WorkloadStatus> => {
+      const key = `${i.namespace}/${i.name}`;
+      const [proxyReady, certs] = await Promise.all([
+        httpOk(`http://${i.address}:${PORTS.proxyHealth}/healthz/ready`),
+        proxyAdmin(state, key, "/certs").catch(() => undefined),
+      ]);
+      let certExpires: string | null = null;
+      if (certs?.status === 200) {
+        try {
+          certExpires = (JSON.parse(certs.body) as { notAfter: string }).notAfter;
+        } catch {
+          certExpires = null;
+        }
+      }
+      const p = byProxy.get(key);
+      return {
+        workload: key,
+        identity: i.spiffeId,
+        address: i.address,
+        certExpires,
+        mtls: "STRICT",
+        proxyReady,
+        appRunning: running(procKey("app", i)),
+        config: p
+          ? { sent: p.sent, acked: p.acked, inSync: p.inSync, lastNack: p.lastNack?.reason ?? null }
+          : null,
+        restarts: {
+          proxy: rec(procKey("proxy", i))?.restarts ?? 0,
+          app: rec(procKey("app", i))?.restarts ?? 0,
+        },
+        pids: { proxy: i.proxyPid, app: i.appPid },
+      };
+    }),
+  );
+  const cpRec = rec(procKey("controlplane"));
+  return {
+    mesh: state.name,
+    configDir: state.configDir,
+    supervisor: {
+      pid: procs?.supervisor.pid ?? 0,
+      running: alive(procs?.supervisor.pid ?? 0),
+      phase: procs?.phase ?? "unknown",
+      ...(procs?.failure ? { failure: procs.failure } : {}),
+    },
+    controlPlane: {
+      pid: cpRec?.pid ?? 0,
+      running: running(procKey("controlplane")),
+      restarts: cpRec?.restarts ?? 0,
+      address: state.controlPlane.address,
+      metrics: `http://${state.controlPlane.debug}/metrics`,
+      ...(cpAnswer ? { answer: cpAnswer } : {}),
+    },
+    workloads,
+  };
+}
