@@ -23,6 +23,8 @@ const SERVICES = Number(process.env["SERVICES"] ?? 1000);
 const NAMESPACES = Number(process.env["NAMESPACES"] ?? 20);
 const CHANGES = Number(process.env["CHANGES"] ?? 10);
 const WARMUP = 3;
+/** The control plane's environment as the runtime gives it (src/runtime/supervisor.ts). */
+const CP_ENV = process.env["CP_MALLOC"] === "default" ? {} : { MALLOC_MMAP_THRESHOLD_: "131072" };
 /** HTTP/2 window the fake proxies grant (bytes); 0 keeps grpc-js's 64 KiB, as the real proxy does. */
 const WINDOW = Number(process.env["WINDOW"] ?? 0);
 
@@ -51,6 +53,7 @@ async function controlPlaneProcess(dir: string): Promise<void> {
   process.send?.({ port: cp.port, bundle: cp.ca.trustBundlePem(), pid: process.pid } satisfies Ready);
   process.on("message", (m: { cmd: string }) => {
     if (m.cmd === "status") process.send?.({ status: cp.status() });
+    if (m.cmd === "memory") process.send?.({ memory: process.memoryUsage() });
     if (m.cmd === "metrics") void cp.metricsText().then((text) => process.send?.({ metrics: text }));
     if (m.cmd === "stop") {
       setTimeout(() => process.exit(0), 3_000).unref();
@@ -201,6 +204,7 @@ async function main(): Promise<void> {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       // CP_PROF=DIR writes a CPU profile of the control plane there.
       execArgv: process.env["CP_PROF"] ? ["--cpu-prof", `--cpu-prof-dir=${process.env["CP_PROF"]}`] : [],
+      env: { ...process.env, ...CP_ENV },
     });
     const ready = await new Promise<Ready>((resolve, reject) => {
       child!.once("message", (m) => resolve(m as Ready));
@@ -234,6 +238,14 @@ async function main(): Promise<void> {
     const connectSec = (performance.now() - tConnect) / 1000;
     const snapshotBytes = proxies[0]!.received[0]!.bytes;
     const connected = procStat(ready.pid);
+    const memory = await new Promise<NodeJS.MemoryUsage>((resolve) => {
+      child!.once("message", (m) => resolve((m as { memory: NodeJS.MemoryUsage }).memory));
+      child!.send({ cmd: "memory" });
+    });
+    const mb = (n: number) => Math.round(n / 2 ** 20);
+    console.log(
+      `control plane memory: rss ${mb(memory.rss)} MB, heap ${mb(memory.heapUsed)}/${mb(memory.heapTotal)} MB, external ${mb(memory.external)} MB, array buffers ${mb(memory.arrayBuffers)} MB`,
+    );
     console.log(
       `${proxies.length} proxies connected and synced in ${connectSec.toFixed(1)} s; snapshot ${(snapshotBytes / 1024).toFixed(0)} KiB; RSS ${connected.rssMb.toFixed(0)} MB`,
     );

@@ -78,7 +78,10 @@ interface Subscriber {
   hello: string | undefined;
   /** When the store change this proxy has not ACKed yet was first seen (ms since epoch). */
   changeAt: number | undefined;
+  /** A push awaits its ACK: the proxy gets no other until it answers (or its stream ends). */
   inflight: boolean;
+  /** It also holds one of the maxInflightPushes slots (given back after slotTimeoutMs). */
+  holdsSlot: boolean;
   inflightTimer: NodeJS.Timeout | undefined;
   /** In the push queue. */
   queued: boolean;
@@ -703,6 +706,7 @@ export class ControlPlane {
         hello: undefined,
         changeAt: undefined,
         inflight: false,
+        holdsSlot: false,
         inflightTimer: undefined,
         queued: false,
         dirty: false,
@@ -788,12 +792,20 @@ export class ControlPlane {
     return this.caMemo.view;
   }
 
-  /** Frees the push slot a subscriber holds, re-queues it if it changed meanwhile, and drains. */
+  /** Gives back the push slot a subscriber holds, if it holds one. */
+  private freeSlot(sub: Subscriber): void {
+    clearTimeout(sub.inflightTimer);
+    if (sub.holdsSlot) {
+      sub.holdsSlot = false;
+      this.inflight--;
+    }
+  }
+
+  /** The proxy answered (or is gone): its slot is free, and it is queued again if it changed meanwhile. */
   private release(sub: Subscriber): void {
+    this.freeSlot(sub);
     if (sub.inflight) {
       sub.inflight = false;
-      clearTimeout(sub.inflightTimer);
-      this.inflight--;
       if (sub.dirty && !sub.closed) {
         sub.dirty = false;
         sub.queued = true;
@@ -845,9 +857,14 @@ export class ControlPlane {
     sub.sentVersion = built.version;
     sub.nonce++;
     sub.inflight = true;
+    sub.holdsSlot = true;
     this.inflight++;
-    // A proxy that never answers does not hold its slot forever.
-    sub.inflightTimer = setTimeout(() => this.release(sub), 5_000).unref();
+    // A slow or stuck proxy does not hold a slot forever; it still gets nothing new until it answers,
+    // so what waits for it in the send buffers is one snapshot at most.
+    sub.inflightTimer = setTimeout(() => {
+      this.freeSlot(sub);
+      this.drain();
+    }, 10_000).unref();
     this.metrics.pushes.inc({ type: "snapshot" });
     sub.call.write(encodePush(built, String(sub.nonce)) as unknown as ConfigPush);
   }
@@ -1155,7 +1172,7 @@ export class ControlPlane {
     await this.admin?.close();
     await this.debug?.close();
     for (const s of this.subscribers) {
-      clearTimeout(s.inflightTimer);
+      this.freeSlot(s);
       s.call.end();
     }
     this.server.forceShutdown();

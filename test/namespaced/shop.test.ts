@@ -56,10 +56,16 @@ describe("the shop in network namespaces", {
   });
 
   it("an allowed call succeeds: frontend GETs the catalog through both sidecars", async () => {
-    const r = await curl(state, "frontend", ["http://catalog/items"]);
+    const id = `allowed-${process.pid}`;
+    const r = await curl(state, "frontend", ["-H", `x-request-id: ${id}`, "http://catalog/items"]);
     assert.equal(r.status, "200");
     assert.match(r.body, /"tea"/);
-    const e = (await proxyLog(state, "catalog")).filter((x) => x.msg === "access").at(-1);
+    // The access log is written asynchronously: find this request's line by its id.
+    let e: Awaited<ReturnType<typeof proxyLog>>[number] | undefined;
+    for (let i = 0; i < 20 && !e; i++) {
+      e = (await proxyLog(state, "catalog")).find((x) => x.msg === "access" && x.requestId === id);
+      if (!e) await new Promise((res) => setTimeout(res, 50));
+    }
     assert.equal(e?.source, "spiffe://cluster.local/ns/shop/sa/frontend");
     assert.equal(e?.decision, "allow");
     assert.equal(e?.policy, "shop/catalog-readers");

@@ -81,12 +81,15 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
     const id = `demo-${process.pid}-${++n}`;
     const who = a.from === "intruder" ? "intruder" : a.from;
     const status = await curl(state, who, a, id);
-    await new Promise((r) => setTimeout(r, 100)); // access logs are written asynchronously
     const logOf = a.explainedBy === "source" ? a.from : a.to;
-    const explanation =
-      a.from === "intruder" || logOf === "?"
-        ? explain([], id, status)
-        : explain(await proxyLog(state, logOf), id, status);
+    // Access logs are written asynchronously: wait (1 s at most) for this request's line.
+    let entries: AccessEntry[] = [];
+    for (let i = 0; i < 20 && a.from !== "intruder"; i++) {
+      entries = await proxyLog(state, logOf);
+      if (entries.some((x) => x.requestId === id && x.msg === "access")) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const explanation = explain(entries, id, status);
     const allowed = status >= 200 && status < 400;
     outcomes.push({ attempt: a, status, allowed, explanation });
     const verdict = allowed
