@@ -23,8 +23,6 @@ const SERVICES = Number(process.env["SERVICES"] ?? 1000);
 const NAMESPACES = Number(process.env["NAMESPACES"] ?? 20);
 const CHANGES = Number(process.env["CHANGES"] ?? 10);
 const WARMUP = 3;
-/** The control plane's environment as the runtime gives it (src/runtime/supervisor.ts). */
-const CP_ENV = process.env["CP_MALLOC"] === "default" ? {} : { MALLOC_MMAP_THRESHOLD_: "131072" };
 /** HTTP/2 window the fake proxies grant (bytes); 0 keeps grpc-js's 64 KiB, as the real proxy does. */
 const WINDOW = Number(process.env["WINDOW"] ?? 0);
 
@@ -133,7 +131,12 @@ spec: { address: ${ip(18, p)}, serviceAccount: svc${s}, labels: { app: svc${s} }
     tokens.set(`${nsOf(s)}/${name}`, token);
     table[tokenDigest(token)] = { namespace: nsOf(s), entry: name };
   }
-  await writeFile(join(store, "services.yaml"), services.join("---\n"));
+  // SERVICES_IN_SNAPSHOT=0 leaves the Services out of the store: what a push would cost if snapshots
+  // carried services only when they change (the floor for a mesh-wide policy change).
+  await writeFile(
+    join(store, "services.yaml"),
+    process.env["SERVICES_IN_SNAPSHOT"] === "0" ? "# no services\n" : services.join("---\n"),
+  );
   await writeFile(join(store, "instances.yaml"), entries.join("---\n"));
   await writeFile(join(store, "policies.yaml"), policies.join("---\n"));
   await writeFile(join(store, "svc0.yaml"), servicePolicy(0, 0));
@@ -204,7 +207,6 @@ async function main(): Promise<void> {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       // CP_PROF=DIR writes a CPU profile of the control plane there.
       execArgv: process.env["CP_PROF"] ? ["--cpu-prof", `--cpu-prof-dir=${process.env["CP_PROF"]}`] : [],
-      env: { ...process.env, ...CP_ENV },
     });
     const ready = await new Promise<Ready>((resolve, reject) => {
       child!.once("message", (m) => resolve(m as Ready));

@@ -13,6 +13,8 @@ export interface FakeProxyOptions {
   controlPlaneId?: string;
   /** Parse each snapshot as JSON (a real proxy does); off keeps a benchmark's client side light. */
   parse?: boolean;
+  /** Keep the last snapshot's JSON text in `last`. */
+  keep?: boolean;
   /** Returns a NACK reason for a push, or undefined to ACK it. */
   nack?: (push: ConfigPush) => string | undefined;
   /** HTTP/2 flow-control window (bytes) the proxy grants; grpc-js's default is 64 KiB. */
@@ -30,6 +32,8 @@ export class FakeProxy {
   applied = "";
   readonly received: Received[] = [];
   connected = false;
+  /** The last snapshot's JSON text, when kept. */
+  last: string | undefined;
   private readonly client: grpc.Client & Record<string, unknown>;
   private call: grpc.ClientDuplexStream<ConfigAck, ConfigPush> | undefined;
   private closed = false;
@@ -73,6 +77,7 @@ export class FakeProxy {
       this.connected = true;
       this.backoff = 100;
       this.received.push({ version: push.version, bytes: push.snapshotJson.length, at: performance.now() });
+      if (this.opts.keep) this.last = push.snapshotJson;
       let error = this.opts.nack?.(push);
       if (!error && this.opts.parse) {
         try {

@@ -12,7 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pino from "pino";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
+import { loadConfig } from "../src/config/index.js";
+import { ControlPlane, Registry, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
 import { newKek, parseKek } from "../src/identity/index.js";
 import { FakeProxy } from "./controlplane-fakeproxy.js";
 
@@ -125,6 +126,7 @@ function proxies(f: Fixture, cp: ControlPlane, opts: { nack?: string } = {}): Ma
         trustBundlePem: cp.ca.trustBundlePem(),
         credential: f.tokens.get(n)!,
         parse: true,
+        keep: true,
         ...(opts.nack && n === "d" ? { nack: () => opts.nack } : {}),
       }).start(),
     );
@@ -174,6 +176,27 @@ describe("control plane: live changes", () => {
       `median store-write-to-push ${latencies[2]!.toFixed(1)} ms (all: ${latencies.map((l) => l.toFixed(0)).join(", ")})`,
     );
     assert.ok(latencies[4]! < 250, `slowest store-write-to-push ${latencies[4]!.toFixed(1)} ms`);
+  });
+
+  it("each proxy gets exactly the registry's snapshot (the shared-services shortcut changes only the version)", async () => {
+    await writeFile(
+      join(f.store, "peer.yaml"),
+      "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: b-metrics, namespace: team}\nspec: {selector: {matchLabels: {app: b}}, portLevelMtls: {9090: {mode: PERMISSIVE}}}\n",
+    );
+    const b = ps.get("b")!;
+    await b.until(() => (b.last ?? "").includes("b-metrics"), 2_000);
+    const registry = new Registry(await loadConfig([f.store]), {
+      trustDomain: "cluster.local",
+      rootNamespace: "zmesh-system",
+    });
+    const ca = { trustBundlePem: cp.ca.trustBundlePem(), issuerId: cp.ca.issuerId() };
+    for (const n of ["a", "b", "c"]) {
+      const got = JSON.parse(ps.get(n)!.last!) as Record<string, unknown>;
+      const want = registry.snapshotFor(registry.entry("team", n)!, ca) as unknown as Record<string, unknown>;
+      assert.deepEqual({ ...got, version: "" }, { ...want, version: "" }, n);
+    }
+    await rm(join(f.store, "peer.yaml"));
+    await b.until(() => !(b.last ?? "").includes("b-metrics"), 2_000);
   });
 
   it("a burst of writes is debounced into one push", async () => {

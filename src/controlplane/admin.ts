@@ -167,6 +167,11 @@ export async function serveDebug(listen: string, cp: ControlPlane): Promise<Debu
       `--debug-listen ${listen} is neither host:port (e.g. 127.0.0.1:15014) nor a Unix socket path`,
     );
   }
-  await new Promise<void>((r, j) => s.once("error", j).listen(port, host, r));
+  await new Promise<void>((r, j) => s.once("error", j).listen(port, host, r)).catch((e: Error) => {
+    throw new ZmeshError(
+      "ZMESH_USAGE",
+      `--debug-listen ${listen}: cannot listen there (${e.message}); pass another address, or none`,
+    );
+  });
   return { port: (s.address() as AddressInfo).port, close: closer(s) };
 }

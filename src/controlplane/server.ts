@@ -695,6 +695,7 @@ export class ControlPlane {
         return;
       }
       if (this.closed) return call.end();
+      if (call.cancelled) return; // the proxy left while it was being attested
       const sub: Subscriber = {
         who,
         key: `${who.namespace}/${who.entry}`,
@@ -829,7 +830,7 @@ export class ControlPlane {
 
   /** Sends queued pushes while fewer than maxInflightPushes await their ACK. */
   private drain(): void {
-    const max = this.opts.maxInflightPushes ?? 64;
+    const max = this.opts.maxInflightPushes ?? 32;
     while (this.inflight < max && this.queue.length > 0) {
       const sub = this.queue.shift()!;
       sub.queued = false;

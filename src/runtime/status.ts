@@ -3,11 +3,13 @@
 // rejected changes, each proxy's sent and ACKed version, NACKs) and each proxy's admin endpoint
 // (its certificate). A part that does not answer is shown as such, not as an error.
 
-import { PORTS } from "../config/index.js";
+import { DEFAULT_ROOT_NAMESPACE, loadConfig, PORTS } from "../config/index.js";
 import type { ControlPlane } from "../controlplane/index.js";
+import { resolveMtlsMode } from "../policy/index.js";
 import { controlPlaneAdmin, proxyAdmin } from "./ca.js";
 import { alive, sameProcess } from "./processes.js";
-import { loadState, procKey, readProcesses } from "./state.js";
+import { type Instance, loadState, procKey, readProcesses } from "./state.js";
+import { storeDir } from "./store.js";
 import { httpOk } from "./supervisor.js";
 
 type ControlPlaneStatus = ReturnType<ControlPlane["status"]>;
@@ -18,8 +20,9 @@ export interface WorkloadStatus {
   address: string;
   /** Certificate expiry (ISO time) as the proxy reports it; null when it cannot be read. */
   certExpires: string | null;
-  /** The mTLS mode inbound connections must use: STRICT (zmesh has no other mode yet). */
-  mtls: "STRICT";
+  /** The mTLS mode of the workload's ports under the store's PeerAuthentications: "STRICT", or
+   * e.g. "STRICT (9090: PERMISSIVE)" when a port differs. */
+  mtls: string;
   proxyReady: boolean;
   appRunning: boolean;
   /** The snapshot version sent and ACKed; null when the proxy is not connected to the control plane. */
@@ -44,8 +47,33 @@ export interface MeshStatus {
   workloads: WorkloadStatus[];
 }
 
+/** Summarizes the mode of each port: the mode most ports have, then the ports that differ. */
+function mtlsOf(
+  peerAuths: Parameters<typeof resolveMtlsMode>[0],
+  inst: Instance,
+  labels: Record<string, string>,
+): string {
+  const ports = inst.ports.length > 0 ? inst.ports : [0];
+  const modes = ports.map((p) => ({
+    port: p,
+    mode: resolveMtlsMode(peerAuths, { namespace: inst.namespace, labels }, p, DEFAULT_ROOT_NAMESPACE).mode,
+  }));
+  const main = modes.find((m) => modes.filter((x) => x.mode === m.mode).length * 2 >= modes.length)?.mode;
+  const odd = modes.filter((m) => m.mode !== main).map((m) => `${m.port}: ${m.mode}`);
+  return `${main ?? modes[0]!.mode}${odd.length > 0 ? ` (${odd.join(", ")})` : ""}`;
+}
+
 export async function meshStatus(mesh: string): Promise<MeshStatus> {
   const state = await loadState(mesh);
+  const config = await loadConfig([storeDir(state)]).catch(() => undefined);
+  const peerAuths = (config?.peerAuthentications ?? []).map((p) => ({
+    namespace: p.meta.namespace,
+    name: p.meta.name,
+    spec: p.spec,
+  }));
+  const labelsOf = (i: Instance) =>
+    config?.workloadEntries.find((e) => e.meta.namespace === i.namespace && e.meta.name === i.name)?.labels ??
+    {};
   const procs = await readProcesses(state.stateDir);
   const rec = (k: string) => procs?.procs[k];
   const running = (k: string) => {
@@ -77,7 +105,7 @@ export async function meshStatus(mesh: string): Promise<MeshStatus> {
         identity: i.spiffeId,
         address: i.address,
         certExpires,
-        mtls: "STRICT",
+        mtls: mtlsOf(peerAuths, i, labelsOf(i)),
         proxyReady,
         appRunning: running(procKey("app", i)),
         config: p

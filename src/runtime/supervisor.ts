@@ -171,6 +171,8 @@ class Unit {
   private restartTimer: NodeJS.Timeout | undefined;
   private failures = 0;
   private everReady = false;
+  /** Whether a process of this unit runs (started or adopted) and its end has not been handled. */
+  private running = false;
   /** Set when the process exited during the first bring-up: why. */
   exitedEarly: string | undefined;
 
@@ -200,6 +202,7 @@ class Unit {
   /** Adopts the process of a previous supervisor if it still runs, else starts one. */
   async ensure(): Promise<void> {
     if (sameProcess(this.rec.pid, this.rec.startTicks)) {
+      this.running = true;
       this.sup.log.info({ unit: this.what, pid: this.rec.pid }, "adopted");
       this.watchTimer = setInterval(() => {
         if (!sameProcess(this.rec.pid, this.rec.startTicks)) this.exited(null, null);
@@ -229,6 +232,7 @@ class Unit {
       closeSync(fd);
     }
     this.child = child;
+    this.running = true;
     child.once("error", (e) => {
       this.sup.log.error({ unit: this.what, err: e.message }, "could not start");
       this.exited(null, null);
@@ -282,7 +286,8 @@ class Unit {
   }
 
   private exited(code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.rec.pid === 0) return;
+    if (!this.running) return;
+    this.running = false;
     clearInterval(this.watchTimer);
     clearTimeout(this.readyTimer);
     const ranMs = Date.now() - Date.parse(this.rec.startedAt || new Date().toISOString());
@@ -306,7 +311,12 @@ class Unit {
     this.sup.save();
     this.restartTimer = setTimeout(() => {
       this.rec.restarts++;
-      void this.start();
+      this.start().catch((e: Error) => {
+        this.sup.log.error({ unit: this.what, err: e.message }, "could not restart");
+        this.exitedEarly = undefined;
+        this.running = true; // handled as a crash: the next attempt backs off further
+        this.exited(null, null);
+      });
     }, delay);
   }
 

@@ -239,6 +239,51 @@ describe("operating a mesh", {
     assert.equal(json.workloads.length, 4);
     assert.ok(json.workloads.every((w) => w.proxyReady && w.config?.inSync && w.certExpires));
     assert.equal(json.supervisor.running, true);
+    // A change that fails validation (written straight into the store) is shown with its reason.
+    const broken = join(state.stateDir, "store", "broken.yaml");
+    await writeFile(
+      broken,
+      "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: shop}\nspec: {action: MAYBE}\n",
+    );
+    try {
+      const shown = await eventually(
+        "the rejection in zmesh status",
+        async () => (await zmesh(["status", "--name", MESH])).stdout,
+        (out) => out.includes("REJECTED"),
+        3_000,
+      );
+      assert.match(
+        shown,
+        /last change REJECTED at \S+: .*broken\.yaml:\d+: AuthorizationPolicy shop\/broken: spec\.action/,
+      );
+      assert.match(shown, /4\/4 proxies in sync/);
+    } finally {
+      await rm(broken);
+    }
+    await eventually(
+      "the rejection cleared",
+      async () => (await zmesh(["status", "--name", MESH])).stdout,
+      (out) => !out.includes("REJECTED"),
+      3_000,
+    );
+    // The mTLS column follows the PeerAuthentications in force.
+    const file = join(dir, "..", `zmops-pa-${process.pid}.yaml`);
+    await writeFile(
+      file,
+      "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: payments-metrics, namespace: shop}\nspec: {selector: {matchLabels: {app: payments}}, portLevelMtls: {8080: {mode: PERMISSIVE}}}\n",
+    );
+    try {
+      await applyResources(state, [file]);
+      const row = (await meshStatus(MESH)).workloads.find((w) => w.workload === "shop/payments");
+      assert.equal(row?.mtls, "PERMISSIVE");
+      await deleteResources(state, [file]);
+      assert.equal(
+        (await meshStatus(MESH)).workloads.find((w) => w.workload === "shop/payments")?.mtls,
+        "STRICT",
+      );
+    } finally {
+      await rm(file, { force: true });
+    }
   });
 
   it("get lists and shows resources from the store", async () => {
