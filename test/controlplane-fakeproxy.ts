@@ -3,7 +3,14 @@
 // NACK each push, reconnect with backoff) without the data plane, so thousands fit in one process.
 
 import * as grpc from "@grpc/grpc-js";
-import { AUTH_METADATA, type ConfigAck, type ConfigPush, MeshConfigClient } from "../src/api/index.js";
+import {
+  AUTH_METADATA,
+  type ConfigAck,
+  type ConfigPush,
+  type HeldServices,
+  MeshConfigClient,
+  parseSnapshot,
+} from "../src/api/index.js";
 import { spiffeIdFromCertDer } from "../src/identity/index.js";
 
 export interface FakeProxyOptions {
@@ -11,9 +18,9 @@ export interface FakeProxyOptions {
   trustBundlePem: string;
   credential: string;
   controlPlaneId?: string;
-  /** Parse each snapshot as JSON (a real proxy does); off keeps a benchmark's client side light. */
+  /** Parse and check each snapshot as a real proxy does; off keeps a benchmark's client side light. */
   parse?: boolean;
-  /** Keep the last snapshot's JSON text in `last`. */
+  /** Keep the last good snapshot's JSON text in `last` (services filled in when a push left them out). */
   keep?: boolean;
   /** Returns a NACK reason for a push, or undefined to ACK it. */
   nack?: (push: ConfigPush) => string | undefined;
@@ -25,6 +32,8 @@ export interface Received {
   version: string;
   bytes: number;
   at: number;
+  /** The push carried the services list (known when parsing or keeping; else true). */
+  withServices: boolean;
 }
 
 export class FakeProxy {
@@ -34,6 +43,8 @@ export class FakeProxy {
   connected = false;
   /** The last snapshot's JSON text, when kept. */
   last: string | undefined;
+  /** The services of the last good snapshot (when parsing), for pushes that leave them out. */
+  private held: HeldServices | undefined;
   private readonly client: grpc.Client & Record<string, unknown>;
   private call: grpc.ClientDuplexStream<ConfigAck, ConfigPush> | undefined;
   private closed = false;
@@ -76,12 +87,19 @@ export class FakeProxy {
     call.on("data", (push: ConfigPush) => {
       this.connected = true;
       this.backoff = 100;
-      this.received.push({ version: push.version, bytes: push.snapshotJson.length, at: performance.now() });
-      if (this.opts.keep) this.last = push.snapshotJson;
+      const checked = this.opts.parse || this.opts.keep;
+      this.received.push({
+        version: push.version,
+        bytes: push.snapshotJson.length,
+        at: performance.now(),
+        withServices: !checked || "services" in (JSON.parse(push.snapshotJson) as object),
+      });
       let error = this.opts.nack?.(push);
-      if (!error && this.opts.parse) {
+      if (!error && checked) {
         try {
-          JSON.parse(push.snapshotJson);
+          const snap = parseSnapshot(push.snapshotJson, this.held);
+          this.held = snap;
+          if (this.opts.keep) this.last = JSON.stringify(snap);
         } catch (e) {
           error = (e as Error).message;
         }

@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import pino from "pino";
+import { SERVICES_NOT_HELD } from "../src/api/index.js";
 import { loadConfig } from "../src/config/index.js";
 import { ControlPlane, Registry, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
 import { newKek, parseKek } from "../src/identity/index.js";
@@ -199,6 +200,66 @@ describe("control plane: live changes", () => {
     await b.until(() => !(b.last ?? "").includes("b-metrics"), 2_000);
   });
 
+  it("a push whose services did not change leaves them out and the proxy keeps its list; a Service change sends it", async () => {
+    const a = ps.get("a")!;
+    const services = () =>
+      (JSON.parse(a.last!) as { services: { name: string }[] }).services.map((s) => s.name);
+    let n = a.received.length;
+    await renameWrite(join(f.store, "policies.yaml"), policy("a", ["c"]));
+    await a.until(() => a.received.length > n, 2_000);
+    const light = a.received.at(-1)!;
+    assert.equal(light.withServices, false, "a policy change does not resend the services");
+    assert.deepEqual(services(), ["a", "b", "c", "d"], "the proxy keeps the list it held");
+    n = a.received.length;
+    const extra = join(f.store, "extra-service.yaml");
+    await writeFile(
+      extra,
+      "apiVersion: v1\nkind: Service\nmetadata: { name: e, namespace: team }\nspec: { selector: { app: a }, clusterIP: 198.19.0.20, ports: [{ port: 81, targetPort: 8080 }] }\n",
+    );
+    await a.until(() => a.received.length > n, 2_000);
+    assert.equal(a.received.at(-1)!.withServices, true, "a Service change sends the list");
+    assert.ok(a.received.at(-1)!.bytes > light.bytes);
+    assert.deepEqual(services(), ["a", "b", "c", "d", "e"]);
+    n = a.received.length;
+    await rm(extra);
+    await a.until(() => a.received.length > n && !services().includes("e"), 2_000);
+    await renameWrite(join(f.store, "policies.yaml"), policy("a", ["b"]));
+    await a.until(() => JSON.stringify(JSON.parse(a.last!).policies).includes('sa/b"'), 2_000);
+  });
+
+  it("a proxy that NACKs a push for lacking the services it left out gets the whole snapshot, not counted as a rejection", async () => {
+    const m0 = metric(await get(cp.debugPort, "/metrics"), 'pilot_total_xds_rejects{type="snapshot"}');
+    let refused = 0;
+    const c = new FakeProxy({
+      address: `127.0.0.1:${cp.port}`,
+      trustBundlePem: cp.ca.trustBundlePem(),
+      credential: f.tokens.get("c")!,
+      keep: true,
+      nack: (push) => {
+        if ("services" in JSON.parse(push.snapshotJson) || refused > 0) return undefined;
+        refused++;
+        return `${SERVICES_NOT_HELD}, but this proxy lost them`;
+      },
+    }).start();
+    try {
+      await c.until(() => c.applied !== "", 2_000);
+      const n = c.received.length;
+      await renameWrite(join(f.store, "policies.yaml"), policy("c", ["a"], "c-extra"));
+      await c.until(() => c.received.length >= n + 2 && c.applied === c.received.at(-1)!.version, 3_000);
+      assert.equal(refused, 1);
+      assert.deepEqual(
+        c.received.slice(n).map((r) => r.withServices),
+        [false, true],
+        "the light push, then the whole snapshot",
+      );
+      const m1 = metric(await get(cp.debugPort, "/metrics"), 'pilot_total_xds_rejects{type="snapshot"}');
+      assert.equal(m1, m0);
+    } finally {
+      c.close();
+      await renameWrite(join(f.store, "policies.yaml"), policy("a", ["b"]));
+    }
+  });
+
   it("a burst of writes is debounced into one push", async () => {
     const a = ps.get("a")!;
     const before = a.received.length;
@@ -271,7 +332,11 @@ describe("control plane: live changes", () => {
   it("metrics: convergence time per ACK, pushes and connected proxies, with Istio's names", async () => {
     const m = await get(cp.debugPort, "/metrics");
     assert.equal(metric(m, "pilot_xds"), 4);
-    assert.ok(metric(m, 'pilot_xds_pushes{type="snapshot"}') >= 9);
+    assert.ok(
+      metric(m, 'pilot_xds_pushes{type="snapshot"}') +
+        metric(m, 'pilot_xds_pushes{type="snapshot_without_services"}') >=
+        9,
+    );
     const count = metric(m, "pilot_proxy_convergence_time_count");
     assert.ok(count >= 5, `${count} convergence observations`);
     assert.ok(metric(m, "pilot_proxy_convergence_time_sum") / count < 0.5);
@@ -305,16 +370,15 @@ describe("control plane: restart", () => {
         const s = cp2.status();
         assert.equal(s.proxies.length, 4, "every proxy reconnected with its bootstrap token");
         assert.ok(s.proxies.every((p) => p.inSync && p.acked === held.get(p.proxy.split("/")[1]!)));
-        assert.equal(
-          metric(await cp2.metricsText(), 'pilot_xds_pushes{type="snapshot"}'),
-          0,
-          "nothing resent",
-        );
+        const m2 = await cp2.metricsText();
+        assert.equal(metric(m2, 'pilot_xds_pushes{type="snapshot"}'), 0, "nothing resent");
+        assert.equal(metric(m2, 'pilot_xds_pushes{type="snapshot_without_services"}'), 0, "nothing resent");
         const a = ps.get("a")!;
         const n = a.received.length;
         await renameWrite(join(f.store, "policies.yaml"), policy("a", ["c"]));
         await a.until(() => a.received.length > n, 3_000);
         assert.notEqual(a.applied, held.get("a"));
+        assert.equal(a.received.at(-1)!.withServices, false, "it resynced in sync: its services are known");
       } finally {
         await cp2.close();
       }

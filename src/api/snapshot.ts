@@ -1,5 +1,7 @@
 // The per-proxy configuration snapshot the control plane pushes: the type both ends share and
 // the validator the proxy runs before applying a push (a bad push is NACKed, the last good stays).
+// Services are most of a snapshot's bytes and change rarely: a push whose services did not change
+// since the proxy's last good snapshot omits them and names the version it keeps (`servicesVersion`).
 
 import {
   type PeerAuthRef,
@@ -52,6 +54,14 @@ export interface ProxySnapshot {
   peerAuthentications: PeerAuthRef[];
   /** The RequestAuthentications that select this workload. */
   requestAuthentications: RequestAuthRef[];
+  /** Digest of `services`; a push without `services` means "keep the list of this version". */
+  servicesVersion: string;
+  services: SnapshotService[];
+}
+
+/** What a proxy holds from its last good snapshot, to complete a push that omits services. */
+export interface HeldServices {
+  servicesVersion: string;
   services: SnapshotService[];
 }
 
@@ -74,8 +84,15 @@ function obj(v: unknown, path: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-/** Parses and checks a pushed snapshot; throws an Error whose message is the NACK reason. */
-export function parseSnapshot(json: string): ProxySnapshot {
+/** Start of the NACK reason for a push that omits services the proxy does not hold. */
+export const SERVICES_NOT_HELD = "snapshot services: omitted";
+
+/**
+ * Parses and checks a pushed snapshot; throws an Error whose message is the NACK reason. A push
+ * without `services` takes them from `held` (the last good snapshot) when its servicesVersion
+ * is the one held, and is refused otherwise.
+ */
+export function parseSnapshot(json: string, held?: HeldServices): ProxySnapshot {
   let raw: unknown;
   try {
     raw = JSON.parse(json);
@@ -106,6 +123,15 @@ export function parseSnapshot(json: string): ProxySnapshot {
       const r = validate(obj(p, `${key}[${i}]`)["spec"]);
       if (r.issues.length > 0) fail(`${key}[${i}].spec`, `${r.issues[0]!.path}: ${r.issues[0]!.message}`);
     });
+  }
+  const servicesVersion = str(s["servicesVersion"], "servicesVersion");
+  if (s["services"] === undefined) {
+    if (held?.servicesVersion !== servicesVersion)
+      throw new Error(
+        `${SERVICES_NOT_HELD}, but this proxy holds services version ${held?.servicesVersion || "none"}, not ${servicesVersion}; the control plane resends them`,
+      );
+    s["services"] = held.services;
+    return s as unknown as ProxySnapshot;
   }
   arr(s["services"], "services").forEach((sv, i) => {
     const so = obj(sv, `services[${i}]`);

@@ -17,10 +17,16 @@ function matches(selector: Record<string, string>, labels: Record<string, string
   return true;
 }
 
+/** The servicesVersion of a services list, from its JSON text. */
+export function servicesVersionOf(servicesJson: string): string {
+  return createHash("sha256").update(servicesJson).digest("hex").slice(0, 16);
+}
+
 export class Registry {
   readonly config: MeshConfig;
   readonly opts: RegistryOptions;
   private readonly services: SnapshotService[];
+  private servicesDigest: string | undefined;
 
   constructor(config: MeshConfig, opts: RegistryOptions) {
     this.config = config;
@@ -60,6 +66,12 @@ export class Registry {
 
   entry(namespace: string, name: string): WorkloadEntry | undefined {
     return this.config.workloadEntries.find((e) => e.meta.namespace === namespace && e.meta.name === name);
+  }
+
+  /** Digest of the services list (the same for every proxy), computed once. */
+  get servicesVersion(): string {
+    this.servicesDigest ??= servicesVersionOf(JSON.stringify(this.services));
+    return this.servicesDigest;
   }
 
   /** The snapshot for one workload instance; its version is a digest of its content. */
@@ -103,6 +115,7 @@ export class Registry {
       policies,
       peerAuthentications,
       requestAuthentications,
+      servicesVersion: this.servicesVersion,
       services: this.services,
     };
     const version = createHash("sha256").update(JSON.stringify(body)).digest("hex").slice(0, 12);

@@ -17,6 +17,7 @@ import {
   meshCAService,
   meshConfigService,
   type ProxySnapshot,
+  SERVICES_NOT_HELD,
   type SignRequest,
   type SignResponse,
 } from "../api/index.js";
@@ -35,7 +36,7 @@ import type { CertificateAuthority } from "../identity/index.js";
 import { type AdminServer, type DebugServer, serveAdmin, serveDebug } from "./admin.js";
 import type { Attested, Attestor } from "./attest.js";
 import { openCa, writeCaStore } from "./castore.js";
-import { Registry, type RegistryOptions } from "./registry.js";
+import { Registry, type RegistryOptions, servicesVersionOf } from "./registry.js";
 
 export interface ControlPlaneOptions extends RegistryOptions {
   /** Resource store: directories or files of YAML. */
@@ -78,6 +79,11 @@ interface Subscriber {
   hello: string | undefined;
   /** When the store change this proxy has not ACKed yet was first seen (ms since epoch). */
   changeAt: number | undefined;
+  /** The servicesVersion the proxy holds (from its last ACK, or its hello); "" when unknown. */
+  servicesHeld: string;
+  /** The servicesVersion of the last push, and whether that push left the list out. */
+  sentServices: string;
+  sentWithoutServices: boolean;
   /** A push awaits its ACK: the proxy gets no other until it answers (or its stream ends). */
   inflight: boolean;
   /** It also holds one of the maxInflightPushes slots (given back after slotTimeoutMs). */
@@ -170,6 +176,7 @@ class Metrics {
     });
     for (const r of ["accepted", "rejected", "unchanged"]) this.changes.inc({ result: r }, 0);
     this.pushes.inc({ type: "snapshot" }, 0);
+    this.pushes.inc({ type: "snapshot_without_services" }, 0);
     this.rejects.inc({ type: "snapshot" }, 0);
     if (processMetrics) collectDefaultMetrics({ register: this.registry });
   }
@@ -275,13 +282,20 @@ interface CaView {
   fingerprint: string;
 }
 
-/** One snapshot ready to send: its version and its ConfigPush bytes but for the nonce. */
+/**
+ * One snapshot ready to send: its version and its JSON as UTF-8 in two parts, the object without
+ * `services` and its closing brace (`head`), and the services list (shared by every proxy when the
+ * shortcut holds). A push to a proxy that holds `servicesVersion` leaves the list out.
+ */
 interface Built {
   version: string;
-  /** The snapshot JSON as UTF-8, in parts (the services part is shared by every proxy). */
-  parts: Buffer[];
-  length: number;
+  servicesVersion: string;
+  head: Buffer;
+  services: Buffer;
 }
+
+const SERVICES_KEY = Buffer.from(',"services":');
+const CLOSE = Buffer.from("}");
 
 function varint(n: number): Buffer {
   const out: number[] = [];
@@ -298,13 +312,14 @@ function field(tag: number, value: Buffer): Buffer[] {
 }
 
 /** Encodes a ConfigPush by hand (proto/zmesh/v1/mesh.proto: 1 version, 2 nonce, 3 snapshot_json). */
-function encodePush(b: Built, nonce: string): Buffer {
+function encodePush(b: Built, nonce: string, withServices: boolean): Buffer {
+  const json = withServices ? [b.head, SERVICES_KEY, b.services, CLOSE] : [b.head, CLOSE];
   return Buffer.concat([
     ...field(0x0a, Buffer.from(b.version)),
     ...field(0x12, Buffer.from(nonce)),
     Buffer.from([0x1a]),
-    varint(b.length),
-    ...b.parts,
+    varint(json.reduce((n, x) => n + x.length, 0)),
+    ...json,
   ]);
 }
 
@@ -433,8 +448,14 @@ class Snapshots {
       const light = this.lightFor(e.meta.namespace).snapshotFor(e, view);
       const same =
         json === servicesJson &&
+        full.servicesVersion === servicesVersionOf(json) &&
         JSON.stringify({ ...full, version: "" }) ===
-          JSON.stringify({ ...light, version: "", services: full.services });
+          JSON.stringify({
+            ...light,
+            version: "",
+            servicesVersion: full.servicesVersion,
+            services: full.services,
+          });
       if (!same) {
         this.log.warn("snapshot shortcut disabled: the registry's snapshots differ in more than services");
         this.shared = null;
@@ -444,7 +465,7 @@ class Snapshots {
     servicesJson ??= "[]";
     this.shared = {
       buf: Buffer.from(servicesJson),
-      digest: createHash("sha256").update(servicesJson).digest("hex"),
+      digest: servicesVersionOf(servicesJson),
       key: this.sharedKey,
     };
     return this.shared;
@@ -467,19 +488,29 @@ class Snapshots {
     const { fingerprint: _f, ...view } = ca;
     let b: Built;
     if (shared) {
-      const { version: lightVersion, services: _none, ...rest } = this.lightFor(ns).snapshotFor(e, view);
+      const {
+        version: lightVersion,
+        services: _none,
+        servicesVersion: _empty,
+        ...rest
+      } = this.lightFor(ns).snapshotFor(e, view);
       const version = createHash("sha256")
         .update(lightVersion)
         .update(shared.digest)
         .digest("hex")
         .slice(0, 12);
-      const head = Buffer.from(`${JSON.stringify({ version, ...rest }).slice(0, -1)},"services":`);
-      const tail = Buffer.from("}");
-      b = { version, parts: [head, shared.buf, tail], length: head.length + shared.buf.length + 1 };
+      const head = Buffer.from(
+        JSON.stringify({ version, ...rest, servicesVersion: shared.digest }).slice(0, -1),
+      );
+      b = { version, servicesVersion: shared.digest, head, services: shared.buf };
     } else {
-      const snap: ProxySnapshot = this.registry.snapshotFor(e, view);
-      const buf = Buffer.from(JSON.stringify(snap));
-      b = { version: snap.version, parts: [buf], length: buf.length };
+      const { services, ...rest }: ProxySnapshot = this.registry.snapshotFor(e, view);
+      b = {
+        version: rest.version,
+        servicesVersion: rest.servicesVersion,
+        head: Buffer.from(JSON.stringify(rest).slice(0, -1)),
+        services: Buffer.from(JSON.stringify(services)),
+      };
     }
     this.built.set(key, { input, built: b });
     return b;
@@ -704,6 +735,9 @@ export class ControlPlane {
         sentVersion: "",
         ackedVersion: "",
         nonce: 0,
+        servicesHeld: "",
+        sentServices: "",
+        sentWithoutServices: false,
         hello: undefined,
         changeAt: undefined,
         inflight: false,
@@ -750,13 +784,11 @@ export class ControlPlane {
       // The first message: the version the proxy enforces now (empty when it has none).
       sub.hello = ack.version;
       const entry = this.snapshots.entry(sub.who.namespace, sub.who.entry);
-      if (
-        ack.version !== "" &&
-        entry &&
-        this.snapshots.snapshot(entry, this.caView()).version === ack.version
-      ) {
+      const now = entry && ack.version !== "" ? this.snapshots.snapshot(entry, this.caView()) : undefined;
+      if (now && now.version === ack.version) {
         sub.sentVersion = ack.version;
         sub.ackedVersion = ack.version;
+        sub.servicesHeld = now.servicesVersion;
         this.log.debug({ proxy: sub.key, version: ack.version }, "proxy reconnected in sync");
         return;
       }
@@ -766,13 +798,21 @@ export class ControlPlane {
     if (ack.nonce !== String(sub.nonce)) return; // an answer to an older push
     const convergedFrom = sub.changeAt;
     sub.changeAt = undefined;
-    if (ack.error) {
+    if (ack.error && sub.sentWithoutServices && ack.error.startsWith(SERVICES_NOT_HELD)) {
+      // The proxy does not hold the list the push left out: send it the whole snapshot.
+      this.log.warn({ proxy: sub.key, reason: ack.error }, "proxy lacks the services list; resending it");
+      sub.servicesHeld = "";
+      sub.sentVersion = "";
+      sub.dirty = true;
+      sub.changeAt = convergedFrom;
+    } else if (ack.error) {
       this.metrics.rejects.inc({ type: "snapshot" });
       const nack = { at: new Date().toISOString(), version: sub.sentVersion, reason: ack.error };
       this.lastNack.set(sub.key, nack);
       this.log.warn({ proxy: sub.key, version: sub.sentVersion, reason: ack.error }, "config NACKed");
     } else {
       sub.ackedVersion = ack.version;
+      if (ack.version === sub.sentVersion) sub.servicesHeld = sub.sentServices;
       if (convergedFrom !== undefined && ack.version === sub.sentVersion)
         this.metrics.convergence.observe((Date.now() - convergedFrom) / 1000);
       this.diag.publish({ event: "ack", proxy: sub.key, version: ack.version });
@@ -856,6 +896,9 @@ export class ControlPlane {
       return;
     }
     sub.sentVersion = built.version;
+    const withServices = built.servicesVersion !== sub.servicesHeld;
+    sub.sentServices = built.servicesVersion;
+    sub.sentWithoutServices = !withServices;
     sub.nonce++;
     sub.inflight = true;
     sub.holdsSlot = true;
@@ -866,8 +909,8 @@ export class ControlPlane {
       this.freeSlot(sub);
       this.drain();
     }, 10_000).unref();
-    this.metrics.pushes.inc({ type: "snapshot" });
-    sub.call.write(encodePush(built, String(sub.nonce)) as unknown as ConfigPush);
+    this.metrics.pushes.inc({ type: withServices ? "snapshot" : "snapshot_without_services" });
+    sub.call.write(encodePush(built, String(sub.nonce), withServices) as unknown as ConfigPush);
   }
 
   /** Reloads the store now; on any problem keeps the last good registry and reports why. */

@@ -109,7 +109,7 @@ export class Sidecar {
     this.client.subscribe(
       (push) => {
         try {
-          const snap = parseSnapshot(push.snapshotJson);
+          const snap = parseSnapshot(push.snapshotJson, this.state.snapshot);
           const prev = this.state.snapshot?.workload.spiffeId;
           this.state.applySnapshot(snap);
           this.client.updateTrust(snap.trustBundlePem);

@@ -61,6 +61,17 @@ export class ProxyState {
   /** Applies a validated snapshot; throws (the NACK reason) if its policies do not compile. */
   applySnapshot(s: ProxySnapshot): void {
     const policies = compilePolicies(s.policies);
+    // The same services list as the last good snapshot (a push that left it out): same routes.
+    const routes = s.services === this.snapshot?.services ? this.routes : this.buildRoutes(s);
+    this.snapshot = s;
+    this.policies = policies;
+    this.routes = routes;
+    this.mtlsByPort = new Map();
+    this.trustBundlePem = s.trustBundlePem;
+    this.changed();
+  }
+
+  private buildRoutes(s: ProxySnapshot): Map<string, Route> {
     const routes = new Map<string, Route>();
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
@@ -72,12 +83,7 @@ export class ProxyState {
           allowed,
         });
     }
-    this.snapshot = s;
-    this.policies = policies;
-    this.routes = routes;
-    this.mtlsByPort = new Map();
-    this.trustBundlePem = s.trustBundlePem;
-    this.changed();
+    return routes;
   }
 
   /** Installs a new SVID; `bundle` is used only until a snapshot brings one. */
