@@ -24,6 +24,8 @@ export interface FakeProxyOptions {
   keep?: boolean;
   /** Returns a NACK reason for a push, or undefined to ACK it. */
   nack?: (push: ConfigPush) => string | undefined;
+  /** The version it holds when it first connects (a proxy reconnecting after a blip). */
+  applied?: string;
   /** HTTP/2 flow-control window (bytes) the proxy grants; grpc-js's default is 64 KiB. */
   flowControlWindow?: number;
 }
@@ -53,6 +55,7 @@ export class FakeProxy {
   private waiters: (() => void)[] = [];
 
   constructor(private readonly opts: FakeProxyOptions) {
+    this.applied = opts.applied ?? "";
     const expected = opts.controlPlaneId ?? "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
     const ssl = grpc.credentials.createSsl(Buffer.from(opts.trustBundlePem), null, null, {
       checkServerIdentity: (_host, cert) => {

@@ -8,6 +8,7 @@ export {
   loadConfig,
   type MeshConfig,
   parseYaml,
+  resourceFiles,
 } from "./load.js";
 export type {
   AuthorizationPolicy,

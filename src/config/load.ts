@@ -169,8 +169,13 @@ async function yamlFiles(dir: string): Promise<string[]> {
   return out;
 }
 
-/** Loads every .yaml/.yml file under the given paths (files or directories, recursively). Throws ConfigError. */
-export async function loadConfig(paths: string[]): Promise<MeshConfig> {
+/**
+ * The YAML files of a set of paths, in load order: each path in turn, a directory's .yaml/.yml files
+ * recursively in name order (hidden directories and node_modules skipped). Throws a ZmeshError with
+ * one sentence when a path does not exist or no file is found. The control plane reads its store
+ * through this too, so both see the same files.
+ */
+export async function resourceFiles(paths: string[]): Promise<string[]> {
   const files: string[] = [];
   for (const p of paths) {
     let s: Awaited<ReturnType<typeof stat>>;
@@ -191,6 +196,12 @@ export async function loadConfig(paths: string[]): Promise<MeshConfig> {
       `${paths.join(", ")}: no .yaml or .yml files found; put your resources there`,
     );
   }
+  return files;
+}
+
+/** Loads every .yaml/.yml file under the given paths (files or directories, recursively). Throws ConfigError. */
+export async function loadConfig(paths: string[]): Promise<MeshConfig> {
+  const files = await resourceFiles(paths);
   const all: MeshConfig["documents"] = [];
   const problems: ConfigProblem[] = [];
   for (const f of files) {

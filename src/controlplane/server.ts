@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { type FSWatcher, watch } from "node:fs";
 import { readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
-import { basename, dirname, extname, join, relative, resolve } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry as PromRegistry } from "prom-client";
 import {
@@ -28,10 +28,11 @@ import {
   type MeshConfig,
   PORTS,
   parseYaml,
+  resourceFiles,
   type WorkloadEntry,
 } from "../config/index.js";
 import { diagnostics, type Logger, logger } from "../diag/index.js";
-import { isZmeshError, ZmeshError } from "../errors/index.js";
+import { isZmeshError } from "../errors/index.js";
 import type { CertificateAuthority } from "../identity/index.js";
 import { type AdminServer, type DebugServer, serveAdmin, serveDebug } from "./admin.js";
 import type { Attested, Attestor } from "./attest.js";
@@ -184,44 +185,6 @@ class Metrics {
 
 // ---- reading the store ----------------------------------------------------------------------
 
-async function yamlFiles(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
-    a.name.localeCompare(b.name),
-  )) {
-    const p = join(dir, entry.name);
-    if (entry.isDirectory() && !entry.name.startsWith(".") && entry.name !== "node_modules")
-      out.push(...(await yamlFiles(p)));
-    else if (entry.isFile() && [".yaml", ".yml"].includes(extname(entry.name))) out.push(p);
-  }
-  return out;
-}
-
-/** The files of a store, in loadConfig's order, with loadConfig's messages when a path is wrong. */
-async function storeFiles(paths: string[]): Promise<string[]> {
-  const files: string[] = [];
-  for (const p of paths) {
-    let s: Awaited<ReturnType<typeof stat>>;
-    try {
-      s = await stat(p);
-    } catch {
-      throw new ZmeshError(
-        "ZMESH_CONFIG_PARSE",
-        `${p}: no such file or directory; pass a YAML file or a directory of them`,
-      );
-    }
-    if (s.isDirectory()) files.push(...(await yamlFiles(p)));
-    else files.push(p);
-  }
-  if (files.length === 0) {
-    throw new ZmeshError(
-      "ZMESH_CONFIG_PARSE",
-      `${paths.join(", ")}: no .yaml or .yml files found; put your resources there`,
-    );
-  }
-  return files;
-}
-
 function digestOf(texts: { file: string; text: string }[]): string {
   const h = createHash("sha256");
   for (const t of texts) h.update(resolve(t.file)).update("\0").update(t.text).update("\0");
@@ -241,7 +204,7 @@ class StoreReader {
   constructor(private readonly paths: string[]) {}
 
   async read(): Promise<{ texts: { file: string; text: string }[]; digest: string }> {
-    const files = await storeFiles(this.paths);
+    const files = await resourceFiles(this.paths);
     const texts = await Promise.all(
       files.map(async (file) => ({ file, text: await readFile(file, "utf8") })),
     );
