@@ -39,6 +39,8 @@ export interface Workload {
   ports: WorkloadPort[];
   replicas: number;
   runAsUser?: number;
+  /** When the app is restarted after it exits, as a Kubernetes pod's; absent means Always. */
+  restartPolicy?: "Always" | "OnFailure" | "Never";
   source: Source;
 }
 
@@ -194,7 +196,15 @@ function readMeta(issues: Issues, raw: Record<string, unknown>, namespaced: bool
 function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): Workload {
   const spec = isObject(raw["spec"]) ? raw["spec"] : {};
   if (!isObject(raw["spec"])) invalid(issues, "spec", "is required and must hold at least spec.command");
-  onlyFields(issues, spec, "spec", ["serviceAccount", "command", "env", "ports", "replicas", "runAsUser"]);
+  onlyFields(issues, spec, "spec", [
+    "serviceAccount",
+    "command",
+    "env",
+    "ports",
+    "replicas",
+    "runAsUser",
+    "restartPolicy",
+  ]);
   const w: Workload = {
     kind: "Workload",
     meta,
@@ -245,6 +255,12 @@ function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, 
     if (typeof uid !== "number" || !Number.isInteger(uid) || uid < 1 || uid === 1337 || uid > 65534)
       invalid(issues, "spec.runAsUser", "must be a uid from 1 to 65534 other than 0 and 1337 (the proxy's)");
     else w.runAsUser = uid;
+  }
+  const restart = spec["restartPolicy"];
+  if (restart !== undefined) {
+    if (restart !== "Always" && restart !== "OnFailure" && restart !== "Never")
+      invalid(issues, "spec.restartPolicy", "must be Always (the default), OnFailure or Never");
+    else w.restartPolicy = restart;
   }
   return w;
 }

@@ -4,6 +4,7 @@
 
 export { caStoreFile, controlPlaneAdmin, dataDir, kekFile, proxyAdmin } from "./ca.js";
 export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
+export { applyResources, deleteResources, type LiveResult } from "./live.js";
 export { followLog, logPath, readLog } from "./logs.js";
 export {
   type AccessEntry,
@@ -32,9 +33,7 @@ export {
 } from "./state.js";
 export { type MeshStatus, meshStatus, type WorkloadStatus } from "./status.js";
 export {
-  applyResources,
   type Change,
-  deleteResources,
   getResources,
   KINDS,
   LIVE_KINDS,

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, cp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { stringify } from "yaml";
-import { DEFAULT_APP_UID, loadConfig, type MeshConfig, PORTS } from "../config/index.js";
+import { DEFAULT_APP_UID, loadConfig, type MeshConfig, PORTS, type Workload } from "../config/index.js";
 import { tokenDigest } from "../controlplane/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { DEFAULT_TRUST_DOMAIN } from "../identity/index.js";
@@ -63,7 +63,8 @@ async function freeBlock(): Promise<number> {
   );
 }
 
-function hostsFile(
+/** The /etc/hosts of a namespace: itself, and every Service by svc.ns(.svc.cluster.local), by svc in its own namespace. */
+export function hostsFile(
   self: { address: string; name: string },
   ns: string,
   services: MeshState["services"],
@@ -222,7 +223,7 @@ async function networkIntact(state: MeshState): Promise<boolean> {
   return state.instances.every((i) => present.has(i.netns));
 }
 
-function startSupervisor(state: MeshState): number {
+export function startSupervisor(state: MeshState): number {
   return spawnDetached(
     process.execPath,
     [ZMESH_BIN, "supervise", "--mesh", state.name],
@@ -234,7 +235,11 @@ function startSupervisor(state: MeshState): number {
  * Waits for the supervisor's bring-up (of the supervisor `pid` when given: until it writes its
  * own processes.json, the file is a previous one's); says what came up as it does.
  */
-async function waitRunning(state: MeshState, say: (line: string) => void, pid?: number): Promise<void> {
+export async function waitRunning(
+  state: MeshState,
+  say: (line: string) => void,
+  pid?: number,
+): Promise<void> {
   const deadline = Date.now() + 40_000 + 5_000 * state.instances.length;
   const told = new Set<string>();
   const supervisorLog = join(state.stateDir, "logs", "supervisor.log");
@@ -284,43 +289,63 @@ async function layout(state: MeshState, config: MeshConfig): Promise<void> {
   const entries: string[] = [];
   const tokens: Record<string, { namespace: string; entry: string }> = {};
   for (const w of config.workloads) {
-    for (let i = 0; i < w.replicas; i++) {
-      const suffix = w.replicas === 1 ? "" : `-${i}`;
-      const inst: Instance = {
-        workload: w.meta.name,
-        name: `${w.meta.name}${suffix}`,
-        namespace: w.meta.namespace,
-        serviceAccount: w.serviceAccount,
-        spiffeId: `spiffe://${state.trustDomain}/ns/${w.meta.namespace}/sa/${w.serviceAccount}`,
-        netns: `${netnsPrefix(state.name)}${w.meta.namespace}-${w.meta.name}${suffix}`,
-        veth: `${vethPrefix(state.net)}${state.instances.length}`,
-        address: podAddress(state.net, state.nextAddress++),
-        appUid: w.runAsUser ?? DEFAULT_APP_UID,
-        ports: w.ports.map((p) => p.containerPort),
-        command: w.command,
-        env: w.env,
-        proxyPid: 0,
-        appPid: 0,
-      };
-      state.instances.push(inst);
-      const labels = { ...w.meta.labels, "zmesh.dev/workload": w.meta.name };
-      entries.push(
-        stringify({
-          apiVersion: "networking.istio.io/v1",
-          kind: "WorkloadEntry",
-          metadata: { name: inst.name, namespace: inst.namespace, labels },
-          spec: { address: inst.address, serviceAccount: inst.serviceAccount, labels },
-        }),
-      );
-      const token = randomBytes(32).toString("base64url");
-      await writeFile(join(state.stateDir, "secrets", `${inst.name}.${inst.namespace}.token`), token, {
-        mode: 0o600,
-      });
+    for (const { inst, entry, token } of await addInstances(state, w)) {
+      entries.push(entry);
       tokens[tokenDigest(token)] = { namespace: inst.namespace, entry: inst.name };
     }
   }
   await writeStore(state, config, entries);
   await writeFile(join(state.stateDir, "secrets", "tokens.json"), JSON.stringify(tokens), { mode: 0o600 });
+}
+
+export const tokenFile = (state: MeshState, inst: { name: string; namespace: string }) =>
+  join(state.stateDir, "secrets", `${inst.name}.${inst.namespace}.token`);
+
+/**
+ * Lays out the instances of one Workload in `state` (addresses, a free veth name each) and writes
+ * their bootstrap tokens; returns each with its WorkloadEntry YAML and its token.
+ */
+export async function addInstances(
+  state: MeshState,
+  w: Workload,
+): Promise<{ inst: Instance; entry: string; token: string }[]> {
+  const out: { inst: Instance; entry: string; token: string }[] = [];
+  const veths = new Set(state.instances.map((i) => i.veth));
+  let v = 0;
+  for (let i = 0; i < w.replicas; i++) {
+    const suffix = w.replicas === 1 ? "" : `-${i}`;
+    while (veths.has(`${vethPrefix(state.net)}${v}`)) v++;
+    const inst: Instance = {
+      workload: w.meta.name,
+      name: `${w.meta.name}${suffix}`,
+      namespace: w.meta.namespace,
+      serviceAccount: w.serviceAccount,
+      spiffeId: `spiffe://${state.trustDomain}/ns/${w.meta.namespace}/sa/${w.serviceAccount}`,
+      netns: `${netnsPrefix(state.name)}${w.meta.namespace}-${w.meta.name}${suffix}`,
+      veth: `${vethPrefix(state.net)}${v}`,
+      address: podAddress(state.net, state.nextAddress++),
+      appUid: w.runAsUser ?? DEFAULT_APP_UID,
+      ports: w.ports.map((p) => p.containerPort),
+      command: w.command,
+      env: w.env,
+      ...(w.restartPolicy ? { restartPolicy: w.restartPolicy } : {}),
+      proxyPid: 0,
+      appPid: 0,
+    };
+    veths.add(inst.veth);
+    state.instances.push(inst);
+    const labels = { ...w.meta.labels, "zmesh.dev/workload": w.meta.name };
+    const entry = stringify({
+      apiVersion: "networking.istio.io/v1",
+      kind: "WorkloadEntry",
+      metadata: { name: inst.name, namespace: inst.namespace, labels },
+      spec: { address: inst.address, serviceAccount: inst.serviceAccount, labels },
+    });
+    const token = randomBytes(32).toString("base64url");
+    await writeFile(tokenFile(state, inst), token, { mode: 0o600 });
+    out.push({ inst, entry, token });
+  }
+  return out;
 }
 
 /** Copies the config directory (the workloads' code) where the app uids can read it, like an image. */

@@ -24,6 +24,8 @@ export interface Instance {
   /** The app's command and environment, fixed at `up` (the supervisor restarts it with these). */
   command: string[];
   env: Record<string, string>;
+  /** When the app is restarted after it exits (the Workload's restartPolicy; absent: Always). */
+  restartPolicy?: RestartPolicy;
   /** Filled in from processes.json by loadState (0 when not running). */
   proxyPid: number;
   appPid: number;
@@ -47,6 +49,9 @@ export interface MeshState {
 
 export type Role = "controlplane" | "proxy" | "app";
 
+/** Kubernetes' pod restartPolicy: Always restarts the app, OnFailure unless it exited with 0, Never not. */
+export type RestartPolicy = "Always" | "OnFailure" | "Never";
+
 export interface ProcRecord {
   role: Role;
   /** namespace/name of the workload instance (proxies and apps). */
@@ -60,6 +65,8 @@ export interface ProcRecord {
   lastExit?: { at: string; code: number | null; signal: string | null };
   /** Set while a crashed process waits out its backoff. */
   restartAt?: string;
+  /** The app ran to completion (its restartPolicy says not to restart it), and its proxy was stopped. */
+  completed?: { at: string; code: number | null };
 }
 
 export interface Processes {

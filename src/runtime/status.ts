@@ -25,6 +25,8 @@ export interface WorkloadStatus {
   mtls: string;
   proxyReady: boolean;
   appRunning: boolean;
+  /** The app ran to completion (restartPolicy OnFailure or Never): when, and its exit code. */
+  completed: { at: string; code: number | null } | null;
   /** The snapshot version sent and ACKed; null when the proxy is not connected to the control plane. */
   config: { sent: string; acked: string; inSync: boolean; lastNack: string | null } | null;
   restarts: { proxy: number; app: number };
@@ -108,6 +110,7 @@ export async function meshStatus(mesh: string): Promise<MeshStatus> {
         mtls: mtlsOf(peerAuths, i, labelsOf(i)),
         proxyReady,
         appRunning: running(procKey("app", i)),
+        completed: rec(procKey("app", i))?.completed ?? null,
         config: p
           ? { sent: p.sent, acked: p.acked, inSync: p.inSync, lastNack: p.lastNack?.reason ?? null }
           : null,

@@ -1,8 +1,8 @@
 // The resource store of a running mesh (<state dir>/<mesh>/store), which its control plane watches:
 // `up` lays it out, `apply` and `delete` change it live, `get` reads it. Every change is validated
-// whole before anything is written, written by rename, and followed to the proxies' ACKs. Policies
-// change live; Workloads and Services are fixed at `up` (a change to them is refused, an identical
-// copy is accepted as unchanged).
+// whole before anything is written, written by rename, and followed to the proxies' ACKs. This file
+// changes policies; Workloads and Services (which also change namespaces and processes) go through
+// live.ts, which uses the same files, lock and rollout.
 
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -31,24 +31,25 @@ export interface StoredDoc {
 }
 
 export const storeDir = (s: MeshState) => join(s.stateDir, "store");
-const resourcesFile = (s: MeshState) => join(storeDir(s), "resources.yaml");
-const instancesFile = (s: MeshState) => join(storeDir(s), "instances.yaml");
+export const resourcesFile = (s: MeshState) => join(storeDir(s), "resources.yaml");
+export const instancesFile = (s: MeshState) => join(storeDir(s), "instances.yaml");
 /** Workloads are the runtime's, not the control plane's: they live beside the store. */
-const workloadsFile = (s: MeshState) => join(s.stateDir, "workloads.yaml");
+export const workloadsFile = (s: MeshState) => join(s.stateDir, "workloads.yaml");
 
-const keyOf = (d: { kind: string; namespace: string; name: string }) => `${d.kind} ${d.namespace}/${d.name}`;
+export const keyOf = (d: { kind: string; namespace: string; name: string }) =>
+  `${d.kind} ${d.namespace}/${d.name}`;
 
-function toDoc(resource: Resource, raw: Record<string, unknown>): StoredDoc {
+export function toDoc(resource: Resource, raw: Record<string, unknown>): StoredDoc {
   return { kind: resource.kind, namespace: resource.meta.namespace, name: resource.meta.name, raw };
 }
 
-async function readDocs(file: string): Promise<StoredDoc[]> {
+export async function readDocs(file: string): Promise<StoredDoc[]> {
   const text = await readFile(file, "utf8").catch(() => "");
   const { documents } = parseYaml(text, file);
   return documents.map((d) => toDoc(d.resource, d.raw));
 }
 
-function render(docs: StoredDoc[]): string {
+export function render(docs: StoredDoc[]): string {
   return docs.map((d) => stringify(d.raw)).join("---\n");
 }
 
@@ -73,7 +74,7 @@ function withoutClusterIP(raw: Record<string, unknown>): unknown {
   return { ...raw, spec };
 }
 
-function sameResource(a: StoredDoc, b: StoredDoc): boolean {
+export function sameResource(a: StoredDoc, b: StoredDoc): boolean {
   if (a.kind === "Service") return canonical(withoutClusterIP(a.raw)) === canonical(withoutClusterIP(b.raw));
   return canonical(a.raw) === canonical(b.raw);
 }
@@ -153,7 +154,7 @@ function diff(before: StoredDoc[], after: StoredDoc[]): Change {
 }
 
 /** Serializes changes to one mesh's store (a lock file holding the writer's pid). */
-async function withLock<T>(state: MeshState, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(state: MeshState, fn: () => Promise<T>): Promise<T> {
   const lock = join(state.stateDir, "store.lock");
   const deadline = Date.now() + 10_000;
   for (;;) {
@@ -187,15 +188,17 @@ async function writeAtomicExclusive(file: string, text: string): Promise<void> {
 }
 
 /** Reads resources given to apply/delete; bad input becomes one sentence naming file and field. */
-async function readInput(paths: string[]): Promise<StoredDoc[]> {
+export async function readInput(paths: string[]): Promise<StoredDoc[]> {
   const config = await loadConfig(paths);
   return config.documents.map((d) => toDoc(d.resource, d.raw));
 }
 
-function refuseTopology(doc: StoredDoc, verb: string, dir: string): never {
+export function refuseTopology(doc: StoredDoc, verb: string, dir: string): never {
   throw new ZmeshError(
     "ZMESH_LIVE_UNSUPPORTED",
-    `${keyOf(doc)}: ${verb} ${doc.kind === "WorkloadEntry" ? "WorkloadEntries (the runtime writes them)" : `${doc.kind}s`} on a running mesh is not supported live yet; edit ${dir} and run zmesh up ${dir} again`,
+    doc.kind === "WorkloadEntry"
+      ? `${keyOf(doc)}: ${verb} WorkloadEntries is not supported: the local runtime writes them from Workloads; apply a zmesh.dev/v1 Workload instead`
+      : `${keyOf(doc)}: ${verb} ${doc.kind}s on a running mesh is not supported live; edit ${dir} and run zmesh up ${dir} again`,
   );
 }
 
@@ -261,13 +264,12 @@ async function rollout(
   }
 }
 
-/** `zmesh apply -f`: creates or replaces policies live; nothing is written unless all of it is valid. */
-export async function applyResources(
+/** `zmesh apply -f` of policies: creates or replaces them live; nothing is written unless all of it is valid. */
+export async function applyPolicies(
   state: MeshState,
-  paths: string[],
+  input: StoredDoc[],
 ): Promise<{ change: Change; rollout?: Rollout }> {
   const started = Date.now();
-  const input = await readInput(paths);
   return withLock(state, async () => {
     const before = await readDocs(resourcesFile(state));
     const existing = new Map(
@@ -296,13 +298,12 @@ export async function applyResources(
   });
 }
 
-/** `zmesh delete -f`: removes policies live; every one named must exist, or nothing is removed. */
-export async function deleteResources(
+/** `zmesh delete -f` of policies: removes them live; every one named must exist, or nothing is removed. */
+export async function deletePolicies(
   state: MeshState,
-  paths: string[],
+  input: StoredDoc[],
 ): Promise<{ change: Change; rollout?: Rollout }> {
   const started = Date.now();
-  const input = await readInput(paths);
   return withLock(state, async () => {
     const before = await readDocs(resourcesFile(state));
     const after = new Map(before.map((d) => [keyOf(d), d]));
@@ -323,7 +324,7 @@ export async function deleteResources(
 }
 
 /** Validates the new store whole, writes it, and follows it to the proxies. */
-async function write(state: MeshState, after: StoredDoc[], started: number): Promise<Rollout> {
+export async function write(state: MeshState, after: StoredDoc[], started: number): Promise<Rollout> {
   const file = resourcesFile(state);
   const previous = await readFile(file, "utf8").catch(() => "");
   const text = render(after);

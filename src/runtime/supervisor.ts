@@ -3,6 +3,10 @@
 // whatever exits, with exponential backoff, and records pids, readiness and restarts in
 // processes.json. Its children outlive it: if the supervisor dies the mesh keeps serving, unwatched,
 // until `zmesh up` starts a new supervisor, which adopts them (pid and start time must match).
+// On SIGHUP it takes the layout in mesh.json again (`zmesh apply` of Workloads): it starts the new
+// instances and stops the removed ones. An app whose Workload's restartPolicy says not to restart
+// it (Never; OnFailure after exit code 0) has completed: its proxy is stopped (it drains on
+// SIGTERM) and neither is started again.
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
@@ -175,6 +179,8 @@ class Unit {
   private running = false;
   /** Set when the process exited during the first bring-up: why. */
   exitedEarly: string | undefined;
+  /** The instance left the mesh, or its app completed: never started again. */
+  private retired = false;
 
   constructor(
     private readonly sup: Supervisor,
@@ -193,6 +199,7 @@ class Unit {
     };
     this.rec.ready = false;
     delete this.rec.restartAt;
+    this.retired = this.rec.completed !== undefined; // a new supervisor does not run it again
   }
 
   get what(): string {
@@ -201,6 +208,7 @@ class Unit {
 
   /** Adopts the process of a previous supervisor if it still runs, else starts one. */
   async ensure(): Promise<void> {
+    if (this.retired) return;
     if (sameProcess(this.rec.pid, this.rec.startTicks)) {
       this.running = true;
       this.sup.log.info({ unit: this.what, pid: this.rec.pid }, "adopted");
@@ -215,9 +223,9 @@ class Unit {
   }
 
   private async start(): Promise<void> {
-    if (this.sup.stopping) return;
+    if (this.sup.stopping || this.retired) return;
     if (this.role === "app") await this.sup.waitProxyReady(this.inst!);
-    if (this.sup.stopping) return;
+    if (this.sup.stopping || this.retired) return;
     const spec = specOf(this.sup.state, this.role, this.inst);
     const fd = openSync(spec.log, "a", 0o640);
     let child: ChildProcess;
@@ -296,8 +304,21 @@ class Unit {
     this.rec.startTicks = 0;
     this.rec.ready = false;
     this.child = undefined;
-    if (this.sup.stopping) return;
+    if (this.sup.stopping || this.retired) {
+      this.sup.save();
+      return;
+    }
     const how = signal ? `was killed by ${signal}` : `exited with code ${code ?? "?"}`;
+    const policy = this.inst?.restartPolicy ?? "Always";
+    if (this.role === "app" && (policy === "Never" || (policy === "OnFailure" && code === 0))) {
+      // Run to completion: the workload is done; its proxy drains and exits, nothing restarts.
+      this.rec.completed = { at: new Date().toISOString(), code };
+      this.retired = true;
+      this.sup.log.info({ unit: this.what, how, restartPolicy: policy }, "completed; stopping its proxy");
+      this.sup.completed(this.inst!);
+      this.sup.save();
+      return;
+    }
     if (this.sup.phase() === "starting" && !this.everReady) {
       this.exitedEarly = how;
       this.sup.save();
@@ -320,10 +341,10 @@ class Unit {
     }, delay);
   }
 
-  /** Resolves once ready; rejects with a sentence if it exits first or the time runs out. */
+  /** Resolves once ready (or completed); rejects with a sentence if it exits first or the time runs out. */
   async ready(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (!this.rec.ready) {
+    while (!this.rec.ready && !this.rec.completed) {
       if (this.exitedEarly || Date.now() > deadline) {
         const tail = await logTail(specOf(this.sup.state, this.role, this.inst).log);
         const why = this.exitedEarly
@@ -339,6 +360,33 @@ class Unit {
     clearInterval(this.watchTimer);
     clearTimeout(this.readyTimer);
     clearTimeout(this.restartTimer);
+  }
+
+  /**
+   * Stops for good: SIGTERM (a proxy drains), SIGKILL after a grace period if it is still the
+   * same process. Resolves when it is gone.
+   */
+  async retire(graceMs = 5_000): Promise<void> {
+    this.retired = true;
+    clearTimeout(this.restartTimer);
+    clearTimeout(this.readyTimer);
+    const { pid, startTicks: ticks } = this.rec;
+    if (pid <= 0 || !sameProcess(pid, ticks)) return;
+    try {
+      process.kill(pid, "SIGTERM");
+    } catch {
+      return;
+    }
+    const deadline = Date.now() + graceMs;
+    while (sameProcess(pid, ticks) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (sameProcess(pid, ticks)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone
+      }
+    }
+    clearInterval(this.watchTimer);
   }
 
   kill(): void {
@@ -360,7 +408,7 @@ export class Supervisor {
   private writing: Promise<void> = Promise.resolve();
 
   constructor(
-    readonly state: MeshState,
+    public state: MeshState,
     prev: Processes | undefined,
     readonly log: Logger,
   ) {
@@ -369,19 +417,67 @@ export class Supervisor {
       phase: "starting",
       procs: prev?.procs ?? {},
     };
-    const add = (role: Role, inst?: Instance) => {
-      const key = procKey(role, inst);
-      const u = new Unit(this, role, inst, this.procs.procs[key]);
-      this.procs.procs[key] = u.rec;
-      this.units.set(key, u);
-    };
-    add("controlplane");
+    this.add("controlplane");
     for (const i of state.instances) {
-      add("proxy", i);
-      add("app", i);
+      this.add("proxy", i);
+      this.add("app", i);
     }
     for (const k of Object.keys(this.procs.procs)) if (!this.units.has(k)) delete this.procs.procs[k];
   }
+
+  private add(role: Role, inst?: Instance): Unit {
+    const key = procKey(role, inst);
+    const u = new Unit(this, role, inst, this.procs.procs[key]);
+    this.procs.procs[key] = u.rec;
+    this.units.set(key, u);
+    return u;
+  }
+
+  /** An app completed: its proxy drains and exits, and is not restarted. */
+  completed(inst: Instance): void {
+    const proxy = this.units.get(procKey("proxy", inst));
+    if (!proxy) return;
+    proxy.rec.completed = { at: new Date().toISOString(), code: null };
+    void proxy.retire().then(() => this.save());
+  }
+
+  /**
+   * Takes a new layout (SIGHUP after `zmesh apply` of Workloads): stops and forgets the units of
+   * instances that left, adds and starts those of new instances. Serialized: one at a time.
+   */
+  reconcile(state: MeshState): Promise<void> {
+    this.reconciling = this.reconciling.then(async () => {
+      if (this.stopping) return;
+      this.state = state;
+      const want = new Set([procKey("controlplane")]);
+      for (const i of state.instances) {
+        want.add(procKey("proxy", i));
+        want.add(procKey("app", i));
+      }
+      const leaving = [...this.units].filter(([k]) => !want.has(k));
+      await Promise.all(
+        leaving.map(async ([k, u]) => {
+          this.log.info({ unit: u.what }, "instance removed from the mesh: stopping it");
+          await u.retire();
+          this.units.delete(k);
+          delete this.procs.procs[k];
+        }),
+      );
+      const fresh = state.instances.filter((i) => !this.units.has(procKey("proxy", i)));
+      const units = fresh.map((i) => [this.add("proxy", i), this.add("app", i)] as const);
+      await this.save();
+      for (const [proxy, app] of units) {
+        this.log.info({ unit: proxy.what }, "instance added to the mesh: starting it");
+        void (async () => {
+          await proxy.ensure();
+          await app.ensure();
+        })().catch((e: Error) => this.log.error({ unit: app.what, err: e.message }, "could not start"));
+      }
+    });
+    return this.reconciling;
+  }
+
+  private reconciling: Promise<void> = Promise.resolve();
 
   static async open(state: MeshState, log: Logger): Promise<Supervisor> {
     return new Supervisor(state, await readProcesses(state.stateDir), log);

@@ -1,4 +1,4 @@
-// `zmesh delete -f FILE|DIR`: removes the policies the files name from a running mesh and waits
+// `zmesh delete -f FILE|DIR`: removes the policies, Workloads and Services the files name from a running mesh and waits
 // for its proxies to ACK. Every resource named must exist, or nothing is removed.
 
 import { Command } from "commander";
@@ -7,12 +7,11 @@ import { reportChange } from "./apply.js";
 
 export function deleteCommand(): Command {
   return new Command("delete")
-    .description("delete policies from a running mesh, live")
+    .description("delete policies, Workloads and Services from a running mesh, live")
     .requiredOption("-f, --filename <path...>", "YAML file or directory naming the resources")
     .option("--name <mesh>", "mesh name", "zmesh")
     .action(async (o: { filename: string[]; name: string }) => {
       const state = await openMesh(o.name);
-      const { change, rollout } = await deleteResources(state, o.filename);
-      reportChange(change, rollout);
+      reportChange(await deleteResources(state, o.filename));
     });
 }

@@ -55,9 +55,9 @@ export function renderStatus(s: MeshStatus): string {
         w.identity,
         until(w.certExpires),
         w.mtls,
-        w.proxyReady ? "ready" : "NOT READY",
+        w.completed ? "stopped" : w.proxyReady ? "ready" : "NOT READY",
         configCell(w),
-        `proxy ${w.restarts.proxy}, app ${w.restarts.app}${w.appRunning ? "" : " (app not running)"}`,
+        `proxy ${w.restarts.proxy}, app ${w.restarts.app}${w.completed ? ` (completed, exit ${w.completed.code ?? "?"})` : w.appRunning ? "" : " (app not running)"}`,
       ]),
     ]),
   );

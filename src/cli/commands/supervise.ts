@@ -3,7 +3,7 @@
 
 import { Command } from "commander";
 import { logger } from "../../diag/index.js";
-import { openMesh, Supervisor } from "../../runtime/index.js";
+import { loadState, openMesh, Supervisor } from "../../runtime/index.js";
 
 export function superviseCommand(): Command {
   return new Command("supervise")
@@ -16,8 +16,16 @@ export function superviseCommand(): Command {
       const stop = () => void sup.stop().then(() => process.exit(0));
       process.on("SIGTERM", stop);
       process.on("SIGINT", stop);
-      process.on("SIGHUP", () => {});
-      await sup.run();
+      // `zmesh apply` of Workloads: take the new layout once the bring-up is over.
+      let started: Promise<void> = Promise.resolve();
+      process.on("SIGHUP", () => {
+        void started
+          .then(() => loadState(o.mesh))
+          .then((s) => sup.reconcile(s))
+          .catch(() => {});
+      });
+      started = sup.run();
+      await started;
       if (sup.phase() === "failed") process.exit(1);
       setInterval(() => {}, 1 << 30); // watch until stopped
     });
