@@ -63,8 +63,13 @@ export interface ControlPlaneOptions extends RegistryOptions {
   watch?: boolean;
   /** Quiet period after the last store event before a reload (ms); a burst waits at most twice this. */
   debounceMs?: number;
-  /** Pushes whose ACK is awaited at once; bounds the memory a mesh-wide change takes. */
+  /** Pushes whose ACK is awaited at once (default 1024). */
   maxInflightPushes?: number;
+  /**
+   * Bytes of pushes whose ACK is awaited at once (default 16 MiB): bounds the memory a mesh-wide
+   * change takes. Pushes without services are small, so many go out at once; full ones, few.
+   */
+  maxInflightBytes?: number;
   log?: Logger;
 }
 
@@ -87,8 +92,9 @@ interface Subscriber {
   sentWithoutServices: boolean;
   /** A push awaits its ACK: the proxy gets no other until it answers (or its stream ends). */
   inflight: boolean;
-  /** It also holds one of the maxInflightPushes slots (given back after slotTimeoutMs). */
+  /** It also holds one of the inflight slots, of this many bytes (given back after 10 s). */
   holdsSlot: boolean;
+  slotBytes: number;
   inflightTimer: NodeJS.Timeout | undefined;
   /** In the push queue. */
   queued: boolean;
@@ -525,6 +531,7 @@ export class ControlPlane {
   private readonly startedAt = new Date();
   private readonly queue: Subscriber[] = [];
   private inflight = 0;
+  private inflightBytes = 0;
   private closed = false;
 
   private constructor(
@@ -705,6 +712,7 @@ export class ControlPlane {
         changeAt: undefined,
         inflight: false,
         holdsSlot: false,
+        slotBytes: 0,
         inflightTimer: undefined,
         queued: false,
         dirty: false,
@@ -802,6 +810,7 @@ export class ControlPlane {
     if (sub.holdsSlot) {
       sub.holdsSlot = false;
       this.inflight--;
+      this.inflightBytes -= sub.slotBytes;
     }
   }
 
@@ -831,10 +840,15 @@ export class ControlPlane {
     this.drain();
   }
 
-  /** Sends queued pushes while fewer than maxInflightPushes await their ACK. */
+  /** Sends queued pushes while fewer than maxInflightPushes, of fewer than maxInflightBytes, await their ACK. */
   private drain(): void {
-    const max = this.opts.maxInflightPushes ?? 32;
-    while (this.inflight < max && this.queue.length > 0) {
+    const max = this.opts.maxInflightPushes ?? 1024;
+    const maxBytes = this.opts.maxInflightBytes ?? 16 * 2 ** 20;
+    while (
+      this.queue.length > 0 &&
+      this.inflight < max &&
+      (this.inflight === 0 || this.inflightBytes < maxBytes)
+    ) {
       const sub = this.queue.shift()!;
       sub.queued = false;
       if (!sub.closed) this.push(sub);
@@ -863,9 +877,12 @@ export class ControlPlane {
     sub.sentServices = built.servicesVersion;
     sub.sentWithoutServices = !withServices;
     sub.nonce++;
+    const bytes = encodePush(built, String(sub.nonce), withServices);
     sub.inflight = true;
     sub.holdsSlot = true;
+    sub.slotBytes = bytes.length;
     this.inflight++;
+    this.inflightBytes += bytes.length;
     // A slow or stuck proxy does not hold a slot forever; it still gets nothing new until it answers,
     // so what waits for it in the send buffers is one snapshot at most.
     sub.inflightTimer = setTimeout(() => {
@@ -873,7 +890,7 @@ export class ControlPlane {
       this.drain();
     }, 10_000).unref();
     this.metrics.pushes.inc({ type: withServices ? "snapshot" : "snapshot_without_services" });
-    sub.call.write(encodePush(built, String(sub.nonce), withServices) as unknown as ConfigPush);
+    sub.call.write(bytes as unknown as ConfigPush);
   }
 
   /** Reloads the store now; on any problem keeps the last good registry and reports why. */

@@ -441,7 +441,7 @@ describe("operating a mesh", {
       changedWorkload,
       (await readFile(join(dir, "workloads.yaml"), "utf8")).replace(
         "serviceAccount: payments",
-        "serviceAccount: thief",
+        "serviceAccount: Not A Label",
       ),
     );
     const missing = join(bad, "nope.yaml");
@@ -467,8 +467,8 @@ describe("operating a mesh", {
       ],
       [
         ["apply", "--name", MESH, "-f", changedWorkload],
-        /changing Workloads on a running mesh is not supported live yet/,
-        "ZMESH_LIVE_UNSUPPORTED",
+        /Workload shop\/payments: spec\.serviceAccount: must be a DNS label/,
+        "ZMESH_CONFIG_INVALID",
       ],
       [["apply", "--name", MESH, "-f", missing], /no such file or directory/, "ZMESH_CONFIG_PARSE"],
       [
@@ -477,9 +477,9 @@ describe("operating a mesh", {
         "ZMESH_RESOURCE_NOT_FOUND",
       ],
       [
-        ["delete", "--name", MESH, "-f", join(dir, "services.yaml")],
-        /deleting Services on a running mesh is not supported/,
-        "ZMESH_LIVE_UNSUPPORTED",
+        ["delete", "--name", MESH, "-f", join(dir, "workloads.yaml")],
+        /would leave mesh zmops without Workloads; nothing was changed/,
+        "ZMESH_USAGE",
       ],
       [["get", "gizmos", "--name", MESH], /"gizmos" is not a kind/, "ZMESH_USAGE"],
       [
