@@ -76,6 +76,16 @@ export class Registry {
 
   /** The snapshot for one workload instance; its version is a digest of its content. */
   snapshotFor(e: WorkloadEntry, ca: { trustBundlePem: string; issuerId: string }): ProxySnapshot {
+    const body = this.bodyFor(e, ca);
+    const version = createHash("sha256").update(JSON.stringify(body)).digest("hex").slice(0, 12);
+    return { version, ...body };
+  }
+
+  /** The snapshot for one workload instance without its version. */
+  bodyFor(
+    e: WorkloadEntry,
+    ca: { trustBundlePem: string; issuerId: string },
+  ): Omit<ProxySnapshot, "version"> {
     const policies = selectPolicies(
       this.config.policies.map((p) => ({
         namespace: p.meta.namespace,
@@ -118,7 +128,6 @@ export class Registry {
       servicesVersion: this.servicesVersion,
       services: this.services,
     };
-    const version = createHash("sha256").update(JSON.stringify(body)).digest("hex").slice(0, 12);
-    return { version, ...body };
+    return body;
   }
 }

@@ -457,19 +457,12 @@ class Snapshots {
     const { fingerprint: _f, ...view } = ca;
     let b: Built;
     if (shared) {
-      const {
-        version: lightVersion,
-        services: _none,
-        servicesVersion: _empty,
-        ...rest
-      } = this.lightFor(ns).snapshotFor(e, view);
-      const version = createHash("sha256")
-        .update(lightVersion)
-        .update(shared.digest)
-        .digest("hex")
-        .slice(0, 12);
+      // Serialized once: the version is the digest of these bytes and the services digest.
+      const { services: _none, servicesVersion: _empty, ...rest } = this.lightFor(ns).bodyFor(e, view);
+      const json = JSON.stringify(rest);
+      const version = createHash("sha256").update(json).update(shared.digest).digest("hex").slice(0, 12);
       const head = Buffer.from(
-        JSON.stringify({ version, ...rest, servicesVersion: shared.digest }).slice(0, -1),
+        `{"version":${JSON.stringify(version)},${json.slice(1, -1)},"servicesVersion":${JSON.stringify(shared.digest)}`,
       );
       b = { version, servicesVersion: shared.digest, head, services: shared.buf };
     } else {
