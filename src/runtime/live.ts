@@ -189,6 +189,8 @@ async function changeTopology(
       await waitStopped(state, removed);
       for (const i of removed) {
         await terminate(await namespacePids(i.netns));
+        // The host end first: deleting it removes the pair at once, so its name is free for reuse.
+        await tryRun("ip", ["link", "del", i.veth]);
         await tryRun("ip", ["netns", "del", i.netns]);
         await rm(join(NETNS_DIR, i.netns), { recursive: true, force: true });
         await rm(tokenFile(state, i), { force: true });

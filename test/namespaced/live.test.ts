@@ -165,6 +165,45 @@ describe("Workloads and Services changed live", {
     assert.notEqual(await curl(state, "catalog", "http://inventory:80/x"), "404", "port 80 is gone");
   });
 
+  it("a changed Workload is replaced: with replicas 2, two new instances serve and the old one is gone", async () => {
+    const old = state.instances.find((i) => i.name === "inventory")!;
+    const file = join(dir, "..", `zmlive-replicas-${process.pid}.yaml`);
+    await writeFile(
+      file,
+      INVENTORY.split("---")[0]!.replace(
+        "serviceAccount: inventory",
+        "serviceAccount: inventory\n  replicas: 2",
+      ),
+    );
+    try {
+      const r = await zmesh(["apply", "--name", MESH, "-f", file]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /Workload shop\/inventory configured/);
+      assert.match(r.stdout, /instance shop\/inventory stopped and removed/);
+      assert.match(r.stdout, /instance shop\/inventory-0 running/);
+      assert.match(r.stdout, /instance shop\/inventory-1 running/);
+    } finally {
+      await rm(file, { force: true });
+    }
+    state = await loadState(MESH);
+    assert.deepEqual(
+      state.instances.filter((i) => i.workload === "inventory").map((i) => i.name),
+      ["inventory-0", "inventory-1"],
+    );
+    assert.ok(![old.proxyPid, old.appPid].some((p) => alive(p)), "the old instance's processes are gone");
+    assert.ok(!(await listNamespaces(MESH)).includes(old.netns));
+    // Both endpoints answer through the one VIP (the balancer spreads calls over them).
+    const seen = new Set<string>();
+    for (let n = 0; n < 12 && seen.size < 2; n++) {
+      assert.equal(await curl(state, "catalog", "http://inventory:81/x"), "404");
+      for (const i of ["inventory-0", "inventory-1"]) {
+        const log = await readFile(join(state.stateDir, "logs", `shop.${i}.app.log`), "utf8").catch(() => "");
+        if (log.includes('"path":"/x"')) seen.add(i);
+      }
+    }
+    assert.equal(seen.size, 2, `requests reached ${[...seen].join(", ")}`);
+  });
+
   it("bad input is one sentence and changes nothing", async () => {
     const before = {
       procs: await procs(),
@@ -235,8 +274,9 @@ describe("Workloads and Services changed live", {
   });
 
   it("delete of the Workload stops and removes it; delete of its Service stops the name resolving", async () => {
-    const inv = state.instances.find((i) => i.name === "inventory")!;
-    const pids = [inv.proxyPid, inv.appPid];
+    const invs = state.instances.filter((i) => i.workload === "inventory");
+    assert.equal(invs.length, 2);
+    const pids = invs.flatMap((i) => [i.proxyPid, i.appPid]);
     assert.ok(pids.every((p) => p > 0 && alive(p)));
     const file = join(dir, "..", `zmlive-del-${process.pid}.yaml`);
     await writeFile(file, INVENTORY.split("---")[0]!);
@@ -244,21 +284,25 @@ describe("Workloads and Services changed live", {
       const r = await zmesh(["delete", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /Workload shop\/inventory deleted/);
-      assert.match(r.stdout, /instance shop\/inventory stopped and removed/);
+      assert.match(r.stdout, /instance shop\/inventory-1 stopped and removed/);
     } finally {
       await rm(file, { force: true });
     }
     state = await loadState(MESH);
     assert.equal(
-      state.instances.find((i) => i.name === "inventory"),
+      state.instances.find((i) => i.workload === "inventory"),
       undefined,
     );
-    assert.ok(!(await listNamespaces(MESH)).includes(inv.netns), "its namespace is gone");
+    const left = await listNamespaces(MESH);
+    assert.ok(
+      invs.every((i) => !left.includes(i.netns)),
+      "their namespaces are gone",
+    );
     assert.ok(
       pids.every((p) => !alive(p)),
       "its processes are gone",
     );
-    assert.equal((await procs())["shop/inventory:proxy"], undefined);
+    assert.equal((await procs())["shop/inventory-0:proxy"], undefined);
     // The Service is still there, without endpoints: the caller's proxy answers, not an app.
     assert.notEqual(await curl(state, "catalog", "http://inventory:81/x"), "404");
     await writeFile(file, INVENTORY_SERVICE_81);
