@@ -1,12 +1,12 @@
 // The config loader: every problem names file, line, resource and field path; a set with any
 // problem is rejected whole; the bundled example loads.
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { isZmeshError } from "../errors/index.js";
-import { assemble, ConfigError, loadConfig, parseYaml } from "./index.js";
+import { assemble, ConfigError, loadConfig, parseYaml, resourceFiles } from "./index.js";
 
 const root = join(import.meta.dirname ?? ".", "..", "..", "..");
 
@@ -179,6 +179,32 @@ describe("config loader", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("reads a Workload's restartPolicy (Kubernetes' values) and refuses others with the field path", () => {
+    const wl = (policy: string) =>
+      `apiVersion: zmesh.dev/v1\nkind: Workload\nmetadata: { name: job, namespace: batch }\nspec: { command: [node, job.js], restartPolicy: ${policy} }\n`;
+    for (const p of ["Always", "OnFailure", "Never"]) {
+      const { documents, problems } = parseYaml(wl(p), "job.yaml");
+      assert.deepEqual(problems, []);
+      assert.equal((documents[0]!.resource as { restartPolicy?: string }).restartPolicy, p);
+    }
+    const { problems } = parseYaml(wl("Sometimes"), "job.yaml");
+    assert.equal(problems[0]!.path, "spec.restartPolicy");
+    assert.match(problems[0]!.message, /Always \(the default\), OnFailure or Never/);
+  });
+
+  it("lists a store's files in load order: name order, recursively, skipping hidden directories", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "zmesh-files-"));
+    await mkdir(join(dir, "b"));
+    await mkdir(join(dir, ".hidden"));
+    for (const f of ["c.yaml", "a.yml", "b/x.yaml", ".hidden/h.yaml", "notes.txt"])
+      await writeFile(join(dir, f), "");
+    assert.deepEqual(
+      (await resourceFiles([dir])).map((f) => f.slice(dir.length + 1)),
+      ["a.yml", "b/x.yaml", "c.yaml"],
+    );
+    await rm(dir, { recursive: true, force: true });
   });
 
   it("says plainly when a path does not exist or holds no YAML", async () => {
