@@ -497,8 +497,11 @@ export class Supervisor {
   }
 
   async waitProxyReady(inst: Instance): Promise<void> {
-    const proxy = this.units.get(procKey("proxy", inst))!;
-    while (!proxy.rec.ready && !this.stopping) await new Promise((r) => setTimeout(r, 100));
+    const key = procKey("proxy", inst);
+    const proxy = this.units.get(key)!;
+    // Until it is ready, or the instance left the mesh (its app is not started then either).
+    while (!proxy.rec.ready && !this.stopping && this.units.get(key) === proxy)
+      await new Promise((r) => setTimeout(r, 100));
   }
 
   /** Brings everything up (adopting what still runs), then watches until stopped. */
