@@ -95,6 +95,15 @@ function peerLabels(r: {
   };
 }
 
+interface HttpChildren {
+  requests: ReturnType<Counter<string>["labels"]>;
+  duration: ReturnType<Histogram<string>["labels"]>;
+  reqBytes: ReturnType<Histogram<string>["labels"]>;
+  respBytes: ReturnType<Histogram<string>["labels"]>;
+}
+
+const MAX_CHILDREN = 10_000;
+
 export class Telemetry {
   readonly registry = new Registry();
   private readonly requests = new Counter({
@@ -155,22 +164,58 @@ export class Telemetry {
     registers: [this.registry],
   });
 
+  private readonly children = new Map<string, HttpChildren>();
+  private readonly decisionChildren = new Map<string, ReturnType<Counter<string>["labels"]>>();
+
   constructor(private readonly log: Logger) {}
 
-  http(r: HttpRecord): void {
-    const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
-    this.requests.inc(labels);
-    this.duration.observe(labels, r.durationMs);
-    this.reqBytes.observe(labels, r.requestBytes);
-    this.respBytes.observe(labels, r.responseBytes);
-    if (r.decision) {
-      this.decisions.inc({
+  /**
+   * The labelled children of the four HTTP metrics for one label tuple, made once: prom-client
+   * validates and hashes every label on each unlabelled call, which cost more than the request.
+   */
+  private httpChildren(r: HttpRecord): HttpChildren {
+    const s = r.source;
+    const d = r.destination;
+    const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}`;
+    let c = this.children.get(key);
+    if (!c) {
+      const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
+      c = {
+        requests: this.requests.labels(labels),
+        duration: this.duration.labels(labels),
+        reqBytes: this.reqBytes.labels(labels),
+        respBytes: this.respBytes.labels(labels),
+      };
+      // Bounded: label tuples are few (peers x codes x flags); a flood of new ones starts over.
+      if (this.children.size >= MAX_CHILDREN) this.children.clear();
+      this.children.set(key, c);
+    }
+    return c;
+  }
+
+  private decisionChild(r: HttpRecord) {
+    const key = `${r.reporter}|${r.decision}|${r.policy}|${r.action}`;
+    let c = this.decisionChildren.get(key);
+    if (!c) {
+      c = this.decisions.labels({
         reporter: r.reporter,
-        decision: r.decision,
+        decision: r.decision ?? "none",
         policy: r.policy ?? "none",
         action: r.action ?? "none",
       });
+      if (this.decisionChildren.size >= MAX_CHILDREN) this.decisionChildren.clear();
+      this.decisionChildren.set(key, c);
     }
+    return c;
+  }
+
+  http(r: HttpRecord): void {
+    const c = this.httpChildren(r);
+    c.requests.inc();
+    c.duration.observe(r.durationMs);
+    c.reqBytes.observe(r.requestBytes);
+    c.respBytes.observe(r.responseBytes);
+    if (r.decision) this.decisionChild(r).inc();
     this.log.info(
       {
         direction: r.reporter === "destination" ? "inbound" : "outbound",

@@ -59,7 +59,7 @@ export class Framer {
       return n;
     }
     if (this.length >= 0) {
-      const take = n < this.remaining ? n : this.remaining;
+      const take = Math.min(n, this.remaining);
       this.remaining -= take;
       this.payload += take;
       if (this.remaining === 0) this.done = true;
@@ -117,7 +117,7 @@ export class Framer {
           break;
         case S.Data: {
           const avail = end - i;
-          const take = avail < this.remaining ? avail : this.remaining;
+          const take = Math.min(avail, this.remaining);
           this.remaining -= take;
           this.payload += take;
           i += take;

@@ -160,7 +160,7 @@ export class Http1Conn {
           );
           return;
         }
-        this.framer = new Framer(head.chunked ? -1 : head.contentLength > 0 ? head.contentLength : 0);
+        this.framer = new Framer(head.chunked ? -1 : Math.max(head.contentLength, 0));
         this.state = C.Held;
         this.listener.request(this, head);
       }
@@ -272,6 +272,15 @@ export class Http1Conn {
   }
 }
 
+/** A head and the body bytes after it as one buffer, so they leave in one write. */
+function joined(head: string, body: Buffer): Buffer {
+  const n = head.length;
+  const out = Buffer.allocUnsafe(n + body.length);
+  out.write(head, 0, n, "latin1");
+  body.copy(out, n);
+  return out;
+}
+
 function recordOf(h: RequestHead): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < h.names.length; i++) {
@@ -300,6 +309,8 @@ class Exchange implements UpstreamUser {
   private upKeep = true;
   private clientClose = false;
   private staleRetried = false;
+  private reqHead: string | undefined;
+  private respHead: string | undefined;
   private finished = false;
 
   constructor(
@@ -323,15 +334,20 @@ class Exchange implements UpstreamUser {
       this.up = up;
       up.user = this;
       this.r = R.Head;
-      up.sock.write(this.headText, "latin1");
-      if (this.r === R.Head) this.conn.startBody();
+      // The head goes out with the first body bytes already read, in one write (one TLS record).
+      this.reqHead = this.headText;
+      this.conn.startBody();
+      if (this.reqHead !== undefined && (this.r as R) !== R.Done) up.sock.write(this.reqHead, "latin1");
+      this.reqHead = undefined;
     });
   }
 
   sendBody(b: Buffer): void {
     const up = this.up;
     if (!up || this.r === R.Done) return;
-    if (!up.sock.write(b)) this.conn.sock.pause();
+    const head = this.reqHead;
+    this.reqHead = undefined;
+    if (!up.sock.write(head === undefined ? b : joined(head, b))) this.conn.sock.pause();
   }
 
   upDrain(): void {
@@ -375,7 +391,8 @@ class Exchange implements UpstreamUser {
         continue;
       }
       this.responseHead(h);
-      if (rest) this.body(rest, 0);
+      if (rest && (this.r as R) === R.Body) this.body(rest, 0);
+      else if (this.respHead !== undefined) this.flushResponseHead();
       return;
     }
   }
@@ -393,11 +410,18 @@ class Exchange implements UpstreamUser {
     this.rframer = new Framer(length);
     this.r = R.Body;
     this.started = true;
-    this.conn.sock.write(
-      responseHeadFor(h, this.clientClose, this.conn.head!.minor === 0 && !this.clientClose),
-      "latin1",
-    );
-    if (this.rframer.done) this.complete(false);
+    // Written with the first body bytes (see body) unless there are none.
+    this.respHead = responseHeadFor(h, this.clientClose, this.conn.head!.minor === 0 && !this.clientClose);
+    if (this.rframer.done) {
+      this.flushResponseHead();
+      this.complete(false);
+    }
+  }
+
+  private flushResponseHead(): void {
+    const head = this.respHead;
+    this.respHead = undefined;
+    if (head !== undefined) this.conn.sock.write(head, "latin1");
   }
 
   private body(d: Buffer, from: number): void {
@@ -410,8 +434,10 @@ class Exchange implements UpstreamUser {
     }
     if (n > 0) {
       const chunk = from === 0 && n === d.length ? d : d.subarray(from, from + n);
-      if (!this.conn.sock.write(chunk)) this.up!.sock.pause();
-    }
+      const head = this.respHead;
+      this.respHead = undefined;
+      if (!this.conn.sock.write(head === undefined ? chunk : joined(head, chunk))) this.up!.sock.pause();
+    } else if (this.respHead !== undefined) this.flushResponseHead();
     if (f.done) this.complete(from + n < d.length);
   }
 
