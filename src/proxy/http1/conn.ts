@@ -219,6 +219,8 @@ export class Http1Conn {
     this.pending = undefined;
     if (p) this.pumpBody(p);
     else if (this.framer!.done) this.state = C.After;
+    // Reading may have paused while the request waited (read-ahead full); the body flows now.
+    if (this.state === C.Body && this.sock.isPaused() && !this.ex?.upstreamFull()) this.sock.resume();
   }
 
   private pumpBody(d: Buffer): void {
@@ -348,6 +350,10 @@ class Exchange implements UpstreamUser {
     const head = this.reqHead;
     this.reqHead = undefined;
     if (!up.sock.write(head === undefined ? b : joined(head, b))) this.conn.sock.pause();
+  }
+
+  upstreamFull(): boolean {
+    return this.up !== undefined && this.up.sock.writableNeedDrain;
   }
 
   upDrain(): void {

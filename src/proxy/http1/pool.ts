@@ -86,6 +86,8 @@ export class UpstreamPool {
     up.user = undefined;
     up.uses++;
     if (up.closed) return;
+    // Its exchange may have paused it for backpressure; idle, it must be read (a close, or junk).
+    if (up.sock.isPaused()) up.sock.resume();
     if (this.closed) return void up.sock.destroy();
     const w = this.waiters.shift();
     if (w) return w(null, up);
