@@ -353,7 +353,7 @@ class Exchange implements UpstreamUser {
   }
 
   upstreamFull(): boolean {
-    return this.up !== undefined && this.up.sock.writableNeedDrain;
+    return this.up?.sock.writableNeedDrain === true;
   }
 
   upDrain(): void {

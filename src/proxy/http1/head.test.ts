@@ -12,7 +12,10 @@ const reserved = new Set(["content-length", "transfer-encoding", "host", "connec
 const fieldName = token.filter((n) => !reserved.has(n.toLowerCase()));
 /** A field value: visible ASCII and obs-text, single spaces inside, no leading/trailing blank. */
 const fieldValue = fc
-  .array(fc.integer({ min: 0x21, max: 0xff }).filter((c) => c !== 0x7f), { maxLength: 30 })
+  .array(
+    fc.integer({ min: 0x21, max: 0xff }).filter((c) => c !== 0x7f),
+    { maxLength: 30 },
+  )
   .map((cs) => String.fromCharCode(...cs));
 const pathChar = fc.constantFrom(..."abcdefghijklmnopqrstuvwxyz0123456789-._~/%?=&+".split(""));
 const target = fc.string({ unit: pathChar, maxLength: 40 }).map((p) => `/${p}`);
@@ -45,8 +48,14 @@ describe("parseRequestHead", () => {
           assert.equal(h.method, method);
           assert.equal(h.target, path);
           assert.equal(h.size, Buffer.byteLength(text, "latin1"));
-          assert.deepEqual(h.values.slice(1, 1 + fields.length), fields.map(([, v]) => v));
-          assert.deepEqual(h.rawNames.slice(1, 1 + fields.length), fields.map(([n]) => n));
+          assert.deepEqual(
+            h.values.slice(1, 1 + fields.length),
+            fields.map(([, v]) => v),
+          );
+          assert.deepEqual(
+            h.rawNames.slice(1, 1 + fields.length),
+            fields.map(([n]) => n),
+          );
           assert.equal(h.chunked, chunked);
           assert.equal(h.contentLength, !chunked && length !== undefined ? length : -1);
         },
@@ -96,7 +105,14 @@ describe("parseRequestHead", () => {
     refused("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n", /decimal/);
   });
   it("refuses obfuscated Transfer-Encoding (TE.TE)", () => {
-    for (const te of ["xchunked", "chunked, identity", "chunked, chunked", "identity", "chunked\x0b", '"chunked"'])
+    for (const te of [
+      "xchunked",
+      "chunked, identity",
+      "chunked, chunked",
+      "identity",
+      "chunked\x0b",
+      '"chunked"',
+    ])
       refused(`POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ${te}\r\n\r\n`);
     refused("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", /name/);
     refused("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n");
@@ -180,7 +196,14 @@ describe("Framer", () => {
     assert.equal(f.payload, 31);
   });
   it("refuses malformed chunked framing (bare LF, bad sizes, missing CRLF)", () => {
-    for (const bad of ["5\nhello\r\n0\r\n\r\n", "g\r\n", "5\r\nhelloX\r\n", "-1\r\n", "1111111111111\r\n", "0\r\n\n"]) {
+    for (const bad of [
+      "5\nhello\r\n0\r\n\r\n",
+      "g\r\n",
+      "5\r\nhelloX\r\n",
+      "-1\r\n",
+      "1111111111111\r\n",
+      "0\r\n\n",
+    ]) {
       const { error } = frame(-1, [bad]);
       assert.ok(error, bad);
     }
