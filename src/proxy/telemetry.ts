@@ -3,8 +3,9 @@
 // the flag, decision and identities in a log line and in a metric never disagree.
 
 import { createServer, type Server } from "node:http";
-import { Counter, Histogram, Registry } from "prom-client";
+import { Counter, Registry } from "prom-client";
 import type { Logger } from "../diag/index.js";
+import { FastMetric } from "./metrics.js";
 
 export type Reporter = "source" | "destination";
 
@@ -95,44 +96,35 @@ function peerLabels(r: {
   };
 }
 
-interface HttpChildren {
-  requests: ReturnType<Counter<string>["labels"]>;
-  duration: ReturnType<Histogram<string>["labels"]>;
-  reqBytes: ReturnType<Histogram<string>["labels"]>;
-  respBytes: ReturnType<Histogram<string>["labels"]>;
-}
-
-const MAX_CHILDREN = 10_000;
-
 export class Telemetry {
   readonly registry = new Registry();
-  private readonly requests = new Counter({
-    name: "istio_requests_total",
-    help: "Requests handled",
-    labelNames: HTTP_LABELS,
-    registers: [this.registry],
-  });
-  private readonly duration = new Histogram({
-    name: "istio_request_duration_milliseconds",
-    help: "Request duration",
-    labelNames: HTTP_LABELS,
-    buckets: MS_BUCKETS,
-    registers: [this.registry],
-  });
-  private readonly reqBytes = new Histogram({
-    name: "istio_request_bytes",
-    help: "Request body sizes",
-    labelNames: HTTP_LABELS,
-    buckets: BYTE_BUCKETS,
-    registers: [this.registry],
-  });
-  private readonly respBytes = new Histogram({
-    name: "istio_response_bytes",
-    help: "Response body sizes",
-    labelNames: HTTP_LABELS,
-    buckets: BYTE_BUCKETS,
-    registers: [this.registry],
-  });
+  private readonly requests = new FastMetric(
+    this.registry,
+    "istio_requests_total",
+    "Requests handled",
+    "counter",
+  );
+  private readonly duration = new FastMetric(
+    this.registry,
+    "istio_request_duration_milliseconds",
+    "Request duration",
+    "histogram",
+    MS_BUCKETS,
+  );
+  private readonly reqBytes = new FastMetric(
+    this.registry,
+    "istio_request_bytes",
+    "Request body sizes",
+    "histogram",
+    BYTE_BUCKETS,
+  );
+  private readonly respBytes = new FastMetric(
+    this.registry,
+    "istio_response_bytes",
+    "Response body sizes",
+    "histogram",
+    BYTE_BUCKETS,
+  );
   private readonly tcpOpened = new Counter({
     name: "istio_tcp_connections_opened_total",
     help: "TCP connections opened",
@@ -157,65 +149,39 @@ export class Telemetry {
     labelNames: TCP_LABELS,
     registers: [this.registry],
   });
-  private readonly decisions = new Counter({
-    name: "zmesh_authz_decisions_total",
-    help: "Authorization decisions by deciding policy and action",
-    labelNames: ["reporter", "decision", "policy", "action"],
-    registers: [this.registry],
-  });
-
-  private readonly children = new Map<string, HttpChildren>();
-  private readonly decisionChildren = new Map<string, ReturnType<Counter<string>["labels"]>>();
+  private readonly decisions = new FastMetric(
+    this.registry,
+    "zmesh_authz_decisions_total",
+    "Authorization decisions by deciding policy and action",
+    "counter",
+  );
 
   constructor(private readonly log: Logger) {}
 
-  /**
-   * The labelled children of the four HTTP metrics for one label tuple, made once: prom-client
-   * validates and hashes every label on each unlabelled call, which cost more than the request.
-   */
-  private httpChildren(r: HttpRecord): HttpChildren {
+  http(r: HttpRecord): void {
     const s = r.source;
     const d = r.destination;
+    // One key per label tuple: the labels object is built only for a tuple not seen before.
     const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}`;
-    let c = this.children.get(key);
-    if (!c) {
-      const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
-      c = {
-        requests: this.requests.labels(labels),
-        duration: this.duration.labels(labels),
-        reqBytes: this.reqBytes.labels(labels),
-        respBytes: this.respBytes.labels(labels),
-      };
-      // Bounded: label tuples are few (peers x codes x flags); a flood of new ones starts over.
-      if (this.children.size >= MAX_CHILDREN) this.children.clear();
-      this.children.set(key, c);
+    const labels = () => ({
+      ...peerLabels(r),
+      request_protocol: r.protocol,
+      response_code: String(r.status),
+    });
+    this.requests.at(key, labels).inc();
+    this.duration.at(key, labels).observe(r.durationMs);
+    this.reqBytes.at(key, labels).observe(r.requestBytes);
+    this.respBytes.at(key, labels).observe(r.responseBytes);
+    if (r.decision) {
+      this.decisions
+        .at(`${r.reporter}|${r.decision}|${r.policy}|${r.action}`, () => ({
+          reporter: r.reporter,
+          decision: r.decision ?? "none",
+          policy: r.policy ?? "none",
+          action: r.action ?? "none",
+        }))
+        .inc();
     }
-    return c;
-  }
-
-  private decisionChild(r: HttpRecord) {
-    const key = `${r.reporter}|${r.decision}|${r.policy}|${r.action}`;
-    let c = this.decisionChildren.get(key);
-    if (!c) {
-      c = this.decisions.labels({
-        reporter: r.reporter,
-        decision: r.decision ?? "none",
-        policy: r.policy ?? "none",
-        action: r.action ?? "none",
-      });
-      if (this.decisionChildren.size >= MAX_CHILDREN) this.decisionChildren.clear();
-      this.decisionChildren.set(key, c);
-    }
-    return c;
-  }
-
-  http(r: HttpRecord): void {
-    const c = this.httpChildren(r);
-    c.requests.inc();
-    c.duration.observe(r.durationMs);
-    c.reqBytes.observe(r.requestBytes);
-    c.respBytes.observe(r.responseBytes);
-    if (r.decision) this.decisionChild(r).inc();
     this.log.info(
       {
         direction: r.reporter === "destination" ? "inbound" : "outbound",
