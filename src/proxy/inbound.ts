@@ -7,7 +7,7 @@ import { connect, createServer as createNetServer, type Server, type Socket } fr
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import type { Logger } from "../diag/index.js";
-import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
@@ -15,6 +15,7 @@ import { fieldRecord, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
+import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
@@ -276,7 +277,7 @@ export class Inbound implements Http1Listener {
   }
 
   request(conn: Http1Conn, head: RequestHead): void {
-    const start = process.hrtime.bigint();
+    const start = performance.now();
     const peer = this.peers.get(conn.sock);
     const headers = fieldRecord(head);
     const requestId = headers["x-request-id"] || randomUUID();
@@ -317,7 +318,7 @@ export class Inbound implements Http1Listener {
         record.status = FLAGS[flag].status;
         conn.reject(flag, requestId);
       }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      record.durationMs = performance.now() - start;
       this.telemetry.http(record);
     };
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");

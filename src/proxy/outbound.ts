@@ -9,7 +9,7 @@ import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { peerSpiffeId } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
@@ -17,6 +17,7 @@ import { field, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
+import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
@@ -244,7 +245,7 @@ export class Outbound implements Http1Listener {
   }
 
   request(conn: Http1Conn, head: RequestHead): void {
-    const start = process.hrtime.bigint();
+    const start = performance.now();
     const requestId = field(head, "x-request-id") || randomUUID();
     const dst = this.destination(conn.sock);
     const self = this.state.snapshot?.workload;
@@ -274,7 +275,7 @@ export class Outbound implements Http1Listener {
         record.status = FLAGS[flag].status;
         conn.reject(flag, requestId);
       }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      record.durationMs = performance.now() - start;
       this.telemetry.http(record);
     };
     if (!dst || !self) return finish({}, "NOT_READY");
