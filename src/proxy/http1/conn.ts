@@ -19,7 +19,7 @@ import {
 import { coarseNow, type Upstream, type UpstreamPool, type UpstreamUser } from "./pool.js";
 import { interimHeadFor, responseHeadFor } from "./wire.js";
 
-/** Idle keep-alive connections (and heads that never complete) are closed after this. */
+/** Idle keep-alive connections, and heads not complete this long after they began, are closed. */
 export const KEEP_ALIVE_MS = 60_000;
 /** Bytes read ahead of the request being handled (pipelined requests) before reading pauses. */
 const READ_AHEAD = 64 * 1024;
@@ -87,6 +87,7 @@ export class Http1Conn {
   private pending: Buffer | undefined;
   private looping = false;
   private lastActive = coarseNow();
+  private headStart = 0;
   /** The request being handled. */
   head: RequestHead | undefined;
   private framer: Framer | undefined;
@@ -116,8 +117,13 @@ export class Http1Conn {
     return this.state === C.Closed;
   }
 
+  /**
+   * Idle between requests since before `limit`, or sending a head that began before it (a head
+   * trickled a byte at a time must not hold the connection forever).
+   */
   idleSince(limit: number): boolean {
-    return this.state === C.Head && this.lastActive < limit;
+    if (this.state !== C.Head) return false;
+    return this.pending ? this.headStart < limit : this.lastActive < limit;
   }
 
   /** Whether the request has a body (of any length but zero). */
@@ -128,6 +134,7 @@ export class Http1Conn {
   private data(d: Buffer): void {
     this.lastActive = coarseNow();
     if (this.state === C.Body) return this.pumpBody(d);
+    if (this.state === C.Head && !this.pending) this.headStart = this.lastActive;
     this.pending = this.pending ? Buffer.concat([this.pending, d]) : d;
     if (this.state === C.Head) this.loop();
     else if (this.pending.length > READ_AHEAD) this.sock.pause();
@@ -259,6 +266,7 @@ export class Http1Conn {
       return;
     }
     this.state = C.Head;
+    this.headStart = coarseNow();
     if (this.sock.isPaused()) this.sock.resume();
     if (this.pending) this.loop();
   }
