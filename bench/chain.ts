@@ -18,6 +18,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import pino from "pino";
+import { PROXY_NODE_FLAGS } from "../src/config/index.js";
 import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
 import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
 import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
@@ -39,7 +40,8 @@ const { values: opt } = parseArgs({
     "no-install": { type: "boolean", default: false },
     profile: { type: "string" },
     /** Extra node flags for the sidecar processes, space-separated, e.g. "--max-semi-space-size=4". */
-    "sidecar-flags": { type: "string", default: "" },
+    // The proxy's own launch flags unless told otherwise (--sidecar-flags="" runs bare node).
+    "sidecar-flags": { type: "string", default: PROXY_NODE_FLAGS.join(" ") },
   },
   strict: true,
 });

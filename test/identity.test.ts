@@ -10,7 +10,7 @@ import { after, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import { ControlPlane, TokenFileAttestor } from "../src/controlplane/index.js";
 import { CertificateAuthority, newKek, parseKek } from "../src/identity/index.js";
-import { x509 } from "../src/identity/x509.js";
+import { type X509Cert, x509 } from "../src/identity/x509.js";
 import type { Sidecar } from "../src/proxy/index.js";
 import {
   app,
@@ -26,7 +26,7 @@ import {
 } from "./harness/index.js";
 
 const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
-const pem = (c: x509.X509Certificate) => `${c.toString("pem").trim()}\n`;
+const pem = (c: X509Cert) => `${c.toString("pem").trim()}\n`;
 
 /** A root and intermediate whose keys the test holds, so it can sign leaves the CA never would. */
 async function testHierarchy() {

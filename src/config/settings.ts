@@ -12,6 +12,12 @@ export const PORTS = {
 } as const;
 
 export const PROXY_UID = 1337;
+/**
+ * Node flags the proxy process is started with (by the runtime's supervisor and by the chain
+ * bench): a 2 MiB young generation instead of 16 MiB. The data path keeps little alive per
+ * request, so scavenges stay cheap, and each proxy's RSS under load drops by about 20 MB.
+ */
+export const PROXY_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=2"];
 export const DEFAULT_APP_UID = 1001;
 export const DEFAULT_ROOT_NAMESPACE = "zmesh-system";
 export const CONTROL_PLANE_SPIFFE_PATH = "/ns/zmesh-system/sa/zmesh-controlplane";

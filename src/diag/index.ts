@@ -23,13 +23,31 @@ export function diagnostics(part: Part): Channel {
   return c;
 }
 
-/** A JSON-lines logger for a long-running process (control plane, proxy). */
+/** Buffered log output: lines reach stdout at most this long after they were logged. */
+const FLUSH_MS = 100;
+
+/**
+ * A JSON-lines logger for a long-running process (control plane, proxy). The proxy's (one access
+ * log line per request) is buffered: written in blocks of 4 KiB, by one periodic flush, at drain
+ * and at exit, instead of a write syscall per line. The writes stay synchronous: an asynchronous
+ * write hands each block to libuv's thread pool, which costs more than writing it.
+ */
 export function logger(part: Part, fields: Record<string, unknown> = {}): Logger {
-  return pino({
+  const options = {
     level: envOr(ENV.logLevel, "info"),
     base: { part, ...fields },
     timestamp: pino.stdTimeFunctions.isoTime,
+  };
+  if (part !== "proxy") return pino(options);
+  const dest = pino.destination({ dest: 1, sync: true, minLength: 4096, periodicFlush: FLUSH_MS });
+  process.once("exit", () => {
+    try {
+      dest.flushSync();
+    } catch {
+      // stdout already gone: nothing left to write to
+    }
   });
+  return pino(options, dest);
 }
 
 export type { Logger };

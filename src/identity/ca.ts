@@ -10,7 +10,7 @@ import { CsrError, LeafSigner, randomSerial } from "./leaf.js";
 import { decodePem, encodePem } from "./pem.js";
 import { type Sealed, seal, unseal } from "./sealed.js";
 import { DEFAULT_TRUST_DOMAIN, parseSpiffeId, trustDomainRule } from "./spiffe-id.js";
-import { subtle, x509 } from "./x509.js";
+import { subtle, type X509Cert, x509 } from "./x509.js";
 
 export interface IssuedSvid {
   /** Leaf first, then the intermediate; the root is not included (it is in the trust bundle). */
@@ -86,7 +86,7 @@ function checkTtlOption(name: string, value: number): number {
   return value;
 }
 
-function pemOf(c: x509.X509Certificate): string {
+function pemOf(c: X509Cert): string {
   return encodePem("CERTIFICATE", new Uint8Array(c.rawData));
 }
 
@@ -98,7 +98,7 @@ function derOf(pem: string, what: string): Uint8Array<ArrayBuffer> {
   return blocks[0]!.der;
 }
 
-async function makeRoot(start: Date): Promise<{ cert: x509.X509Certificate; keys: CryptoKeyPair }> {
+async function makeRoot(start: Date): Promise<{ cert: X509Cert; keys: CryptoKeyPair }> {
   const keys = (await subtle.generateKey(EC_P256, true, ["sign", "verify"])) as CryptoKeyPair;
   const notAfter = new Date(start.getTime());
   notAfter.setUTCFullYear(notAfter.getUTCFullYear() + ROOT_YEARS);

@@ -1,12 +1,14 @@
 // Certificate signing requests: a workload makes one for its own key (generateCsr), and the CA reads
 // untrusted ones (readCsr), which must be clean PEM, signed by their key, and use ECDSA P-256.
 
-import { KeyObject } from "node:crypto";
+import { generateKeyPair, KeyObject, sign, webcrypto } from "node:crypto";
 import { ZmeshError } from "../errors/index.js";
+import { BIT_STRING, BOOLEAN, INTEGER, OCTET_STRING, oid, SEQUENCE, SET, tlv } from "./der.js";
 import { CsrError, type ParsedCsr, parseCsrDer } from "./leaf.js";
 import { decodePem, encodePem } from "./pem.js";
 import { parseSpiffeId } from "./spiffe-id.js";
-import { subtle, x509 } from "./x509.js";
+
+const subtle = (webcrypto as Crypto).subtle;
 
 export interface Csr {
   /** PKCS#8 PEM of the new private key. */
@@ -28,19 +30,41 @@ export function privateKeyPem(key: CryptoKey): string {
   return KeyObject.from(key).export({ type: "pkcs8", format: "pem" }).toString();
 }
 
-/** A new ECDSA P-256 key and a CSR for it whose only content is the URI SAN (empty subject). */
+/**
+ * A new ECDSA P-256 key and a CSR for it whose only content is the URI SAN (empty subject), written
+ * with the DER writer of ./der.ts (PKCS#10, RFC 2986) so that a proxy never loads @peculiar/x509.
+ */
 export async function generateCsr(spiffeUri: string): Promise<Csr> {
   const uri = parseSpiffeId(spiffeUri).uri;
-  const keys = await generateP256KeyPair();
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    keys,
-    signingAlgorithm: EC_P256,
-    // An empty subject makes the SAN the whole identity, so it is marked critical (RFC 5280 4.2.1.6).
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "url", value: uri }], true)],
-  });
+  const { publicKey, privateKey } = await new Promise<{ publicKey: KeyObject; privateKey: KeyObject }>(
+    (resolve, reject) =>
+      generateKeyPair("ec", { namedCurve: "P-256" }, (e, pub, priv) =>
+        e ? reject(e) : resolve({ publicKey: pub, privateKey: priv }),
+      ),
+  );
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  // GeneralNames with one uniformResourceIdentifier ([6] IA5String).
+  const names = tlv(SEQUENCE, tlv(0x86, Buffer.from(uri, "latin1")));
+  // An empty subject makes the SAN the whole identity, so it is marked critical (RFC 5280 4.2.1.6).
+  const san = tlv(SEQUENCE, oid("2.5.29.17"), tlv(BOOLEAN, Buffer.from([0xff])), tlv(OCTET_STRING, names));
+  const extensionRequest = tlv(SEQUENCE, oid("1.2.840.113549.1.9.14"), tlv(SET, tlv(SEQUENCE, san)));
+  const info = tlv(
+    SEQUENCE,
+    tlv(INTEGER, Buffer.from([0])),
+    tlv(SEQUENCE),
+    spki,
+    tlv(0xa0, extensionRequest),
+  );
+  const signature = sign("sha256", info, { key: privateKey, dsaEncoding: "der" });
+  const der = tlv(
+    SEQUENCE,
+    info,
+    tlv(SEQUENCE, oid("1.2.840.10045.4.3.2")), // ecdsa-with-SHA256
+    tlv(BIT_STRING, Buffer.from([0]), signature),
+  );
   return {
-    keyPem: privateKeyPem(keys.privateKey),
-    csrPem: encodePem("CERTIFICATE REQUEST", new Uint8Array(csr.rawData)),
+    keyPem: privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
+    csrPem: encodePem("CERTIFICATE REQUEST", new Uint8Array(der)),
   };
 }
 

@@ -9,7 +9,7 @@ import { isZmeshError } from "../errors/index.js";
 import { CertificateAuthority, spiffeIdFromCertDer, svidLeafViolations } from "./index.js";
 import { decodePem } from "./pem.js";
 import { clearSpiffeIdCache } from "./svid.js";
-import { x509 } from "./x509.js";
+import { type X509Extension, x509 } from "./x509.js";
 
 const ORDERS = "spiffe://cluster.local/ns/shop/sa/orders";
 const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
@@ -30,7 +30,7 @@ async function leaf(spec: LeafSpec = {}): Promise<Uint8Array<ArrayBuffer>> {
   const curve = spec.curve ?? "P-256";
   const alg = { name: "ECDSA", namedCurve: curve, hash: "SHA-256" };
   const keys = (await webcrypto.subtle.generateKey(alg, false, ["sign", "verify"])) as CryptoKeyPair;
-  const extensions: x509.Extension[] = [];
+  const extensions: X509Extension[] = [];
   if (spec.ca !== null)
     extensions.push(new x509.BasicConstraintsExtension(spec.ca ?? false, undefined, true));
   if (spec.ku !== null)

@@ -6,7 +6,7 @@ import { isZmeshError, ZmeshError } from "../errors/index.js";
 import { certificateUris } from "./leaf.js";
 import { decodePem, plainBytes } from "./pem.js";
 import { parseSpiffeId } from "./spiffe-id.js";
-import { x509 } from "./x509.js";
+import { type X509Cert, type X509Extension, x509 } from "./x509.js";
 
 export const OID_SUBJECT_ALT_NAME = "2.5.29.17";
 export const OID_BASIC_CONSTRAINTS = "2.5.29.19";
@@ -23,7 +23,7 @@ export interface SanNames {
 }
 
 /** Reads the SANs from extensions; throws the library's error when a SAN cannot be decoded. */
-export function sanNames(extensions: readonly x509.Extension[]): SanNames {
+export function sanNames(extensions: readonly X509Extension[]): SanNames {
   const out: SanNames = { extensions: 0, uris: [], others: 0 };
   for (const ext of extensions) {
     if (ext.type !== OID_SUBJECT_ALT_NAME) continue;
@@ -40,7 +40,7 @@ export function sanNames(extensions: readonly x509.Extension[]): SanNames {
   return out;
 }
 
-function parseCertificate(pemOrDer: string | Uint8Array): x509.X509Certificate {
+function parseCertificate(pemOrDer: string | Uint8Array): X509Cert {
   if (typeof pemOrDer !== "string") return new x509.X509Certificate(plainBytes(pemOrDer));
   const blocks = decodePem(pemOrDer);
   if (typeof blocks === "string") throw new Error(`the PEM text is not clean: ${blocks}`);
@@ -119,14 +119,14 @@ export function clearSpiffeIdCache(): number {
  * serverAuth and clientAuth; an ECDSA P-256 key.
  */
 export function svidLeafViolations(pemOrDer: string | Uint8Array): string[] {
-  let cert: x509.X509Certificate;
+  let cert: X509Cert;
   try {
     cert = parseCertificate(pemOrDer);
   } catch (e) {
     return [`the certificate cannot be parsed: ${reason(e)}`];
   }
   const out: string[] = [];
-  let extensions: readonly x509.Extension[];
+  let extensions: readonly X509Extension[];
   try {
     extensions = cert.extensions;
   } catch (e) {

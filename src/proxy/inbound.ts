@@ -3,17 +3,20 @@
 // request is authorized by the policy engine and forwarded to the app on 127.0.0.1.
 
 import { randomUUID } from "node:crypto";
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
-import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
-import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
-import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
+import { fieldRecord, type RequestHead } from "./http1/head.js";
+import { UpstreamPool } from "./http1/pool.js";
+import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
-import { relay } from "./relay.js";
-import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
+import { principalOf } from "./principal.js";
+import { FLAGS, type Flag } from "./rescue.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
@@ -38,9 +41,12 @@ function xfcc(self: string, peer: Peer): string {
   return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
 }
 
-export class Inbound {
+/** Fields of the caller the app never sees (the mesh sets its own). */
+const DROP = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER, "x-request-id"]);
+
+export class Inbound implements Http1Listener {
   readonly server: Server;
-  private readonly http = createHttpServer({ keepAliveTimeout: 60_000 });
+  private readonly h1 = new Http1Server(this);
   /**
    * TLS is a tls.Server fed the accepted sockets, not a bare TLSSocket: only a tls.Server checks
    * the client certificate's verification result (a bare server TLSSocket completes the handshake
@@ -57,8 +63,8 @@ export class Inbound {
   private tlsBundle: string | undefined;
   /** Original destination port of each accepted connection, by its remote address and port. */
   private readonly dstPorts = new Map<string, number>();
-  private readonly peers = new WeakMap<Socket, Peer>();
-  private readonly apps = new Map<number, Pool>();
+  private readonly peers = new WeakMap<Duplex, Peer>();
+  private readonly apps = new Map<number, UpstreamPool>();
 
   constructor(
     private readonly state: ProxyState,
@@ -76,15 +82,17 @@ export class Inbound {
         "inbound connection refused: mTLS handshake failed",
       );
     });
-    this.http.on("request", (req, res) => this.request(req, res));
-    this.http.on("upgrade", (req: IncomingMessage, sock: Socket, head: Buffer) =>
-      this.upgrade(req, sock, head),
+  }
+
+  draining(): boolean {
+    return this.state.draining;
+  }
+
+  malformed(conn: Http1Conn, reason: string): void {
+    this.log.info(
+      { direction: "inbound", remote: (conn.sock as Socket).remoteAddress, reason },
+      "malformed request refused",
     );
-    this.http.on("clientError", (_e, sock: Socket) => {
-      if (sock.writable)
-        sock.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
-      else sock.destroy();
-    });
   }
 
   /** Keeps the TLS server on the current SVID and trust bundle (new connections only). */
@@ -150,8 +158,7 @@ export class Inbound {
     };
     if (first && looksLikeHttp(first)) {
       this.peers.set(raw, peer);
-      this.http.emit("connection", raw);
-      raw.resume();
+      this.h1.serve(raw);
     } else this.tcp(raw, peer);
   }
 
@@ -188,7 +195,7 @@ export class Inbound {
     };
     if (tls.alpnProtocol === ALPN_TCP) return this.tcp(tls, peer);
     this.peers.set(tls, peer);
-    this.http.emit("connection", tls);
+    this.h1.serve(tls);
   }
 
   /** Opaque TCP: authorized once per connection (HTTP-only rule parts do not apply), then piped to the app. */
@@ -251,24 +258,34 @@ export class Inbound {
     });
   }
 
-  private app(port: number): Pool {
+  private app(port: number): UpstreamPool {
     let pool = this.apps.get(port);
     if (!pool) {
-      pool = new Pool(`http://${this.appHost}:${port}`, { connections: 64, pipelining: 1 });
+      const host = this.appHost;
+      pool = new UpstreamPool((cb) => {
+        const s = connect({ host, port, noDelay: true });
+        const fail = (e: Error) => cb(e, null);
+        s.once("error", fail);
+        s.once("connect", () => {
+          s.off("error", fail);
+          cb(null, s);
+        });
+      });
       this.apps.set(port, pool);
     }
     return pool;
   }
 
-  private request(req: IncomingMessage, res: ServerResponse): void {
-    const start = process.hrtime.bigint();
-    const peer = this.peers.get(req.socket);
-    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+  request(conn: Http1Conn, head: RequestHead): void {
+    const start = performance.now();
+    const peer = this.peers.get(conn.sock);
+    const headers = fieldRecord(head);
+    const requestId = headers["x-request-id"] || randomUUID();
     const snap = this.state.snapshot;
     const policies = this.state.policies;
-    if (!peer || !policies || !snap) return rescueHttp(res, "NOT_READY", requestId);
-    const sourceWorkload = req.headers[SOURCE_WORKLOAD_HEADER];
-    const norm = normalizePath(req.url ?? "");
+    if (!peer || !policies || !snap) return conn.reject("NOT_READY", requestId);
+    const sourceWorkload = headers[SOURCE_WORKLOAD_HEADER];
+    const norm = normalizePath(head.target);
     const record: HttpRecord = {
       reporter: "destination",
       requestId,
@@ -282,9 +299,9 @@ export class Inbound {
         workload: snap.workload.name,
         namespace: snap.workload.namespace,
       },
-      service: (req.headers.host ?? "").replace(/:\d+$/, "") || undefined,
-      method: req.method,
-      path: norm.ok ? norm.path : req.url,
+      service: (headers.host ?? "").replace(/:\d+$/, "") || undefined,
+      method: head.method,
+      path: norm.ok ? norm.path : head.target,
       protocol: "http",
       status: 0,
       mtls: peer.mtls,
@@ -293,20 +310,23 @@ export class Inbound {
       responseBytes: 0,
     };
     this.state.inflight++;
-    if (this.state.draining) res.setHeader("connection", "close");
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
       this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
         record.flag = flag;
         record.status = FLAGS[flag].status;
-        rescueHttp(res, flag, requestId);
+        conn.reject(flag, requestId);
       }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      record.durationMs = performance.now() - start;
       this.telemetry.http(record);
     };
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
-    const authorize = (auth?: RequestAuth) => {
+    const authorize = (
+      auth?: RequestAuth,
+      drop: ReadonlySet<string> = DROP,
+      set?: Record<string, string>,
+    ) => {
       const decision = evaluate(policies, {
         ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
         ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
@@ -315,10 +335,10 @@ export class Inbound {
         destinationPort: peer.port,
         ...(auth ? { auth } : {}),
         http: {
-          method: req.method ?? "",
+          method: head.method,
           path: norm.path,
-          host: req.headers.host ?? "",
-          headers: req.headers as Record<string, string | undefined>,
+          host: headers.host ?? "",
+          headers,
         },
       });
       record.decision = decision.allowed ? "allow" : "deny";
@@ -328,12 +348,11 @@ export class Inbound {
       if (decision.rule !== undefined) record.rule = decision.rule;
       if (decision.dryRun?.length) record.dryRun = decision.dryRun;
       if (!decision.allowed) return finish({}, "RBAC_DENIED");
-      const headers = forwardable(req.headers, true);
-      delete headers[SOURCE_WORKLOAD_HEADER];
-      headers["x-request-id"] = requestId;
-      if (peer.mtls) headers["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
+      const extra = ["x-request-id", requestId];
+      if (peer.mtls) extra.push("x-forwarded-client-cert", xfcc(snap.workload.spiffeId, peer));
+      if (set) for (const k of Object.keys(set)) extra.push(k, set[k]!);
       const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
-      relay(this.app(peer.port), req, res, path, headers, (r) => {
+      conn.forward(this.app(peer.port), requestHeadFor(head, path, drop, extra), (r) => {
         if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
         finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
       });
@@ -341,33 +360,38 @@ export class Inbound {
     const jwtRules = snap.requestAuthentications;
     if (jwtRules.length === 0) return authorize();
     // A present but invalid token is 401; a missing one gives no request principal.
-    authenticateJwt(
-      jwtRules,
-      { headers: req.headers as Record<string, string | undefined>, query: norm.query },
-      new Date(),
-    ).then(
+    authenticateJwt(jwtRules, { headers, query: norm.query }, new Date()).then(
       (r) => {
         if (!r.ok)
           return finish(
             { decision: "deny", reason: r.reason, ...(r.policy ? { policy: r.policy } : {}) },
             "JWT_INVALID",
           );
-        for (const h of r.headersToRemove) delete req.headers[h];
-        Object.assign(req.headers, r.headersToSet);
-        authorize({
-          ...(r.principal !== undefined ? { principal: r.principal } : {}),
-          ...(r.audiences ? { audiences: r.audiences } : {}),
-          ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
-          ...(r.claims ? { claims: r.claims } : {}),
-        });
+        const drop = new Set(DROP);
+        for (const h of r.headersToRemove) {
+          delete headers[h];
+          drop.add(h);
+        }
+        for (const h of Object.keys(r.headersToSet)) drop.add(h);
+        Object.assign(headers, r.headersToSet);
+        authorize(
+          {
+            ...(r.principal !== undefined ? { principal: r.principal } : {}),
+            ...(r.audiences ? { audiences: r.audiences } : {}),
+            ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
+            ...(r.claims ? { claims: r.claims } : {}),
+          },
+          drop,
+          r.headersToSet,
+        );
       },
       (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
     );
   }
 
   /** An upgrade (WebSocket): authorized like any request, then the app connection carries bytes both ways. */
-  private upgrade(req: IncomingMessage, sock: Socket, head: Buffer): void {
-    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+  upgrade(sock: Duplex, req: UpgradeRequest, head: Buffer): void {
+    const requestId = req.headers["x-request-id"] || randomUUID();
     const peer = this.peers.get(sock);
     const snap = this.state.snapshot;
     const norm = normalizePath(req.url ?? "");
@@ -380,10 +404,10 @@ export class Inbound {
       sourceIp: peer.remoteAddress,
       destinationPort: peer.port,
       http: {
-        method: req.method ?? "",
+        method: req.method,
         path: norm.path,
         host: req.headers.host ?? "",
-        headers: req.headers as Record<string, string | undefined>,
+        headers: req.headers,
       },
     });
     this.log.info(
@@ -413,7 +437,7 @@ export class Inbound {
 
   async close(): Promise<void> {
     this.server.close();
-    this.http.closeAllConnections();
-    await Promise.all([...this.apps.values()].map((p) => p.close()));
+    this.h1.close();
+    for (const p of this.apps.values()) p.close();
   }
 }

@@ -3,24 +3,22 @@
 // used only if the server proves a SPIFFE ID the service may run as (secure naming).
 
 import { randomUUID } from "node:crypto";
-import {
-  createServer,
-  type Server as HttpServer,
-  type IncomingMessage,
-  type ServerResponse,
-} from "node:http";
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
-import { type buildConnector, Pool } from "undici";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { peerSpiffeId, principalOf } from "../identity/index.js";
+import { peerSpiffeId } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
-import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
+import { field, type RequestHead } from "./http1/head.js";
+import { UpstreamPool } from "./http1/pool.js";
+import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
-import { hasBody, relay } from "./relay.js";
-import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
+import { principalOf } from "./principal.js";
+import { FLAGS, type Flag } from "./rescue.js";
 import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
@@ -28,13 +26,15 @@ import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+/** Fields of the app the next sidecar must not trust (the mesh sets its own). */
+const DROP = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER, "x-request-id"]);
 
-export class Outbound {
-  /** Accepts captured connections and routes each: HTTP to `http`, TCP to a mutual-TLS pipe. */
+export class Outbound implements Http1Listener {
+  /** Accepts captured connections and routes each: HTTP to `h1`, TCP to a mutual-TLS pipe. */
   readonly server: Server;
-  private readonly http: HttpServer;
-  private readonly dsts = new WeakMap<Socket, Destination>();
-  private readonly pools = new Map<string, Pool>();
+  private readonly h1 = new Http1Server(this);
+  private readonly dsts = new WeakMap<Duplex, Destination>();
+  private readonly pools = new Map<string, UpstreamPool>();
   private readonly balancer = new Balancer();
 
   constructor(
@@ -43,11 +43,15 @@ export class Outbound {
     private readonly log: Logger,
     private readonly telemetry: Telemetry,
   ) {
-    this.http = createServer({ keepAliveTimeout: 60_000 }, (req, res) => this.request(req, res));
-    this.http.on("upgrade", (req: IncomingMessage, sock: Socket, head: Buffer) =>
-      this.upgrade(req, sock, head),
-    );
     this.server = createNetServer((s) => this.accept(s));
+  }
+
+  draining(): boolean {
+    return this.state.draining;
+  }
+
+  malformed(_conn: Http1Conn, reason: string): void {
+    this.log.info({ direction: "outbound", reason }, "malformed request refused");
   }
 
   private accept(s: Socket): void {
@@ -58,13 +62,12 @@ export class Outbound {
     if (!dst) return void s.destroy();
     const route = this.state.route(dst.address, dst.port);
     if (route?.protocol === "tcp") return this.tcp(s, route);
-    if (route?.protocol === "http") return void this.http.emit("connection", s);
+    if (route?.protocol === "http") return void this.h1.serve(s);
     // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
     // server-first protocol (the client waits for a greeting) is not stalled.
     sniff(s, SNIFF_MS, (first) => {
       if (first && looksLikeHttp(first)) {
-        this.http.emit("connection", s);
-        s.resume(); // sniff paused it with the first bytes pushed back; the HTTP parser reads them now
+        this.h1.serve(s); // sniff paused it with the first bytes pushed back; serve resumes it
       } else if (route) this.tcp(s, route);
       else this.noRoute(s, dst);
     });
@@ -155,11 +158,11 @@ export class Outbound {
   }
 
   /** The captured socket's original destination, read once per connection. */
-  private destination(s: Socket): Destination | undefined {
+  private destination(s: Duplex): Destination | undefined {
     let d = this.dsts.get(s);
     if (!d) {
       try {
-        d = this.originalDst(s);
+        d = this.originalDst(s as Socket);
         this.dsts.set(s, d);
       } catch (e) {
         this.log.warn({ err: (e as Error).message }, "outbound connection without original destination");
@@ -221,26 +224,17 @@ export class Outbound {
     sock.once("error", (e) => finish(e, null));
   }
 
-  /** The undici connector of a pool: the same dial, for HTTP/1.1. */
-  private connector(route: () => Route | undefined): buildConnector.connector {
-    return (opts, cb) =>
-      this.dial(opts.hostname, Number(opts.port), ["http/1.1"], route, (err, sock) =>
-        cb(err as Error, sock as never),
-      );
-  }
-
-  private pool(route: Route, address: string): Pool {
+  /** Keep-alive mutual-TLS connections to one endpoint of one service. */
+  private pool(route: Route, address: string): UpstreamPool {
     const svc = `${route.service.namespace}/${route.service.name}`;
     const key = `${svc}|${address}:${route.targetPort}`;
     let pool = this.pools.get(key);
     if (!pool) {
       const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
       const vip = route.service.vip;
-      pool = new Pool(`http://${address}:${route.targetPort}`, {
-        connections: 64,
-        pipelining: 1,
-        connect: this.connector(() => this.state.route(vip, port)),
-      });
+      const target = route.targetPort;
+      const current = () => this.state.route(vip, port);
+      pool = new UpstreamPool((cb) => this.dial(address, target, ["http/1.1"], current, cb));
       this.pools.set(key, pool);
     }
     return pool;
@@ -250,10 +244,10 @@ export class Outbound {
     return this.balancer.pick(route.service.endpoints, exclude);
   }
 
-  private request(req: IncomingMessage, res: ServerResponse): void {
-    const start = process.hrtime.bigint();
-    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
-    const dst = this.destination(req.socket);
+  request(conn: Http1Conn, head: RequestHead): void {
+    const start = performance.now();
+    const requestId = field(head, "x-request-id") || randomUUID();
+    const dst = this.destination(conn.sock);
     const self = this.state.snapshot?.workload;
     const record: HttpRecord = {
       reporter: "source",
@@ -262,8 +256,8 @@ export class Outbound {
         ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
         : {},
       destination: {},
-      method: req.method,
-      path: req.url,
+      method: head.method,
+      path: head.target,
       protocol: "http",
       status: 0,
       mtls: true,
@@ -273,16 +267,15 @@ export class Outbound {
       ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
     };
     this.state.inflight++;
-    if (this.state.draining) res.setHeader("connection", "close");
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
       this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
         record.flag = flag;
         record.status = FLAGS[flag].status;
-        rescueHttp(res, flag, requestId);
+        conn.reject(flag, requestId);
       }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      record.durationMs = performance.now() - start;
       this.telemetry.http(record);
     };
     if (!dst || !self) return finish({}, "NOT_READY");
@@ -291,12 +284,15 @@ export class Outbound {
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
-    const headers = forwardable(req.headers, true);
-    headers["x-request-id"] = requestId;
-    headers[SOURCE_WORKLOAD_HEADER] = self.name;
+    const headText = requestHeadFor(head, head.target, DROP, [
+      "x-request-id",
+      requestId,
+      SOURCE_WORKLOAD_HEADER,
+      self.name,
+    ]);
     // An idempotent request without a body is retried once, on another endpoint, when the first
     // could not be reached: nothing was sent to the app, so nothing can happen twice.
-    const retryable = !hasBody(req) && IDEMPOTENT.has(req.method ?? "");
+    const retryable = !conn.hasBody && IDEMPOTENT.has(head.method);
     const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
       record.upstream = `${ep.address}:${route.targetPort}`;
       record.destination = {
@@ -305,7 +301,7 @@ export class Outbound {
         namespace: route.service.namespace,
       };
       this.balancer.started(ep.address);
-      relay(this.pool(route, ep.address), req, res, req.url ?? "/", headers, (r) => {
+      conn.forward(this.pool(route, ep.address), headText, (r) => {
         const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
         this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
         if (r.error) {
@@ -321,8 +317,8 @@ export class Outbound {
   }
 
   /** An upgrade (WebSocket): its own mutual-TLS connection to an endpoint, then bytes both ways. */
-  private upgrade(req: IncomingMessage, sock: Socket, head: Buffer): void {
-    const requestId = (req.headers["x-request-id"] as string | undefined) || randomUUID();
+  upgrade(sock: Duplex, req: UpgradeRequest, head: Buffer): void {
+    const requestId = req.headers["x-request-id"] || randomUUID();
     const dst = this.destination(sock);
     const route = dst ? this.state.route(dst.address, dst.port) : undefined;
     const ep = route ? this.pick(route) : undefined;
@@ -338,7 +334,7 @@ export class Outbound {
       (err, up) => {
         if (err || !up) return refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId);
         up.write(
-          upgradeHead(req.method ?? "GET", req.url ?? "/", req.headers, {
+          upgradeHead(req.method, req.url, req.headers, {
             "x-request-id": requestId,
             [SOURCE_WORKLOAD_HEADER]: self.name,
           }),
@@ -351,7 +347,7 @@ export class Outbound {
 
   async close(): Promise<void> {
     this.server.close();
-    this.http.closeAllConnections();
-    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    this.h1.close();
+    for (const p of this.pools.values()) p.close();
   }
 }

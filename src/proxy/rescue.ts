@@ -32,3 +32,22 @@ export function rescueHttp(res: ServerResponse, flag: Flag, requestId: string): 
   });
   res.end(text);
 }
+
+/** The same fixed response as raw HTTP/1.1 bytes, for listeners that write heads themselves. */
+export function rescueWire(flag: Flag, requestId: string, close: boolean): string {
+  const { status, body } = FLAGS[flag];
+  const text = `${body} (request id ${requestId})\n`;
+  return (
+    `HTTP/1.1 ${status} ${REASONS[status] ?? ""}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+    `content-length: ${Buffer.byteLength(text)}\r\nx-request-id: ${requestId}\r\nx-zmesh-flag: ${flag}\r\n` +
+    `${close ? "connection: close\r\n" : ""}\r\n${text}`
+  );
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+};

@@ -214,6 +214,7 @@ export class Sidecar {
       this.outbound.server.close();
       this.log.info({ inflight: this.state.inflight }, "draining");
     }
+    this.log.flush();
     const deadline = Date.now() + timeoutMs;
     while (this.state.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   }
@@ -230,5 +231,6 @@ export class Sidecar {
     this.admin.closeAllConnections();
     this.health.closeAllConnections();
     this.log.info("proxy stopped");
+    this.log.flush(); // access logs are buffered: nothing logged may be lost at exit
   }
 }

@@ -3,8 +3,9 @@
 // the flag, decision and identities in a log line and in a metric never disagree.
 
 import { createServer, type Server } from "node:http";
-import { Counter, Histogram, Registry } from "prom-client";
+import { Counter, Registry } from "prom-client";
 import type { Logger } from "../diag/index.js";
+import { FastMetric } from "./metrics.js";
 
 export type Reporter = "source" | "destination";
 
@@ -97,33 +98,33 @@ function peerLabels(r: {
 
 export class Telemetry {
   readonly registry = new Registry();
-  private readonly requests = new Counter({
-    name: "istio_requests_total",
-    help: "Requests handled",
-    labelNames: HTTP_LABELS,
-    registers: [this.registry],
-  });
-  private readonly duration = new Histogram({
-    name: "istio_request_duration_milliseconds",
-    help: "Request duration",
-    labelNames: HTTP_LABELS,
-    buckets: MS_BUCKETS,
-    registers: [this.registry],
-  });
-  private readonly reqBytes = new Histogram({
-    name: "istio_request_bytes",
-    help: "Request body sizes",
-    labelNames: HTTP_LABELS,
-    buckets: BYTE_BUCKETS,
-    registers: [this.registry],
-  });
-  private readonly respBytes = new Histogram({
-    name: "istio_response_bytes",
-    help: "Response body sizes",
-    labelNames: HTTP_LABELS,
-    buckets: BYTE_BUCKETS,
-    registers: [this.registry],
-  });
+  private readonly requests = new FastMetric(
+    this.registry,
+    "istio_requests_total",
+    "Requests handled",
+    "counter",
+  );
+  private readonly duration = new FastMetric(
+    this.registry,
+    "istio_request_duration_milliseconds",
+    "Request duration",
+    "histogram",
+    MS_BUCKETS,
+  );
+  private readonly reqBytes = new FastMetric(
+    this.registry,
+    "istio_request_bytes",
+    "Request body sizes",
+    "histogram",
+    BYTE_BUCKETS,
+  );
+  private readonly respBytes = new FastMetric(
+    this.registry,
+    "istio_response_bytes",
+    "Response body sizes",
+    "histogram",
+    BYTE_BUCKETS,
+  );
   private readonly tcpOpened = new Counter({
     name: "istio_tcp_connections_opened_total",
     help: "TCP connections opened",
@@ -148,28 +149,38 @@ export class Telemetry {
     labelNames: TCP_LABELS,
     registers: [this.registry],
   });
-  private readonly decisions = new Counter({
-    name: "zmesh_authz_decisions_total",
-    help: "Authorization decisions by deciding policy and action",
-    labelNames: ["reporter", "decision", "policy", "action"],
-    registers: [this.registry],
-  });
+  private readonly decisions = new FastMetric(
+    this.registry,
+    "zmesh_authz_decisions_total",
+    "Authorization decisions by deciding policy and action",
+    "counter",
+  );
 
   constructor(private readonly log: Logger) {}
 
   http(r: HttpRecord): void {
-    const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
-    this.requests.inc(labels);
-    this.duration.observe(labels, r.durationMs);
-    this.reqBytes.observe(labels, r.requestBytes);
-    this.respBytes.observe(labels, r.responseBytes);
+    const s = r.source;
+    const d = r.destination;
+    // One key per label tuple: the labels object is built only for a tuple not seen before.
+    const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}`;
+    const labels = () => ({
+      ...peerLabels(r),
+      request_protocol: r.protocol,
+      response_code: String(r.status),
+    });
+    this.requests.at(key, labels).inc();
+    this.duration.at(key, labels).observe(r.durationMs);
+    this.reqBytes.at(key, labels).observe(r.requestBytes);
+    this.respBytes.at(key, labels).observe(r.responseBytes);
     if (r.decision) {
-      this.decisions.inc({
-        reporter: r.reporter,
-        decision: r.decision,
-        policy: r.policy ?? "none",
-        action: r.action ?? "none",
-      });
+      this.decisions
+        .at(`${r.reporter}|${r.decision}|${r.policy}|${r.action}`, () => ({
+          reporter: r.reporter,
+          decision: r.decision ?? "none",
+          policy: r.policy ?? "none",
+          action: r.action ?? "none",
+        }))
+        .inc();
     }
     this.log.info(
       {

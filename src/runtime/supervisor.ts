@@ -13,7 +13,7 @@ import { closeSync, openSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { CONTROL_PLANE_SPIFFE_PATH, PORTS, PROXY_UID } from "../config/index.js";
+import { CONTROL_PLANE_SPIFFE_PATH, PORTS, PROXY_NODE_FLAGS, PROXY_UID } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { controlPlaneSocket } from "./ca.js";
 import { listeningPorts, sameProcess, startTicks, ZMESH_BIN } from "./processes.js";
@@ -97,6 +97,7 @@ function specOf(state: MeshState, role: Role, inst?: Instance): Spec {
         "exec",
         i.netns,
         process.execPath,
+        ...PROXY_NODE_FLAGS,
         ZMESH_BIN,
         "proxy",
         "--mesh",

@@ -1,0 +1,133 @@
+// Keep-alive upstream connections for HTTP/1.1, one pool per destination (an endpoint's sidecar
+// over mutual TLS on the outbound side, an app port on the inbound side). A connection carries one
+// exchange at a time; idle ones are reused most-recent first and closed after IDLE_MS by one
+// coarse sweep, below the 5 s keep-alive of Node servers, so a reused socket is rarely stale.
+
+import type { Duplex } from "node:stream";
+
+export const IDLE_MS = 4_000;
+const SWEEP_MS = 1_000;
+const MAX_CONNECTIONS = 64;
+
+/** What an upstream connection reports to the exchange that holds it. */
+export interface UpstreamUser {
+  upData(chunk: Buffer): void;
+  upDrain(): void;
+  upClosed(err: Error | undefined): void;
+}
+
+export class Upstream {
+  user: UpstreamUser | undefined;
+  idleSince = 0;
+  /** Exchanges carried so far (0 on a new connection: a failure then is a connect failure). */
+  uses = 0;
+  err: Error | undefined;
+  closed = false;
+
+  constructor(
+    readonly sock: Duplex,
+    readonly pool: UpstreamPool,
+  ) {
+    sock.on("data", (d: Buffer) => {
+      if (this.user) this.user.upData(d);
+      else sock.destroy(); // an idle connection has nothing to say
+    });
+    sock.on("drain", () => this.user?.upDrain());
+    sock.on("error", (e: Error) => {
+      this.err ??= e;
+    });
+    sock.on("close", () => {
+      this.closed = true;
+      pool.gone(this);
+      const u = this.user;
+      this.user = undefined;
+      u?.upClosed(this.err);
+    });
+  }
+}
+
+export type Dial = (cb: (err: Error | null, sock: Duplex | null) => void) => void;
+type Waiter = (err: Error | null, up: Upstream | null) => void;
+
+export class UpstreamPool {
+  private readonly idle: Upstream[] = [];
+  private count = 0;
+  private readonly waiters: Waiter[] = [];
+  private closed = false;
+
+  constructor(private readonly dial: Dial) {}
+
+  /** An idle connection, or a new one (up to the limit; then the next one released). */
+  acquire(cb: Waiter): void {
+    if (this.closed) return cb(new Error("pool closed"), null);
+    const up = this.idle.pop();
+    if (up) return cb(null, up);
+    if (this.count >= MAX_CONNECTIONS) {
+      this.waiters.push(cb);
+      return;
+    }
+    this.count++;
+    this.dial((err, sock) => {
+      if (err || !sock) {
+        this.count--;
+        return cb(err ?? new Error("connect failed"), null);
+      }
+      if (this.closed) {
+        this.count--;
+        sock.destroy();
+        return cb(new Error("pool closed"), null);
+      }
+      cb(null, new Upstream(sock, this));
+    });
+  }
+
+  /** Returns a connection whose exchange ended cleanly (keep-alive both ways). */
+  release(up: Upstream): void {
+    up.user = undefined;
+    up.uses++;
+    if (up.closed) return;
+    // Its exchange may have paused it for backpressure; idle, it must be read (a close, or junk).
+    if (up.sock.isPaused()) up.sock.resume();
+    if (this.closed) return void up.sock.destroy();
+    const w = this.waiters.shift();
+    if (w) return w(null, up);
+    up.idleSince = now;
+    this.idle.push(up);
+    pools.add(this);
+  }
+
+  /** A connection that closed (idle or not). */
+  gone(up: Upstream): void {
+    this.count--;
+    const i = this.idle.indexOf(up);
+    if (i >= 0) this.idle.splice(i, 1);
+    // Room for one more: a waiter gets a new connection.
+    const w = this.waiters.shift();
+    if (w) this.acquire(w);
+  }
+
+  sweep(limit: number): void {
+    // Oldest first at the bottom of the stack.
+    while (this.idle.length > 0 && this.idle[0]!.idleSince < limit) this.idle.shift()!.sock.destroy();
+    if (this.idle.length === 0) pools.delete(this);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const up of this.idle.splice(0)) up.sock.destroy();
+    for (const w of this.waiters.splice(0)) w(new Error("pool closed"), null);
+    pools.delete(this);
+  }
+}
+
+/** The coarse clock and the one sweep of idle connections of every pool. */
+let now = Date.now();
+const pools = new Set<UpstreamPool>();
+setInterval(() => {
+  now = Date.now();
+  for (const p of pools) p.sweep(now - IDLE_MS);
+}, SWEEP_MS).unref();
+
+export function coarseNow(): number {
+  return now;
+}
