@@ -10,11 +10,12 @@ import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import { H2Inbound } from "./h2-inbound.js"; // HTTP/2 hook
 import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
 import { relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
-import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import { ALPN_H2, ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
@@ -49,7 +50,7 @@ export class Inbound {
   private readonly tls = createTlsServer({
     requestCert: true,
     rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1", ALPN_TCP],
+    ALPNProtocols: ["http/1.1", ALPN_TCP, ALPN_H2],
     minVersion: "TLSv1.3",
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
   });
@@ -59,6 +60,8 @@ export class Inbound {
   private readonly dstPorts = new Map<string, number>();
   private readonly peers = new WeakMap<Socket, Peer>();
   private readonly apps = new Map<number, Pool>();
+  /** HTTP/2 hook: h2 (ALPN) and plaintext h2c connections are served by h2-inbound.ts. */
+  private readonly h2: H2Inbound;
 
   constructor(
     private readonly state: ProxyState,
@@ -69,6 +72,7 @@ export class Inbound {
     private readonly appHost = "127.0.0.1",
   ) {
     this.server = createNetServer((s) => this.accept(s));
+    this.h2 = new H2Inbound(state, log, telemetry, appHost); // HTTP/2 hook
     this.tls.on("secureConnection", (s: TLSSocket) => this.secured(s));
     this.tls.on("tlsClientError", (e: Error, s: TLSSocket) => {
       this.log.info(
@@ -148,6 +152,7 @@ export class Inbound {
       remoteAddress: raw.remoteAddress ?? "",
       port,
     };
+    if (first && looksLikeH2(first)) return this.h2.serve(raw, peer); // HTTP/2 hook: plaintext h2c
     if (first && looksLikeHttp(first)) {
       this.peers.set(raw, peer);
       this.http.emit("connection", raw);
@@ -187,6 +192,7 @@ export class Inbound {
       port,
     };
     if (tls.alpnProtocol === ALPN_TCP) return this.tcp(tls, peer);
+    if (tls.alpnProtocol === ALPN_H2) return this.h2.serve(tls, peer); // HTTP/2 hook
     this.peers.set(tls, peer);
     this.http.emit("connection", tls);
   }
@@ -414,6 +420,7 @@ export class Inbound {
   async close(): Promise<void> {
     this.server.close();
     this.http.closeAllConnections();
+    this.h2.close(); // HTTP/2 hook
     await Promise.all([...this.apps.values()].map((p) => p.close()));
   }
 }

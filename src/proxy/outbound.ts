@@ -17,11 +17,12 @@ import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
+import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
 import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { hasBody, relay } from "./relay.js";
 import { FLAGS, type Flag, rescueHttp } from "./rescue.js";
-import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
@@ -36,6 +37,8 @@ export class Outbound {
   private readonly dsts = new WeakMap<Socket, Destination>();
   private readonly pools = new Map<string, Pool>();
   private readonly balancer = new Balancer();
+  /** HTTP/2 hook: h2c app connections are served by h2-outbound.ts (same balancer, same dial). */
+  private readonly h2: H2Outbound;
 
   constructor(
     private readonly state: ProxyState,
@@ -48,6 +51,7 @@ export class Outbound {
       this.upgrade(req, sock, head),
     );
     this.server = createNetServer((s) => this.accept(s));
+    this.h2 = new H2Outbound(state, log, telemetry, this.balancer, (...a) => this.dial(...a)); // HTTP/2 hook
   }
 
   private accept(s: Socket): void {
@@ -62,6 +66,8 @@ export class Outbound {
     // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
     // server-first protocol (the client waits for a greeting) is not stalled.
     sniff(s, SNIFF_MS, (first) => {
+      // HTTP/2 hook: h2c with prior knowledge, by its preface or by an http2/grpc Service port.
+      if (first ? looksLikeH2(first) : route?.protocol === "http2") return this.h2.accept(s, dst);
       if (first && looksLikeHttp(first)) {
         this.http.emit("connection", s);
         s.resume(); // sniff paused it with the first bytes pushed back; the HTTP parser reads them now
@@ -352,6 +358,7 @@ export class Outbound {
   async close(): Promise<void> {
     this.server.close();
     this.http.closeAllConnections();
+    this.h2.close(); // HTTP/2 hook
     await Promise.all([...this.pools.values()].map((p) => p.close()));
   }
 }

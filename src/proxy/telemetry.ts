@@ -24,6 +24,10 @@ export interface HttpRecord {
   path?: string;
   protocol: "http" | "grpc";
   status: number;
+  /** gRPC only: the grpc-status the call ended with (from trailers, or the flag's). */
+  grpcStatus?: string;
+  /** HTTP/2 (h2c from the app or to it, h2 between sidecars); absent for HTTP/1.1. */
+  http2?: boolean;
   flag?: string;
   mtls: boolean;
   durationMs: number;
@@ -70,8 +74,12 @@ const HTTP_LABELS = [
   "response_code",
   "response_flags",
   "connection_security_policy",
+  // Set on gRPC requests only (Istio's label); other series keep the label set they had.
+  "grpc_response_status",
 ] as const;
-const TCP_LABELS = HTTP_LABELS.filter((l) => l !== "request_protocol" && l !== "response_code");
+const TCP_LABELS = HTTP_LABELS.filter(
+  (l) => l !== "request_protocol" && l !== "response_code" && l !== "grpc_response_status",
+);
 
 function peerLabels(r: {
   reporter: Reporter;
@@ -158,7 +166,12 @@ export class Telemetry {
   constructor(private readonly log: Logger) {}
 
   http(r: HttpRecord): void {
-    const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
+    const labels = {
+      ...peerLabels(r),
+      request_protocol: r.protocol,
+      response_code: String(r.status),
+      ...(r.grpcStatus !== undefined ? { grpc_response_status: r.grpcStatus } : {}),
+    };
     this.requests.inc(labels);
     this.duration.observe(labels, r.durationMs);
     this.reqBytes.observe(labels, r.requestBytes);
@@ -183,6 +196,8 @@ export class Telemetry {
         method: r.method,
         path: r.path,
         status: r.status,
+        grpcStatus: r.grpcStatus,
+        http2: r.http2,
         flag: r.flag,
         decision: r.decision,
         policy: r.policy,
