@@ -9,7 +9,15 @@ import * as grpc from "@grpc/grpc-js";
 import { exportJWK, generateKeyPair } from "jose";
 import type { Sidecar } from "../src/proxy/index.js";
 import { fallbackIntent } from "./harness/h2.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./harness/index.js";
+import {
+  controlPlane,
+  entryYaml,
+  freePort,
+  logLines,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 const method = (path: string, requestStream: boolean, responseStream: boolean) => ({
@@ -109,16 +117,18 @@ type Unary = (
 ) => grpc.ClientUnaryCall;
 
 function unary(client: grpc.Client, name: string, req: Buffer, md = new grpc.Metadata()) {
-  return new Promise<{ err: grpc.ServiceError | null; reply?: Buffer; trailers?: grpc.Metadata }>((resolve) => {
-    let trailers: grpc.Metadata | undefined;
-    const call = (client as unknown as Record<string, Unary>)[name]!.call(client, req, md, (err, reply) =>
-      // The status event (with trailers) comes after the callback; wait a tick for it.
-      setImmediate(() => resolve({ err, ...(reply ? { reply } : {}), ...(trailers ? { trailers } : {}) })),
-    );
-    call.on("status", (s: grpc.StatusObject) => {
-      trailers = s.metadata;
-    });
-  });
+  return new Promise<{ err: grpc.ServiceError | null; reply?: Buffer; trailers?: grpc.Metadata }>(
+    (resolve) => {
+      let trailers: grpc.Metadata | undefined;
+      const call = (client as unknown as Record<string, Unary>)[name]!.call(client, req, md, (err, reply) =>
+        // The status event (with trailers) comes after the callback; wait a tick for it.
+        setImmediate(() => resolve({ err, ...(reply ? { reply } : {}), ...(trailers ? { trailers } : {}) })),
+      );
+      call.on("status", (s: grpc.StatusObject) => {
+        trailers = s.metadata;
+      });
+    },
+  );
 }
 
 describe("gRPC through the mesh (grpc-js client and server)", { timeout: 60_000 }, () => {
@@ -147,9 +157,11 @@ describe("gRPC through the mesh (grpc-js client and server)", { timeout: 60_000 
       .setIssuer("https://issuer.test")
       .setExpirationTime("5m")
       .sign(other.privateKey);
-    const yaml = `${entryYaml("web")}${entryYaml("api")}${entryYaml("ghost")}${serviceYaml("api", vip.address, [
-      [9090, apiInbound, "grpc-api"],
-    ])}${serviceYaml("ghost", ghostVip.address, [[9090, ghostInbound, "grpc"]])}
+    const yaml = `${entryYaml("web")}${entryYaml("api")}${entryYaml("ghost")}${serviceYaml(
+      "api",
+      vip.address,
+      [[9090, apiInbound, "grpc-api"]],
+    )}${serviceYaml("ghost", ghostVip.address, [[9090, ghostInbound, "grpc"]])}
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: echo-only, namespace: shop }
@@ -196,7 +208,10 @@ spec:
     assert.equal(r.reply?.toString(), "hello");
     assert.deepEqual(r.trailers?.get("x-trailer"), ["unary"]);
     const md = api.metadata.at(-1)!;
-    assert.match(String(md.get("x-forwarded-client-cert")[0]), /URI=spiffe:\/\/cluster\.local\/ns\/shop\/sa\/web$/);
+    assert.match(
+      String(md.get("x-forwarded-client-cert")[0]),
+      /URI=spiffe:\/\/cluster\.local\/ns\/shop\/sa\/web$/,
+    );
     assert.equal(md.get("x-request-id").length, 1);
   });
 
@@ -218,10 +233,9 @@ spec:
   });
 
   it("server streaming delivers every message in order, then OK", async () => {
-    const call = (echo as unknown as Record<string, (r: Buffer) => grpc.ClientReadableStream<Buffer>>)["Count"]!.call(
-      echo,
-      Buffer.from("50"),
-    );
+    const call = (echo as unknown as Record<string, (r: Buffer) => grpc.ClientReadableStream<Buffer>>)[
+      "Count"
+    ]!.call(echo, Buffer.from("50"));
     const got: string[] = [];
     call.on("data", (m: Buffer) => got.push(m.toString()));
     const status = await new Promise<grpc.StatusObject>((r) => call.on("status", r));
@@ -233,7 +247,9 @@ spec:
   });
 
   it("bidirectional streaming: each message echoed while the call is open, trailers at the end", async () => {
-    const call = (echo as unknown as Record<string, () => grpc.ClientDuplexStream<Buffer, Buffer>>)["Chat"]!.call(echo);
+    const call = (echo as unknown as Record<string, () => grpc.ClientDuplexStream<Buffer, Buffer>>)[
+      "Chat"
+    ]!.call(echo);
     const replies: string[] = [];
     let wake: (() => void) | undefined;
     call.on("data", (m: Buffer) => {
@@ -260,10 +276,9 @@ spec:
 
   it("a client cancel reaches the app as a cancelled call", async () => {
     const before = api.cancelled;
-    const call = (echo as unknown as Record<string, (r: Buffer) => grpc.ClientReadableStream<Buffer>>)["Count"]!.call(
-      echo,
-      Buffer.from("1000"),
-    );
+    const call = (echo as unknown as Record<string, (r: Buffer) => grpc.ClientReadableStream<Buffer>>)[
+      "Count"
+    ]!.call(echo, Buffer.from("1000"));
     call.on("error", () => {});
     await new Promise<void>((r) => call.once("data", () => r()));
     call.cancel();
@@ -278,6 +293,19 @@ spec:
     assert.deepEqual(r.err?.metadata.get("x-zmesh-flag"), ["RBAC_DENIED"]);
     assert.ok(!api.calls.includes("/shop.Admin/Reset"));
     assert.ok(api.calls.includes("/shop.Echo/Unary"), "the allowed method's path matched the policy");
+    // One access-log line per stream on each side, under the same request id.
+    const id = /request id ([0-9a-f-]{36})/.exec(r.err?.details ?? "")?.[1];
+    const lines = () => logLines.filter((l) => l["msg"] === "access" && l["requestId"] === id);
+    for (let i = 0; i < 50 && lines().length < 2; i++) await new Promise((res) => setTimeout(res, 20));
+    const inbound = lines().find((l) => l["direction"] === "inbound");
+    const outbound = lines().find((l) => l["direction"] === "outbound");
+    assert.equal(inbound?.["decision"], "deny");
+    assert.equal(inbound?.["flag"], "RBAC_DENIED");
+    assert.equal(inbound?.["grpcStatus"], "7");
+    assert.equal(inbound?.["path"], "/shop.Admin/Reset");
+    assert.equal(inbound?.["source"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert.equal(outbound?.["grpcStatus"], "7");
+    assert.equal(outbound?.["http2"], true);
   });
 
   it("an invalid JWT gets UNAUTHENTICATED", async () => {
@@ -306,7 +334,9 @@ spec:
     const scrape = async (p: Sidecar) =>
       (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
     const has = (text: string, ...parts: string[]) =>
-      text.split("\n").some((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
+      text
+        .split("\n")
+        .some((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
     const src = await scrape(web);
     for (const status of ["0", "5", "7", "16"])
       assert.ok(
