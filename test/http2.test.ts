@@ -15,7 +15,15 @@ import {
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
 import { h2Request, h2Session, sha256 } from "./harness/h2.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./harness/index.js";
+import {
+  call,
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "./harness/index.js";
 
 const BIG = 5 * 1024 * 1024;
 
@@ -228,6 +236,19 @@ spec:
     });
     s.destroy();
     assert.doesNotMatch(outcome, /answered/);
+  });
+
+  it("an HTTP/1.1 h2c upgrade is refused at the inbound (its streams would skip authorization: h2c smuggling)", async () => {
+    const r = await call(mesh, web, named, {
+      path: "/hello",
+      headers: {
+        upgrade: "h2c",
+        connection: "Upgrade, HTTP2-Settings",
+        "http2-settings": "AAMAAABkAAQCAAAAAAIAAAAA",
+      },
+    });
+    assert.equal(r.status, 400);
+    assert.match(r.body, /^bad request/);
   });
 
   it("metrics carry Istio's labels for HTTP/2 requests on both sides", async () => {

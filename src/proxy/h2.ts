@@ -42,6 +42,15 @@ export function isGrpc(headers: IncomingHttpHeaders): boolean {
   return typeof ct === "string" && ct.startsWith("application/grpc");
 }
 
+/**
+ * Whether an HTTP/1.1 request asks to switch to HTTP/2 (`Upgrade: h2c`). The inbound refuses it:
+ * spliced as an upgrade, its later streams would reach the app without being authorized one by
+ * one ("h2c smuggling"). Clients use prior knowledge instead (or h2 via their sidecar).
+ */
+export function isH2cUpgrade(upgrade: string | undefined): boolean {
+  return upgrade !== undefined && /(^|,)\s*h2c\s*(,|$)/i.test(upgrade);
+}
+
 /** The request id of a stream: the caller's, else a new one. */
 export function requestIdOf(headers: IncomingHttpHeaders): string {
   const id = headers["x-request-id"];

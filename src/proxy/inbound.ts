@@ -10,6 +10,7 @@ import { Pool } from "undici";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId, principalOf } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound } from "./h2-inbound.js"; // HTTP/2 hook
 import { forwardable, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { OriginalDst } from "./origdst.js";
@@ -380,6 +381,8 @@ export class Inbound {
     if (!peer || !snap || !this.state.policies)
       return refuseUpgrade(sock, 503, FLAGS.NOT_READY.body, requestId);
     if (!norm.ok) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
+    // HTTP/2 hook: an h2c upgrade would carry later streams past per-stream authorization.
+    if (isH2cUpgrade(req.headers.upgrade)) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
     const decision = evaluate(this.state.policies, {
       ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
       ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
