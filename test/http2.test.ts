@@ -3,6 +3,7 @@
 // inbound speaks h2c to the app. Large bodies both ways, interleaved streaming, trailers, resets
 // passed on, policy per stream (403), identity headers, metrics, and PeerAuthentication modes.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import {
   type ClientHttp2Session,
@@ -33,6 +34,8 @@ interface H2App {
   seen: IncomingHttpHeaders[];
   /** RST_STREAM codes of streams the app saw closed before it finished them. */
   resets: number[];
+  /** HTTP/2 connections the app accepted. */
+  sessions: number;
 }
 
 /**
@@ -44,6 +47,8 @@ async function h2App(): Promise<H2App> {
   const resets: number[] = [];
   const big = Buffer.alloc(BIG, "z");
   const server = createServer();
+  const app = { server, port: 0, seen, resets, sessions: 0 };
+  server.on("session", () => app.sessions++);
   server.on("stream", (s, h) => {
     seen.push(h);
     s.on("error", () => {});
@@ -63,6 +68,11 @@ async function h2App(): Promise<H2App> {
       });
       s.on("end", () => s.end());
       s.on("wantTrailers", () => s.sendTrailers({ "x-body-sha256": hash.digest() }));
+    } else if (path === "/bye") {
+      // Answers, then ends its connection gracefully (GOAWAY): the sidecar must open a new one.
+      s.respond({ ":status": 200 });
+      s.end("bye");
+      s.session?.close();
     } else if (path === "/slow") {
       s.respond({ ":status": 200 });
       s.write("first");
@@ -72,7 +82,8 @@ async function h2App(): Promise<H2App> {
     }
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return { server, port: (server.address() as { port: number }).port, seen, resets };
+  app.port = (server.address() as { port: number }).port;
+  return app;
 }
 
 function sha256Stream() {
@@ -116,7 +127,7 @@ spec:
   selector: { matchLabels: { app: api } }
   rules:
     - from: [{ source: { principals: ["cluster.local/ns/shop/sa/web"] } }]
-      to: [{ operation: { paths: ["/big", "/echo", "/slow", "/hello"] } }]
+      to: [{ operation: { paths: ["/big", "/echo", "/slow", "/hello", "/bye"] } }]
 `;
     mesh = await controlPlane(yaml, [
       { namespace: "shop", name: "web" },
@@ -199,6 +210,44 @@ spec:
     req.close(constants.NGHTTP2_CANCEL);
     await until("the app's stream to be reset", () => api.resets.length > before);
     assert.equal(api.resets.at(-1), constants.NGHTTP2_CANCEL);
+  });
+
+  it("an app that closes its connection after each answer (GOAWAY) gets a new one for the next request", async () => {
+    const before = api.sessions;
+    for (let i = 0; i < 10; i++) {
+      const r = await h2Request(session, { ":path": "/bye" });
+      assert.equal(r.headers[":status"], 200, `request ${i}`);
+      assert.equal(r.body.toString(), "bye");
+    }
+    assert.ok(api.sessions - before >= 9, `the app saw ${api.sessions - before} new connections`);
+  });
+
+  it("curl with --http2-prior-knowledge gets through, speaking HTTP/2 end to end", async () => {
+    for (let attempt = 0; ; attempt++) {
+      const localPort = 20_000 + Math.floor(Math.random() * 40_000);
+      mesh.intents.set(localPort, named);
+      // Asynchronously: the proxies run in this process.
+      const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+        execFile(
+          "curl",
+          [
+            "-sS",
+            "--http2-prior-knowledge",
+            "--local-port",
+            String(localPort),
+            "-w",
+            " %{http_version}",
+          ].concat(["--max-time", "10", `http://127.0.0.1:${web.ports.outbound}/hello`]),
+          { encoding: "utf8", timeout: 15_000 },
+          (e, stdout, stderr) => resolve({ code: e ? Number(e.code ?? 1) : 0, stdout, stderr }),
+        ),
+      );
+      // curl exit 45: the local port was taken; pick another.
+      if (r.code === 45 && attempt < 5) continue;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, "api GET /hello 2");
+      return;
+    }
   });
 
   it("a port of unknown protocol detects h2c by its preface", async () => {

@@ -185,24 +185,34 @@ export class H2Inbound {
       if (peer.mtls)
         out["x-forwarded-client-cert"] =
           `By=${snap.workload.spiffeId};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
-      this.app(peer.port).then(
-        (session) =>
-          relayStream(down, session, out, (r) => {
-            const result = {
-              status: r.status,
-              requestBytes: r.requestBytes,
-              responseBytes: r.responseBytes,
-              ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
-            };
-            if (r.clientReset !== undefined)
-              return finish({ ...result, err: `the caller reset the stream (HTTP/2 code ${r.clientReset})` });
-            if (r.error && r.status === 0)
-              return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-            if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-            finish(result);
-          }),
-        (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
-      );
+      const toApp = (retried: boolean) =>
+        this.app(peer.port).then(
+          (session) =>
+            relayStream(down, session, out, (r) => {
+              if (r.notSent && !retried) {
+                // The pooled session to the app was closing: open a new one, once.
+                this.apps.drop(String(peer.port), session);
+                return void toApp(true);
+              }
+              const result = {
+                status: r.status,
+                requestBytes: r.requestBytes,
+                responseBytes: r.responseBytes,
+                ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+              };
+              if (r.clientReset !== undefined)
+                return finish({
+                  ...result,
+                  err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
+                });
+              if (r.error && r.status === 0)
+                return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+              if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+              finish(result);
+            }),
+          (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
+        );
+      void toApp(false);
     };
     const jwtRules = snap.requestAuthentications;
     if (jwtRules.length === 0) return authorize();

@@ -84,8 +84,12 @@ export class H2Outbound {
     }
   }
 
+  private key(route: Route, ep: SnapshotEndpoint): string {
+    return `${route.service.namespace}/${route.service.name}|${ep.address}:${route.targetPort}`;
+  }
+
   private session(route: Route, ep: SnapshotEndpoint) {
-    const key = `${route.service.namespace}/${route.service.name}|${ep.address}:${route.targetPort}`;
+    const key = this.key(route, ep);
     const vip = route.service.vip;
     const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
     return this.pool.get(key, () =>
@@ -174,6 +178,11 @@ export class H2Outbound {
         (session) =>
           relayStream(down, session, out, (r) => {
             this.balancer.finished(ep.address, false);
+            if (r.notSent && !retried) {
+              // The pooled session was closing (GOAWAY, idle close): open a new one, once.
+              this.pool.drop(this.key(route, ep), session);
+              return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
+            }
             const result = {
               status: r.status,
               requestBytes: r.requestBytes,

@@ -119,6 +119,18 @@ export class SessionPool {
     return p;
   }
 
+  /** Forgets `session` under `key` at once (it refused a new stream: closing or gone away). */
+  drop(key: string, session: ClientHttp2Session): void {
+    const have = this.sessions.get(key);
+    if (!have) return;
+    have.then(
+      (s) => {
+        if (s === session && this.sessions.get(key) === have) this.sessions.delete(key);
+      },
+      () => {},
+    );
+  }
+
   close(): void {
     this.sessions.clear();
     for (const s of this.live) s.destroy();
@@ -157,6 +169,8 @@ export interface StreamResult {
   error?: Error;
   /** The client reset its stream (its RST_STREAM code), e.g. a cancelled gRPC call. */
   clientReset?: number;
+  /** The session refused to open the stream (it is closing): nothing was sent, a retry is safe. */
+  notSent?: boolean;
 }
 
 /**
@@ -188,6 +202,7 @@ export function relayStream(
     up = session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
   } catch (e) {
     r.error = e as Error;
+    r.notSent = true;
     return settle();
   }
   let responseEnded = false;
