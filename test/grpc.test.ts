@@ -141,6 +141,8 @@ describe("gRPC through the mesh (grpc-js client and server)", { timeout: 60_000 
   let undo: () => void;
   const vip = { address: "198.19.0.50", port: 9090 };
   const ghostVip = { address: "198.19.0.51", port: 9090 };
+  // Runs as the ghost's identity, but its port leads to the api's sidecar: secure naming refuses it.
+  const impostorVip = { address: "198.19.0.52", port: 9090 };
   let badToken: string;
 
   before(async () => {
@@ -161,7 +163,12 @@ describe("gRPC through the mesh (grpc-js client and server)", { timeout: 60_000 
       "api",
       vip.address,
       [[9090, apiInbound, "grpc-api"]],
-    )}${serviceYaml("ghost", ghostVip.address, [[9090, ghostInbound, "grpc"]])}
+    )}${serviceYaml("ghost", ghostVip.address, [[9090, ghostInbound, "grpc"]])}${serviceYaml(
+      "impostor",
+      impostorVip.address,
+      [[9090, apiInbound, "grpc"]],
+      "ghost",
+    )}
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: echo-only, namespace: shop }
@@ -327,6 +334,21 @@ spec:
     } finally {
       restore();
       ghost.close();
+    }
+  });
+
+  it("secure naming: a server with an identity the service may not run as gives UNAVAILABLE, and no call", async () => {
+    const client = new Echo(`127.0.0.1:${web.ports.outbound}`, grpc.credentials.createInsecure());
+    const restore = fallbackIntent(mesh, impostorVip);
+    const before = api.calls.length;
+    try {
+      const r = await unary(client, "Unary", Buffer.from("x"));
+      assert.equal(r.err?.code, grpc.status.UNAVAILABLE);
+      assert.deepEqual(r.err?.metadata.get("x-zmesh-flag"), ["SECURE_NAMING"]);
+      assert.equal(api.calls.length, before);
+    } finally {
+      restore();
+      client.close();
     }
   });
 

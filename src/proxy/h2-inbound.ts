@@ -18,6 +18,7 @@ import { principalOf } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import {
   H2_MAX_SESSION_MEMORY,
+  H2_SERVED_IDLE_MS,
   H2_SESSION_WINDOW,
   H2_SETTINGS,
   h2RequestHeaders,
@@ -69,6 +70,7 @@ export class H2Inbound {
       s.once("close", () => this.served.delete(s));
       s.on("error", (e: Error) => this.log.debug({ err: e.message }, "inbound HTTP/2 session error"));
       s.setLocalWindowSize(H2_SESSION_WINDOW);
+      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
     });
     this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
   }
@@ -135,7 +137,10 @@ export class H2Inbound {
     };
     this.state.inflight++;
     if (this.state.draining) down.session?.close();
+    let finished = false;
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      if (finished) return;
+      finished = true;
       this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
@@ -146,6 +151,11 @@ export class H2Inbound {
       }
       record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
       this.telemetry.http(record);
+    };
+    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
+    const bug = (e: unknown) => {
+      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
+      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
     };
     if (!peer || !policies || !snap) return finish({}, "NOT_READY");
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
@@ -186,58 +196,62 @@ export class H2Inbound {
         out["x-forwarded-client-cert"] =
           `By=${snap.workload.spiffeId};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
       const toApp = (retried: boolean) =>
-        this.app(peer.port).then(
-          (session) =>
-            relayStream(down, session, out, (r) => {
-              if (r.notSent && !retried) {
-                // The pooled session to the app was closing: open a new one, once.
-                this.apps.drop(String(peer.port), session);
-                return void toApp(true);
-              }
-              const result = {
-                status: r.status,
-                requestBytes: r.requestBytes,
-                responseBytes: r.responseBytes,
-                ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
-              };
-              if (r.clientReset !== undefined)
-                return finish({
-                  ...result,
-                  err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
-                });
-              if (r.error && r.status === 0)
-                return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-              if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-              finish(result);
-            }),
-          (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
-        );
+        this.app(peer.port)
+          .then(
+            (session) =>
+              relayStream(down, session, out, (r) => {
+                if (r.notSent && !retried) {
+                  // The pooled session to the app was closing: open a new one, once.
+                  this.apps.drop(String(peer.port), session);
+                  return void toApp(true);
+                }
+                const result = {
+                  status: r.status,
+                  requestBytes: r.requestBytes,
+                  responseBytes: r.responseBytes,
+                  ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+                };
+                if (r.clientReset !== undefined)
+                  return finish({
+                    ...result,
+                    err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
+                  });
+                if (r.error && r.status === 0)
+                  return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+                if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+                finish(result);
+              }),
+            (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
+          )
+          .catch(bug);
       void toApp(false);
     };
     const jwtRules = snap.requestAuthentications;
     if (jwtRules.length === 0) return authorize();
     // A present but invalid token is 401 (UNAUTHENTICATED for gRPC); a missing one gives no request principal.
-    authenticateJwt(jwtRules, { headers: plain, query: norm.query }, new Date()).then(
-      (r) => {
-        if (!r.ok)
-          return finish(
-            { decision: "deny", reason: r.reason, ...(r.policy ? { policy: r.policy } : {}) },
-            "JWT_INVALID",
+    authenticateJwt(jwtRules, { headers: plain, query: norm.query }, new Date())
+      .then(
+        (r) => {
+          if (!r.ok)
+            return finish(
+              { decision: "deny", reason: r.reason, ...(r.policy ? { policy: r.policy } : {}) },
+              "JWT_INVALID",
+            );
+          for (const h of r.headersToRemove) delete plain[h];
+          Object.assign(plain, r.headersToSet);
+          authorize(
+            {
+              ...(r.principal !== undefined ? { principal: r.principal } : {}),
+              ...(r.audiences ? { audiences: r.audiences } : {}),
+              ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
+              ...(r.claims ? { claims: r.claims } : {}),
+            },
+            { remove: r.headersToRemove, set: r.headersToSet },
           );
-        for (const h of r.headersToRemove) delete plain[h];
-        Object.assign(plain, r.headersToSet);
-        authorize(
-          {
-            ...(r.principal !== undefined ? { principal: r.principal } : {}),
-            ...(r.audiences ? { audiences: r.audiences } : {}),
-            ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
-            ...(r.claims ? { claims: r.claims } : {}),
-          },
-          { remove: r.headersToRemove, set: r.headersToSet },
-        );
-      },
-      (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
-    );
+        },
+        (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
+      )
+      .catch(bug);
   }
 
   close(): void {

@@ -20,6 +20,7 @@ import { principalOf } from "../identity/index.js";
 import type { Balancer } from "./balancer.js";
 import {
   H2_MAX_SESSION_MEMORY,
+  H2_SERVED_IDLE_MS,
   H2_SESSION_WINDOW,
   H2_SETTINGS,
   h2RequestHeaders,
@@ -70,6 +71,7 @@ export class H2Outbound {
       s.once("close", () => this.served.delete(s));
       s.on("error", () => {});
       s.setLocalWindowSize(H2_SESSION_WINDOW);
+      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
     });
     this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
   }
@@ -145,7 +147,10 @@ export class H2Outbound {
     this.state.inflight++;
     // Draining: this stream is served, then the session ends with GOAWAY (the app reconnects elsewhere).
     if (this.state.draining) down.session?.close();
+    let finished = false;
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      if (finished) return;
+      finished = true;
       this.state.inflight--;
       Object.assign(record, r);
       if (flag) {
@@ -156,6 +161,11 @@ export class H2Outbound {
       }
       record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
       this.telemetry.http(record);
+    };
+    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
+    const bug = (e: unknown) => {
+      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
+      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
     };
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
@@ -174,39 +184,42 @@ export class H2Outbound {
         namespace: route.service.namespace,
       };
       this.balancer.started(ep.address);
-      this.session(route, ep).then(
-        (session) =>
-          relayStream(down, session, out, (r) => {
-            this.balancer.finished(ep.address, false);
-            if (r.notSent && !retried) {
-              // The pooled session was closing (GOAWAY, idle close): open a new one, once.
-              this.pool.drop(this.key(route, ep), session);
-              return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
-            }
-            const result = {
-              status: r.status,
-              requestBytes: r.requestBytes,
-              responseBytes: r.responseBytes,
-              ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
-            };
-            if (r.clientReset !== undefined)
-              return finish({ ...result, err: `the app reset the stream (HTTP/2 code ${r.clientReset})` });
-            if (r.error && r.status === 0)
-              return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-            if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-            finish(result);
-          }),
-        (e: Error) => {
-          // The session could not be opened: nothing of this stream was sent anywhere yet.
-          const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
-          this.balancer.finished(ep.address, !naming);
-          if (naming) this.log.warn({ requestId, err: e.message }, "outbound HTTP/2: secure naming refused");
-          const next =
-            !retried && !naming ? this.balancer.pick(route.service.endpoints, ep.address) : undefined;
-          if (next && !down.closed) return attempt(next, true);
-          finish({ err: e.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
-        },
-      );
+      this.session(route, ep)
+        .then(
+          (session) =>
+            relayStream(down, session, out, (r) => {
+              this.balancer.finished(ep.address, false);
+              if (r.notSent && !retried) {
+                // The pooled session was closing (GOAWAY, idle close): open a new one, once.
+                this.pool.drop(this.key(route, ep), session);
+                return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
+              }
+              const result = {
+                status: r.status,
+                requestBytes: r.requestBytes,
+                responseBytes: r.responseBytes,
+                ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+              };
+              if (r.clientReset !== undefined)
+                return finish({ ...result, err: `the app reset the stream (HTTP/2 code ${r.clientReset})` });
+              if (r.error && r.status === 0)
+                return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+              if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+              finish(result);
+            }),
+          (e: Error) => {
+            // The session could not be opened: nothing of this stream was sent anywhere yet.
+            const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
+            this.balancer.finished(ep.address, !naming);
+            if (naming)
+              this.log.warn({ requestId, err: e.message }, "outbound HTTP/2: secure naming refused");
+            const next =
+              !retried && !naming ? this.balancer.pick(route.service.endpoints, ep.address) : undefined;
+            if (next && !down.closed) return attempt(next, true);
+            finish({ err: e.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+          },
+        )
+        .catch(bug);
     };
     attempt(first, false);
   }

@@ -21,8 +21,10 @@ export const H2_SETTINGS = { initialWindowSize: 1 << 20 };
 export const H2_SESSION_WINDOW = 8 << 20;
 /** Memory (MB) nghttp2 may hold per session before it refuses new streams. */
 export const H2_MAX_SESSION_MEMORY = 64;
-/** A pooled upstream session with no stream for this long is closed. */
+/** A pooled upstream session with no frame for this long is closed (gracefully: open streams finish). */
 const IDLE_MS = 60_000;
+/** The same for sessions we serve, longer, so that the client side usually closes first. */
+export const H2_SERVED_IDLE_MS = 120_000;
 
 /** Connection-specific headers HTTP/2 forbids (RFC 9113 section 8.2.2); `te` may only say "trailers". */
 const CONNECTION_SPECIFIC = new Set([
@@ -106,7 +108,10 @@ export class SessionPool {
         });
         s.once("goaway", evict);
         s.on("error", evict);
-        s.setTimeout(IDLE_MS, () => s.close());
+        s.setTimeout(IDLE_MS, () => {
+          evict();
+          s.close();
+        });
         if (s.closed || s.destroyed) evict();
         return s;
       },
@@ -206,6 +211,16 @@ export function relayStream(
     return settle();
   }
   let responseEnded = false;
+  /** Headers node:http2 refuses to send (it throws) end the exchange with a reset, not the process. */
+  const guarded = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      r.error ??= e as Error;
+      if (!down.closed) down.close(NGHTTP2_INTERNAL_ERROR);
+      if (!up.closed) up.close(NGHTTP2_INTERNAL_ERROR);
+    }
+  };
   let requestTrailers: OutgoingHttpHeaders | undefined;
   let responseTrailers: OutgoingHttpHeaders | undefined;
 
@@ -222,7 +237,7 @@ export function relayStream(
     down.once("end", () => {
       if (!up.destroyed && !up.writableEnded) up.end();
     });
-    up.once("wantTrailers", () => up.sendTrailers(requestTrailers ?? {}));
+    up.once("wantTrailers", () => guarded(() => up.sendTrailers(requestTrailers ?? {})));
   }
 
   // Response: upstream → client.
@@ -234,10 +249,10 @@ export function relayStream(
       // Trailers-only (how gRPC reports an error without a message): its status is in the headers.
       if (typeof h["grpc-status"] === "string") r.grpcStatus = h["grpc-status"];
       responseEnded = true;
-      down.respond(out, { endStream: true });
+      guarded(() => down.respond(out, { endStream: true }));
       return;
     }
-    down.respond(out, { waitForTrailers: true });
+    guarded(() => down.respond(out, { waitForTrailers: true }));
   });
   up.on("data", (c: Buffer) => {
     r.responseBytes += c.length;
@@ -252,7 +267,7 @@ export function relayStream(
     responseEnded = true;
     if (r.status !== 0 && down.headersSent && !down.destroyed && !down.writableEnded) down.end();
   });
-  down.once("wantTrailers", () => down.sendTrailers(responseTrailers ?? {}));
+  down.once("wantTrailers", () => guarded(() => down.sendTrailers(responseTrailers ?? {})));
 
   up.on("error", (e: Error) => {
     r.error ??= e;
