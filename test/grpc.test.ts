@@ -385,4 +385,30 @@ spec:
       dst,
     );
   });
+
+  // Last: the drain leaves both sidecars taking no new connections.
+  it("drain: a bidirectional call in flight finishes OK before the drain completes", async () => {
+    const call = (echo as unknown as Record<string, () => grpc.ClientDuplexStream<Buffer, Buffer>>)[
+      "Chat"
+    ]!.call(echo);
+    const status = new Promise<grpc.StatusObject>((r) => call.on("status", r));
+    const replies: string[] = [];
+    call.on("data", (m: Buffer) => replies.push(m.toString()));
+    call.write(Buffer.from("before"));
+    for (let i = 0; i < 100 && replies.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    let drained = false;
+    const drains = Promise.all([web.drain(5_000), apiProxy.drain(5_000)]).then(() => {
+      drained = true;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(drained, false, "the drain waits for the call in flight");
+    call.write(Buffer.from("during"));
+    call.end();
+    const s = await status;
+    assert.equal(s.code, grpc.status.OK);
+    assert.deepEqual(replies, ["echo:before", "echo:during"]);
+    await drains;
+    assert.equal(web.state.inflight, 0);
+    assert.equal(apiProxy.state.inflight, 0);
+  });
 });
