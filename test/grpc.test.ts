@@ -34,7 +34,10 @@ const ECHO = {
   Count: method("/shop.Echo/Count", false, true),
   Chat: method("/shop.Echo/Chat", true, true),
 } as const;
-const ADMIN = { Reset: method("/shop.Admin/Reset", false, false) } as const;
+const ADMIN = {
+  Reset: method("/shop.Admin/Reset", false, false),
+  Status: method("/shop.Admin/Status", false, false),
+} as const;
 const Echo = grpc.makeGenericClientConstructor(ECHO, "Echo");
 const Admin = grpc.makeGenericClientConstructor(ADMIN, "Admin");
 const UNLIMITED = { "grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1 };
@@ -100,6 +103,10 @@ async function grpcApp(): Promise<GrpcApp> {
     Reset: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
       seen(call);
       cb(null, Buffer.from("reset"));
+    },
+    Status: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      seen(call);
+      cb(null, Buffer.from("fine"));
     },
   });
   app.port = await new Promise<number>((resolve, reject) =>
@@ -176,7 +183,7 @@ spec:
   selector: { matchLabels: { app: api } }
   rules:
     - from: [{ source: { principals: ["cluster.local/ns/shop/sa/web"] } }]
-      to: [{ operation: { methods: ["POST"], paths: ["/shop.Echo/*"] } }]
+      to: [{ operation: { methods: ["POST"], paths: ["/shop.Echo/*", "/shop.Admin/Status"] } }]
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -299,6 +306,10 @@ spec:
     assert.match(r.err?.details ?? "", /^RBAC: access denied \(request id [0-9a-f-]{36}\)$/);
     assert.deepEqual(r.err?.metadata.get("x-zmesh-flag"), ["RBAC_DENIED"]);
     assert.ok(!api.calls.includes("/shop.Admin/Reset"));
+    // The same service's method that the policy names exactly is allowed.
+    const status = await unary(admin, "Status", Buffer.from("x"));
+    assert.equal(status.err, null);
+    assert.equal(status.reply?.toString(), "fine");
     assert.ok(api.calls.includes("/shop.Echo/Unary"), "the allowed method's path matched the policy");
     // One access-log line per stream on each side, under the same request id.
     const id = /request id ([0-9a-f-]{36})/.exec(r.err?.details ?? "")?.[1];

@@ -73,6 +73,11 @@ async function h2App(): Promise<H2App> {
       s.respond({ ":status": 200 });
       s.end("bye");
       s.session?.close();
+    } else if (path === "/reset") {
+      // Starts an answer, then resets the stream: the caller must see a reset, not a clean end.
+      s.respond({ ":status": 200 });
+      s.write("partial");
+      setTimeout(() => s.destroy(new Error("the app breaks off")), 50);
     } else if (path === "/slow") {
       s.respond({ ":status": 200 });
       s.write("first");
@@ -127,7 +132,7 @@ spec:
   selector: { matchLabels: { app: api } }
   rules:
     - from: [{ source: { principals: ["cluster.local/ns/shop/sa/web"] } }]
-      to: [{ operation: { paths: ["/big", "/echo", "/slow", "/hello", "/bye"] } }]
+      to: [{ operation: { paths: ["/big", "/echo", "/slow", "/hello", "/bye", "/reset"] } }]
 `;
     mesh = await controlPlane(yaml, [
       { namespace: "shop", name: "web" },
@@ -248,6 +253,23 @@ spec:
       assert.equal(r.stdout, "api GET /hello 2");
       return;
     }
+  });
+
+  it("an app's reset mid-answer reaches the client as a reset, after the bytes already sent", async () => {
+    const req = session.request({ ":path": "/reset" });
+    let body = "";
+    let ended = false;
+    req.on("data", (c: Buffer) => {
+      body += c.toString();
+    });
+    req.on("end", () => {
+      ended = true;
+    });
+    req.on("error", () => {});
+    await new Promise<void>((r) => req.once("close", () => r()));
+    assert.equal(body, "partial");
+    assert.equal(ended, false, "no clean end of stream");
+    assert.equal(req.rstCode, constants.NGHTTP2_INTERNAL_ERROR);
   });
 
   it("a port of unknown protocol detects h2c by its preface", async () => {
