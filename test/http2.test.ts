@@ -183,6 +183,25 @@ spec:
     assert.equal(r.trailers?.["x-body-sha256"], sha256(body));
   });
 
+  it("request trailers reach the app, without caller-supplied identity headers", async () => {
+    const req = session.request({ ":method": "POST", ":path": "/echo" }, { waitForTrailers: true });
+    req.on("wantTrailers", () =>
+      req.sendTrailers({
+        "x-checksum": "abc",
+        "x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/shop/sa/admin",
+      }),
+    );
+    const trailers = new Promise<IncomingHttpHeaders>((r) =>
+      api.server.once("stream", (s) => s.once("trailers", r)),
+    );
+    req.on("data", () => {});
+    req.end("body");
+    const t = await trailers;
+    assert.equal(t["x-checksum"], "abc");
+    assert.equal(t["x-forwarded-client-cert"], undefined);
+    await new Promise<void>((r) => req.once("close", () => r()));
+  });
+
   it("streams both ways: each chunk comes back before the next is sent", async () => {
     const req = session.request({ ":method": "POST", ":path": "/echo" });
     const got: string[] = [];

@@ -232,7 +232,8 @@ export function relayStream(
     });
     up.on("drain", () => down.resume());
     down.on("trailers", (t: IncomingHttpHeaders) => {
-      requestTrailers = h2ResponseHeaders(t);
+      // Request trailers are headers too: identity headers are no more trusted there.
+      requestTrailers = h2RequestHeaders(t, true);
     });
     down.once("end", () => {
       if (!up.destroyed && !up.writableEnded) up.end();
