@@ -377,6 +377,13 @@ spec:
     );
     assert.ok(!dst.includes('grpc_response_status="'), "plain HTTP/2 series carry no gRPC status");
   });
+
+  it("every stream above (resets and cancels included) was finished: nothing left in flight", async () => {
+    await until(
+      "streams in flight to finish",
+      () => web.state.inflight === 0 && apiProxy.state.inflight === 0,
+    );
+  });
 });
 
 describe("HTTP/2 on a PERMISSIVE port", { timeout: 30_000 }, () => {

@@ -284,6 +284,7 @@ export function relayStream(
       r.error ??= new Error(`upstream reset the stream (HTTP/2 code ${code})`);
       down.close(code === NGHTTP2_CANCEL ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
     }
+    if (down.closed) settle();
   });
   down.on("error", () => {});
   down.once("close", () => {
@@ -292,6 +293,7 @@ export function relayStream(
       if (code !== NGHTTP2_NO_ERROR && r.error === undefined) r.clientReset = code;
       if (!up.closed && !up.destroyed) up.close(code === NGHTTP2_NO_ERROR ? NGHTTP2_CANCEL : code);
     }
-    if (r.status !== 0 || r.clientReset !== undefined) settle();
+    // Otherwise the upstream's close settles (it was just asked to close, if it was open).
+    if (r.status !== 0 || r.clientReset !== undefined || up.closed) settle();
   });
 }
