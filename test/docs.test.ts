@@ -25,6 +25,12 @@ it("docs/errors.md lists exactly the proxy response flags, with their statuses",
   for (const r of rows) assert.equal(Number(r[2]), FLAGS[r[1] as keyof typeof FLAGS].status, r[1]);
 });
 
+it("docs/errors.md gives each proxy response flag the gRPC status it answers with", () => {
+  const rows = [...doc("errors.md").matchAll(/^\| ([A-Z_]+)\s*\| \d{3}\s*\| (\d+) [A-Z_]+\s*\|/gm)];
+  assert.deepEqual(rows.map((r) => r[1]).sort(), Object.keys(FLAGS).sort());
+  for (const r of rows) assert.equal(Number(r[2]), FLAGS[r[1] as keyof typeof FLAGS].grpc, r[1]);
+});
+
 it("docs/configuration.md lists exactly the environment variables zmesh reads", () => {
   const documented = firstCells(doc("configuration.md"), /^\| (ZMESH_[A-Z_]+)\s*\|/gm);
   assert.deepEqual(documented.sort(), Object.values(ENV).sort());

@@ -26,7 +26,7 @@ export interface SnapshotService {
   vip: string;
   /** Names that resolve to the VIP inside workloads: svc, svc.ns, svc.ns.svc.cluster.local. */
   hostnames: string[];
-  ports: { port: number; targetPort: number; protocol: "http" | "tcp" | "auto" }[];
+  ports: { port: number; targetPort: number; protocol: "http" | "http2" | "tcp" | "auto" }[];
   endpoints: SnapshotEndpoint[];
   /** Secure naming: the SPIFFE URIs a server of this service may present. */
   allowedIds: string[];

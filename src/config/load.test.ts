@@ -145,16 +145,23 @@ describe("config loader", () => {
     assert.match(problems[2]!.message, /no egress/);
   });
 
-  it("reads a tcp- port as opaque TCP and refuses HTTP/2 and gRPC ports for now", () => {
+  it("reads a port's protocol from appProtocol or its name's prefix: tcp, http2 (also gRPC, h2c), auto", () => {
     const svc = (port: string) =>
       `apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  selector: {app: db}\n  ports: [${port}]\n`;
-    const tcp = parseYaml(svc("{name: tcp-pg, port: 5432}"), "f.yaml");
-    assert.deepEqual(tcp.problems, []);
-    assert.equal((tcp.documents[0]!.resource as { ports: { protocol: string }[] }).ports[0]!.protocol, "tcp");
-    assert.equal(
-      parseYaml(svc("{name: grpc-api, port: 9000}"), "f.yaml").problems[0]?.code,
-      "ZMESH_CONFIG_UNSUPPORTED",
-    );
+    const protocol = (port: string) => {
+      const r = parseYaml(svc(port), "f.yaml");
+      assert.deepEqual(r.problems, [], port);
+      return (r.documents[0]!.resource as { ports: { protocol: string }[] }).ports[0]!.protocol;
+    };
+    assert.equal(protocol("{name: tcp-pg, port: 5432}"), "tcp");
+    assert.equal(protocol("{name: grpc-api, port: 9000}"), "http2");
+    assert.equal(protocol("{name: http2-web, port: 9000}"), "http2");
+    assert.equal(protocol("{name: web, port: 9000, appProtocol: grpc}"), "http2");
+    assert.equal(protocol("{name: web, port: 9000, appProtocol: kubernetes.io/h2c}"), "http2");
+    assert.equal(protocol("{name: http-web, port: 9000, appProtocol: h2c}"), "http2");
+    assert.equal(protocol("{name: grpc-web-ui, port: 9000}"), "auto");
+    assert.equal(protocol("{name: ui, port: 9000, appProtocol: grpc-web}"), "auto");
+    assert.equal(protocol("{name: web, port: 9000}"), "auto");
   });
 
   it("reports YAML syntax errors with their line", () => {

@@ -48,8 +48,11 @@ export interface ServicePort {
   name?: string;
   port: number;
   targetPort: number;
-  /** "auto": nothing names it; the proxy tells HTTP from TCP by the first bytes. */
-  protocol: "http" | "tcp" | "auto";
+  /**
+   * "auto": nothing names it; the proxy tells HTTP/1.1, HTTP/2 (h2c) and TCP apart by the first bytes.
+   * "http2": HTTP/2 with prior knowledge (h2c) from the app, which covers gRPC.
+   */
+  protocol: "http" | "http2" | "tcp" | "auto";
 }
 
 export interface Service {
@@ -268,12 +271,17 @@ function readWorkload(issues: Issues, raw: Record<string, unknown>, meta: Meta, 
 /**
  * The protocol of a Service port, as Kubernetes users write it: `appProtocol`, else the port name's
  * prefix before "-" (Istio's convention). Ports that name nothing are detected from the first bytes.
+ * gRPC is HTTP/2 on the wire (the proxy tells it apart per request by its content-type); gRPC-Web
+ * travels over HTTP/1.1 or HTTP/2 (the browser picks), so its ports are detected like unnamed ones.
  */
-function protocolOf(name: string | undefined, appProtocol: unknown): ServicePort["protocol"] | "http2" {
-  const p = (typeof appProtocol === "string" ? appProtocol : (name ?? "").split("-")[0]!).toLowerCase();
+function protocolOf(name: string | undefined, appProtocol: unknown): ServicePort["protocol"] {
+  const lower = (name ?? "").toLowerCase();
+  // "grpc-web" is the one protocol name with a hyphen (as Istio reads port names too).
+  const fromName = lower.startsWith("grpc-web") ? "grpc-web" : lower.split("-")[0]!;
+  const p = typeof appProtocol === "string" ? appProtocol.toLowerCase() : fromName;
   if (p === "http") return "http";
   if (["tcp", "tls", "https", "mongo", "mysql", "redis"].includes(p)) return "tcp";
-  if (["http2", "grpc", "grpc-web", "h2c"].includes(p)) return "http2";
+  if (["http2", "grpc", "h2c", "kubernetes.io/h2c"].includes(p)) return "http2";
   return "auto";
 }
 
@@ -315,19 +323,7 @@ function readService(issues: Issues, raw: Record<string, unknown>, meta: Meta, s
         p["targetPort"] === undefined ? num : port(issues, p["targetPort"], `${path}.targetPort`);
       const name = typeof p["name"] === "string" ? p["name"] : undefined;
       const protocol = protocolOf(name, p["appProtocol"]);
-      if (protocol === "http2") {
-        issues.push({
-          path,
-          message:
-            "HTTP/2 and gRPC ports are not supported yet; name the port http- (HTTP/1.1) or tcp- (opaque TCP) for now",
-          code: "ZMESH_CONFIG_UNSUPPORTED",
-        });
-      }
-      const sp: ServicePort = {
-        port: num,
-        targetPort: target,
-        protocol: protocol === "http2" ? "tcp" : protocol,
-      };
+      const sp: ServicePort = { port: num, targetPort: target, protocol };
       if (name !== undefined) sp.name = name;
       s.ports.push(sp);
     });

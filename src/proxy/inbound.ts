@@ -9,6 +9,8 @@ import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
+import { H2Inbound } from "./h2-inbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { fieldRecord, type RequestHead } from "./http1/head.js";
@@ -17,7 +19,7 @@ import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
 import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
-import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import { ALPN_H2, ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
@@ -55,7 +57,7 @@ export class Inbound implements Http1Listener {
   private readonly tls = createTlsServer({
     requestCert: true,
     rejectUnauthorized: false,
-    ALPNProtocols: ["http/1.1", ALPN_TCP],
+    ALPNProtocols: ["http/1.1", ALPN_TCP, ALPN_H2],
     minVersion: "TLSv1.3",
     handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
   });
@@ -65,6 +67,8 @@ export class Inbound implements Http1Listener {
   private readonly dstPorts = new Map<string, number>();
   private readonly peers = new WeakMap<Duplex, Peer>();
   private readonly apps = new Map<number, UpstreamPool>();
+  /** HTTP/2 hook: h2 (ALPN) and plaintext h2c connections are served by h2-inbound.ts. */
+  private readonly h2: H2Inbound;
 
   constructor(
     private readonly state: ProxyState,
@@ -75,6 +79,7 @@ export class Inbound implements Http1Listener {
     private readonly appHost = "127.0.0.1",
   ) {
     this.server = createNetServer((s) => this.accept(s));
+    this.h2 = new H2Inbound(state, log, telemetry, appHost); // HTTP/2 hook
     this.tls.on("secureConnection", (s: TLSSocket) => this.secured(s));
     this.tls.on("tlsClientError", (e: Error, s: TLSSocket) => {
       this.log.info(
@@ -156,6 +161,7 @@ export class Inbound implements Http1Listener {
       remoteAddress: raw.remoteAddress ?? "",
       port,
     };
+    if (first && looksLikeH2(first)) return this.h2.serve(raw, peer); // HTTP/2 hook: plaintext h2c
     if (first && looksLikeHttp(first)) {
       this.peers.set(raw, peer);
       this.h1.serve(raw);
@@ -194,6 +200,7 @@ export class Inbound implements Http1Listener {
       port,
     };
     if (tls.alpnProtocol === ALPN_TCP) return this.tcp(tls, peer);
+    if (tls.alpnProtocol === ALPN_H2) return this.h2.serve(tls, peer); // HTTP/2 hook
     this.peers.set(tls, peer);
     this.h1.serve(tls);
   }
@@ -398,6 +405,8 @@ export class Inbound implements Http1Listener {
     if (!peer || !snap || !this.state.policies)
       return refuseUpgrade(sock, 503, FLAGS.NOT_READY.body, requestId);
     if (!norm.ok) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
+    // HTTP/2 hook: an h2c upgrade would carry later streams past per-stream authorization.
+    if (isH2cUpgrade(req.headers.upgrade)) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
     const decision = evaluate(this.state.policies, {
       ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
       ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
@@ -438,6 +447,7 @@ export class Inbound implements Http1Listener {
   async close(): Promise<void> {
     this.server.close();
     this.h1.close();
+    this.h2.close(); // HTTP/2 hook
     for (const p of this.apps.values()) p.close();
   }
 }

@@ -11,6 +11,7 @@ import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
+import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { field, type RequestHead } from "./http1/head.js";
@@ -19,7 +20,7 @@ import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
-import { ALPN_TCP, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
+import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
@@ -36,6 +37,8 @@ export class Outbound implements Http1Listener {
   private readonly dsts = new WeakMap<Duplex, Destination>();
   private readonly pools = new Map<string, UpstreamPool>();
   private readonly balancer = new Balancer();
+  /** HTTP/2 hook: h2c app connections are served by h2-outbound.ts (same balancer, same dial). */
+  private readonly h2: H2Outbound;
 
   constructor(
     private readonly state: ProxyState,
@@ -44,6 +47,7 @@ export class Outbound implements Http1Listener {
     private readonly telemetry: Telemetry,
   ) {
     this.server = createNetServer((s) => this.accept(s));
+    this.h2 = new H2Outbound(state, log, telemetry, this.balancer, (...a) => this.dial(...a)); // HTTP/2 hook
   }
 
   draining(): boolean {
@@ -66,6 +70,8 @@ export class Outbound implements Http1Listener {
     // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
     // server-first protocol (the client waits for a greeting) is not stalled.
     sniff(s, SNIFF_MS, (first) => {
+      // HTTP/2 hook: h2c with prior knowledge, by its preface or by an http2/grpc Service port.
+      if (first ? looksLikeH2(first) : route?.protocol === "http2") return this.h2.accept(s, dst);
       if (first && looksLikeHttp(first)) {
         this.h1.serve(s); // sniff paused it with the first bytes pushed back; serve resumes it
       } else if (route) this.tcp(s, route);
@@ -348,6 +354,7 @@ export class Outbound implements Http1Listener {
   async close(): Promise<void> {
     this.server.close();
     this.h1.close();
+    this.h2.close(); // HTTP/2 hook
     for (const p of this.pools.values()) p.close();
   }
 }

@@ -1,17 +1,22 @@
 // The one place where an HTTP listener's failures become wire responses. Each failure has a
 // fixed flag that the access log and (later) metrics carry unchanged, so a response, its log
-// line and its counter always agree.
+// line and its counter always agree. For gRPC (over HTTP/2) each flag also has a gRPC status.
 
 import type { ServerResponse } from "node:http";
+import { constants as h2, type ServerHttp2Stream } from "node:http2";
 
+/**
+ * `grpc`: the status a gRPC caller gets instead (codes from grpc/doc/statuscodes.md): 7
+ * PERMISSION_DENIED, 13 INTERNAL (what gRPC maps HTTP 400 to), 16 UNAUTHENTICATED, 14 UNAVAILABLE.
+ */
 export const FLAGS = {
-  RBAC_DENIED: { status: 403, body: "RBAC: access denied" },
-  BAD_REQUEST: { status: 400, body: "bad request" },
-  JWT_INVALID: { status: 401, body: "Jwt verification fails" },
-  NO_ROUTE: { status: 502, body: "no service of the mesh at this address" },
-  SECURE_NAMING: { status: 503, body: "upstream presented an identity the service may not run as" },
-  UPSTREAM_FAILURE: { status: 503, body: "upstream connect error or disconnect" },
-  NOT_READY: { status: 503, body: "proxy not ready" },
+  RBAC_DENIED: { status: 403, grpc: 7, body: "RBAC: access denied" },
+  BAD_REQUEST: { status: 400, grpc: 13, body: "bad request" },
+  JWT_INVALID: { status: 401, grpc: 16, body: "Jwt verification fails" },
+  NO_ROUTE: { status: 502, grpc: 14, body: "no service of the mesh at this address" },
+  SECURE_NAMING: { status: 503, grpc: 14, body: "upstream presented an identity the service may not run as" },
+  UPSTREAM_FAILURE: { status: 503, grpc: 14, body: "upstream connect error or disconnect" },
+  NOT_READY: { status: 503, grpc: 14, body: "proxy not ready" },
 } as const;
 
 export type Flag = keyof typeof FLAGS;
@@ -51,3 +56,46 @@ const REASONS: Record<number, string> = {
   502: "Bad Gateway",
   503: "Service Unavailable",
 };
+
+/** grpc-message is percent-encoded outside printable ASCII, and `%` itself (gRPC over HTTP/2 spec). */
+function grpcMessage(text: string): string {
+  return text.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
+}
+
+/**
+ * The same for one HTTP/2 stream: for gRPC a trailers-only response (HTTP 200, `grpc-status`,
+ * `grpc-message` with the request id), else the HTTP status and body. A stream whose response
+ * already started is reset instead. A request body still arriving is read and dropped.
+ */
+export function rescueH2(stream: ServerHttp2Stream, flag: Flag, requestId: string, grpc: boolean): void {
+  if (stream.destroyed || stream.closed) return;
+  if (stream.headersSent) {
+    stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  const { status, body, grpc: code } = FLAGS[flag];
+  const text = `${body} (request id ${requestId})`;
+  if (grpc) {
+    stream.respond(
+      {
+        ":status": 200,
+        "content-type": "application/grpc",
+        "grpc-status": String(code),
+        "grpc-message": grpcMessage(text),
+        "x-request-id": requestId,
+        "x-zmesh-flag": flag,
+      },
+      { endStream: true },
+    );
+  } else {
+    stream.respond({
+      ":status": status,
+      "content-type": "text/plain; charset=utf-8",
+      "content-length": Buffer.byteLength(text) + 1,
+      "x-request-id": requestId,
+      "x-zmesh-flag": flag,
+    });
+    stream.end(`${text}\n`);
+  }
+  stream.resume();
+}

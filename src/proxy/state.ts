@@ -28,7 +28,7 @@ export interface Route {
   service: SnapshotService;
   targetPort: number;
   /** From the Service port; "auto" means detect from the first bytes. */
-  protocol: "http" | "tcp" | "auto";
+  protocol: "http" | "http2" | "tcp" | "auto";
   allowed: ReadonlySet<string>;
 }
 

@@ -25,6 +25,10 @@ export interface HttpRecord {
   path?: string;
   protocol: "http" | "grpc";
   status: number;
+  /** gRPC only: the grpc-status the call ended with (from trailers, or the flag's). */
+  grpcStatus?: string;
+  /** HTTP/2 (h2c from the app or to it, h2 between sidecars); absent for HTTP/1.1. */
+  http2?: boolean;
   flag?: string;
   mtls: boolean;
   durationMs: number;
@@ -71,8 +75,12 @@ const HTTP_LABELS = [
   "response_code",
   "response_flags",
   "connection_security_policy",
+  // Set on gRPC requests only (Istio's label); other series keep the label set they had.
+  "grpc_response_status",
 ] as const;
-const TCP_LABELS = HTTP_LABELS.filter((l) => l !== "request_protocol" && l !== "response_code");
+const TCP_LABELS = HTTP_LABELS.filter(
+  (l) => l !== "request_protocol" && l !== "response_code" && l !== "grpc_response_status",
+);
 
 function peerLabels(r: {
   reporter: Reporter;
@@ -162,11 +170,12 @@ export class Telemetry {
     const s = r.source;
     const d = r.destination;
     // One key per label tuple: the labels object is built only for a tuple not seen before.
-    const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}`;
+    const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}|${r.grpcStatus ?? ""}`;
     const labels = () => ({
       ...peerLabels(r),
       request_protocol: r.protocol,
       response_code: String(r.status),
+      ...(r.grpcStatus !== undefined ? { grpc_response_status: r.grpcStatus } : {}),
     });
     this.requests.at(key, labels).inc();
     this.duration.at(key, labels).observe(r.durationMs);
@@ -194,6 +203,8 @@ export class Telemetry {
         method: r.method,
         path: r.path,
         status: r.status,
+        grpcStatus: r.grpcStatus,
+        http2: r.http2,
         flag: r.flag,
         decision: r.decision,
         policy: r.policy,

@@ -1,0 +1,285 @@
+// bench/h2-chain.ts: gRPC unary calls on loopback, two chains side by side in one run:
+//   direct  grpc-js client -> app (grpc-js server, 1 KiB replies)
+//   zmesh   grpc-js client -> outbound sidecar (h2c) -> mTLS h2 -> inbound sidecar (one L7 ALLOW
+//           policy on the method path) -> app (h2c)
+// Closed loop: CONCURRENCY calls in flight on one channel for a fixed time, after a warm-up;
+// repeated, medians. Per sidecar process: CPU per 1,000 calls/s and RSS from /proc. The load runs
+// in this process (the control plane here is idle once the sidecars are configured); the machine
+// may be shared, so compare the two chains of one run, not runs of different days.
+// Last line: one JSON object.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import pino from "pino";
+import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
+import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const { values: opt } = parseArgs({
+  options: {
+    runs: { type: "string", default: "3" },
+    seconds: { type: "string", default: "5" },
+    concurrency: { type: "string", default: "32" },
+  },
+  strict: true,
+});
+const bounded = (name: keyof typeof opt, lo: number, hi: number) => {
+  const v = Number(opt[name]);
+  if (!Number.isFinite(v) || v < lo || v > hi) throw new Error(`--${name} must be between ${lo} and ${hi}`);
+  return v;
+};
+const RUNS = bounded("runs", 1, 9);
+const RUN_MS = bounded("seconds", 1, 60) * 1000;
+const CONCURRENCY = bounded("concurrency", 1, 1024);
+const WARM_MS = 2_000;
+const VIP = { address: "198.19.0.10", port: 9090 };
+const CP_ID = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
+const CLK_TCK = 100;
+
+const say = (line: string) => process.stderr.write(`[bench:h2-chain] ${line}\n`);
+const bytes = (b: Buffer) => b;
+const SERVICE = {
+  Get: {
+    path: "/bench.Echo/Get",
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: bytes,
+    requestDeserialize: bytes,
+    responseSerialize: bytes,
+    responseDeserialize: bytes,
+  },
+} as const;
+const Echo = grpc.makeGenericClientConstructor(SERVICE, "Echo");
+
+const children: ChildProcess[] = [];
+function spawnNode(script: string, args: string[] = []): ChildProcess {
+  const c = spawn(process.execPath, [join(here, script), ...args], {
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
+  children.push(c);
+  return c;
+}
+function firstMessage<T>(c: ChildProcess, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer from child ${c.pid} in ${ms} ms`)), ms);
+    c.once("message", (m) => {
+      clearTimeout(t);
+      resolve(m as T);
+    });
+    c.once("exit", (code) => reject(new Error(`child ${c.pid} exited (${code})`)));
+  });
+}
+function stopAll(): void {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null && c.pid) c.kill("SIGTERM");
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+function rssMb(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Math.round(Number(m[1]) / 1024) : 0;
+}
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+function meshYaml(inboundPort: number): string {
+  return `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: client, namespace: bench, labels: { app: client } }
+spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: server, namespace: bench, labels: { app: server } }
+spec: { address: 127.0.0.1, serviceAccount: server, labels: { app: server } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: server, namespace: bench }
+spec:
+  selector: { app: server }
+  clusterIP: ${VIP.address}
+  ports: [{ name: grpc-echo, port: ${VIP.port}, targetPort: ${inboundPort} }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: server-callers, namespace: bench }
+spec:
+  selector: { matchLabels: { app: server } }
+  action: ALLOW
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/bench/sa/client"] } }]
+      to: [{ operation: { methods: ["POST"], paths: ["/bench.Echo/*"] } }]
+`;
+}
+
+async function zmesh(appPort: number) {
+  const dir = await mkdtemp(join(tmpdir(), "zmesh-h2bench-"));
+  const inboundPort = await freePort();
+  await writeFile(join(dir, "mesh.yaml"), meshYaml(inboundPort));
+  const tokens = {
+    client: randomBytes(24).toString("base64url"),
+    server: randomBytes(24).toString("base64url"),
+  };
+  await writeFile(
+    join(dir, "tokens.json"),
+    JSON.stringify({
+      [tokenDigest(tokens.client)]: { namespace: "bench", entry: "client" },
+      [tokenDigest(tokens.server)]: { namespace: "bench", entry: "server" },
+    }),
+  );
+  const cp = await ControlPlane.start({
+    configPaths: [join(dir, "mesh.yaml")],
+    listen: "127.0.0.1:0",
+    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    watch: false,
+    log: pino({ level: "silent" }),
+  });
+  const sidecar = async (role: "inbound" | "outbound", credential: string) => {
+    const c = spawnNode("chain-sidecar.js");
+    c.send({
+      role,
+      credential,
+      controlPlane: `127.0.0.1:${cp.port}`,
+      controlPlaneId: CP_ID,
+      trustBundlePem: cp.ca.trustBundlePem(),
+      inboundPort,
+      appPort,
+      vip: VIP,
+      accessLog: true,
+    } satisfies SidecarJob);
+    const m = await firstMessage<SidecarMessage>(c, 30_000);
+    if ("error" in m) throw new Error(`${role} sidecar: ${m.error}`);
+    return { pid: c.pid!, ports: m.ports };
+  };
+  const inbound = await sidecar("inbound", tokens.server);
+  const outbound = await sidecar("outbound", tokens.client);
+  return {
+    port: outbound.ports.outbound,
+    pids: { outbound: outbound.pid, inbound: inbound.pid },
+    close: async () => {
+      await cp.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+interface Load {
+  rps: number;
+  p50_ms: number;
+  p99_ms: number;
+  errors: number;
+}
+
+/** CONCURRENCY unary calls kept in flight on one channel for `ms`; latency per call. */
+async function load(client: grpc.Client, ms: number): Promise<Load> {
+  const get = (client as unknown as Record<string, (r: Buffer, cb: (e: Error | null) => void) => void>)[
+    "Get"
+  ]!;
+  const req = Buffer.alloc(64, "q");
+  const lat: number[] = [];
+  let errors = 0;
+  const end = performance.now() + ms;
+  const worker = async () => {
+    while (performance.now() < end) {
+      const t = performance.now();
+      const err = await new Promise<Error | null>((r) => get.call(client, req, r));
+      if (err) errors++;
+      else lat.push(performance.now() - t);
+    }
+  };
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  const took = performance.now() - t0;
+  lat.sort((a, b) => a - b);
+  const q = (p: number) =>
+    Math.round((lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? 0) * 1000) / 1000;
+  return { rps: Math.round(lat.length / (took / 1000)), p50_ms: q(0.5), p99_ms: q(0.99), errors };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+
+async function main(): Promise<void> {
+  const watchdog = setTimeout(() => {
+    say("watchdog: run took over 5 minutes, stopping");
+    stopAll();
+    process.exit(2);
+  }, 5 * 60_000);
+  const app = spawnNode("h2-chain-app.js", ["1024"]);
+  const { port: appPort } = await firstMessage<{ port: number }>(app, 10_000);
+  const mesh = await zmesh(appPort);
+  const opts = { "grpc.max_receive_message_length": -1 };
+  const clients = {
+    direct: new Echo(`127.0.0.1:${appPort}`, grpc.credentials.createInsecure(), opts),
+    zmesh: new Echo(`127.0.0.1:${mesh.port}`, grpc.credentials.createInsecure(), opts),
+  };
+  const runs: Record<"direct" | "zmesh", Load[]> = { direct: [], zmesh: [] };
+  const cpu: Record<"outbound" | "inbound", number[]> = { outbound: [], inbound: [] };
+  for (const name of ["direct", "zmesh"] as const) {
+    say(`${name}: warm-up ${WARM_MS} ms`);
+    await load(clients[name], WARM_MS);
+  }
+  for (let i = 0; i < RUNS; i++) {
+    for (const name of ["direct", "zmesh"] as const) {
+      const before = { outbound: cpuSeconds(mesh.pids.outbound), inbound: cpuSeconds(mesh.pids.inbound) };
+      const r = await load(clients[name], RUN_MS);
+      runs[name].push(r);
+      if (name === "zmesh") {
+        for (const p of ["outbound", "inbound"] as const) {
+          const used = cpuSeconds(mesh.pids[p]) - before[p];
+          cpu[p].push(Math.round((used / (RUN_MS / 1000) / (r.rps / 1000)) * 1000) / 1000);
+        }
+      }
+      say(`run ${i + 1} ${name}: ${JSON.stringify(r)}`);
+    }
+  }
+  const summary = (name: "direct" | "zmesh") => ({
+    rps_max: median(runs[name].map((r) => r.rps)),
+    p50_ms: median(runs[name].map((r) => r.p50_ms)),
+    p99_ms: median(runs[name].map((r) => r.p99_ms)),
+    errors: runs[name].reduce((a, r) => a + r.errors, 0),
+  });
+  const result = {
+    bench: "h2-chain",
+    calls: "gRPC unary, 64 B request, 1 KiB reply",
+    concurrency: CONCURRENCY,
+    seconds: RUN_MS / 1000,
+    runs: RUNS,
+    direct: summary("direct"),
+    zmesh: {
+      ...summary("zmesh"),
+      cpu_per_1k_rps: { outbound: median(cpu.outbound), inbound: median(cpu.inbound) },
+      rss_mb: { outbound: rssMb(mesh.pids.outbound), inbound: rssMb(mesh.pids.inbound) },
+    },
+  };
+  clients.direct.close();
+  clients.zmesh.close();
+  stopAll();
+  await mesh.close();
+  clearTimeout(watchdog);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+main().catch((e: Error) => {
+  say(`failed: ${e.stack ?? e.message}`);
+  stopAll();
+  process.exit(1);
+});

@@ -1,0 +1,261 @@
+// Inbound HTTP/2 (and gRPC): a mesh peer's TLS connection that chose ALPN h2 (or, on PERMISSIVE
+// and DISABLE ports, plaintext that opens with the HTTP/2 preface) is served by an HTTP/2 server
+// session; EACH stream is authorized by the policy engine exactly like an HTTP/1.1 request
+// (principal, method, normalized path, headers, JWT), then relayed to the app over h2c on a
+// pooled session per app port. Denials and failures answer through rescue.ts: gRPC callers get a
+// grpc-status (PERMISSION_DENIED, UNAUTHENTICATED, UNAVAILABLE), others the HTTP status.
+
+import {
+  createServer,
+  type Http2Session,
+  connect as h2connect,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
+import type { Socket } from "node:net";
+import type { Logger } from "../diag/index.js";
+import { principalOf } from "../identity/index.js";
+import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import {
+  H2_MAX_SESSION_MEMORY,
+  H2_SERVED_IDLE_MS,
+  H2_SESSION_WINDOW,
+  H2_SETTINGS,
+  h2RequestHeaders,
+  isGrpc,
+  relayStream,
+  requestIdOf,
+  SessionPool,
+  splitPath,
+  whenConnected,
+} from "./h2.js";
+import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
+import type { ProxyState } from "./state.js";
+import type { HttpRecord, Telemetry } from "./telemetry.js";
+
+/** The peer of an inbound connection, as inbound.ts establishes it (same shape as its Peer). */
+export interface H2Peer {
+  /** Empty for a plaintext peer (PERMISSIVE or DISABLE ports). */
+  spiffeId: string;
+  certHash: string;
+  principal: string | undefined;
+  namespace: string | undefined;
+  mtls: boolean;
+  remoteAddress: string;
+  /** The app port the connection was meant for (original destination). */
+  port: number;
+}
+
+export class H2Inbound {
+  private readonly server = createServer({
+    settings: H2_SETTINGS,
+    maxSessionMemory: H2_MAX_SESSION_MEMORY,
+  });
+  private readonly apps = new SessionPool();
+  private readonly peers = new WeakMap<Http2Session, H2Peer>();
+  private readonly served = new Set<Http2Session>();
+  private accepting: H2Peer | undefined;
+
+  constructor(
+    private readonly state: ProxyState,
+    private readonly log: Logger,
+    private readonly telemetry: Telemetry,
+    private readonly appHost: string,
+  ) {
+    // `connection` creates the session synchronously, so the peer is known right here.
+    this.server.on("session", (s: Http2Session) => {
+      if (this.accepting) this.peers.set(s, this.accepting);
+      this.served.add(s);
+      s.once("close", () => this.served.delete(s));
+      s.on("error", (e: Error) => this.log.debug({ err: e.message }, "inbound HTTP/2 session error"));
+      s.setLocalWindowSize(H2_SESSION_WINDOW);
+      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
+    });
+    this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
+  }
+
+  /** Serves a connection whose peer is established (mTLS with ALPN h2, or plaintext h2c) as HTTP/2. */
+  serve(sock: Socket, peer: H2Peer): void {
+    this.accepting = peer;
+    try {
+      this.server.emit("connection", sock);
+    } finally {
+      this.accepting = undefined;
+    }
+  }
+
+  private app(port: number) {
+    return this.apps.get(String(port), () =>
+      whenConnected(
+        h2connect(`http://${this.appHost}:${port}`, {
+          settings: H2_SETTINGS,
+          maxSessionMemory: H2_MAX_SESSION_MEMORY,
+        }),
+      ),
+    );
+  }
+
+  private stream(down: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    const start = process.hrtime.bigint();
+    const requestId = requestIdOf(headers);
+    const grpc = isGrpc(headers);
+    const peer = this.peers.get(down.session as Http2Session);
+    const snap = this.state.snapshot;
+    const policies = this.state.policies;
+    down.on("error", () => {});
+    const rawPath = headers[":path"] ?? "";
+    const { path: pathOnly } = splitPath(rawPath);
+    const norm = normalizePath(rawPath);
+    const sourceWorkload = headers[SOURCE_WORKLOAD_HEADER];
+    const authority = headers[":authority"] ?? headers.host ?? "";
+    const record: HttpRecord = {
+      reporter: "destination",
+      requestId,
+      source: {
+        ...(peer?.principal ? { principal: peer.principal } : {}),
+        ...(peer?.namespace ? { namespace: peer.namespace } : {}),
+        ...(typeof sourceWorkload === "string" ? { workload: sourceWorkload } : {}),
+      },
+      destination: snap
+        ? {
+            principal: principalOf(snap.workload.spiffeId),
+            workload: snap.workload.name,
+            namespace: snap.workload.namespace,
+          }
+        : {},
+      service: authority.replace(/:\d+$/, "") || undefined,
+      method: headers[":method"],
+      path: norm.ok ? norm.path : pathOnly,
+      protocol: grpc ? "grpc" : "http",
+      http2: true,
+      status: 0,
+      mtls: peer?.mtls ?? false,
+      durationMs: 0,
+      requestBytes: 0,
+      responseBytes: 0,
+    };
+    this.state.inflight++;
+    if (this.state.draining) down.session?.close();
+    let finished = false;
+    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      if (finished) return;
+      finished = true;
+      this.state.inflight--;
+      Object.assign(record, r);
+      if (flag) {
+        record.flag = flag;
+        record.status = grpc ? 200 : FLAGS[flag].status;
+        if (grpc) record.grpcStatus = String(FLAGS[flag].grpc);
+        rescueH2(down, flag, requestId, grpc);
+      }
+      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      this.telemetry.http(record);
+    };
+    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
+    const bug = (e: unknown) => {
+      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
+      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
+    };
+    if (!peer || !policies || !snap) return finish({}, "NOT_READY");
+    if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
+    // Policies and JWT rules see plain header values (pseudo-headers are not headers).
+    const plain: Record<string, string | undefined> = {};
+    for (const [k, v] of Object.entries(headers)) {
+      if (k.startsWith(":")) continue;
+      plain[k] = Array.isArray(v) ? v.join(", ") : v;
+    }
+    const authorize = (
+      auth?: RequestAuth,
+      jwtHeaders?: { remove: string[]; set: Record<string, string> },
+    ) => {
+      const decision = evaluate(policies, {
+        ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
+        ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
+        sourceIp: peer.remoteAddress,
+        remoteIp: peer.remoteAddress,
+        destinationPort: peer.port,
+        ...(auth ? { auth } : {}),
+        http: { method: headers[":method"] ?? "", path: norm.path, host: authority, headers: plain },
+      });
+      record.decision = decision.allowed ? "allow" : "deny";
+      record.reason = decision.reason;
+      if (decision.policy !== undefined) record.policy = decision.policy;
+      if (decision.action !== undefined) record.action = decision.action;
+      if (decision.rule !== undefined) record.rule = decision.rule;
+      if (decision.dryRun?.length) record.dryRun = decision.dryRun;
+      if (!decision.allowed) return finish({}, "RBAC_DENIED");
+      const out = h2RequestHeaders(headers, true);
+      if (jwtHeaders) {
+        for (const h of jwtHeaders.remove) delete out[h];
+        Object.assign(out, jwtHeaders.set);
+      }
+      out[":path"] = norm.query ? `${norm.path}?${norm.query}` : norm.path;
+      out["x-request-id"] = requestId;
+      if (peer.mtls)
+        out["x-forwarded-client-cert"] =
+          `By=${snap.workload.spiffeId};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
+      const toApp = (retried: boolean) =>
+        this.app(peer.port)
+          .then(
+            (session) =>
+              relayStream(down, session, out, (r) => {
+                if (r.notSent && !retried) {
+                  // The pooled session to the app was closing: open a new one, once.
+                  this.apps.drop(String(peer.port), session);
+                  return void toApp(true);
+                }
+                const result = {
+                  status: r.status,
+                  requestBytes: r.requestBytes,
+                  responseBytes: r.responseBytes,
+                  ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+                };
+                if (r.clientReset !== undefined)
+                  return finish({
+                    ...result,
+                    err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
+                  });
+                if (r.error && r.status === 0)
+                  return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+                if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+                finish(result);
+              }),
+            (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
+          )
+          .catch(bug);
+      void toApp(false);
+    };
+    const jwtRules = snap.requestAuthentications;
+    if (jwtRules.length === 0) return authorize();
+    // A present but invalid token is 401 (UNAUTHENTICATED for gRPC); a missing one gives no request principal.
+    authenticateJwt(jwtRules, { headers: plain, query: norm.query }, new Date())
+      .then(
+        (r) => {
+          if (!r.ok)
+            return finish(
+              { decision: "deny", reason: r.reason, ...(r.policy ? { policy: r.policy } : {}) },
+              "JWT_INVALID",
+            );
+          for (const h of r.headersToRemove) delete plain[h];
+          Object.assign(plain, r.headersToSet);
+          authorize(
+            {
+              ...(r.principal !== undefined ? { principal: r.principal } : {}),
+              ...(r.audiences ? { audiences: r.audiences } : {}),
+              ...(r.presenter !== undefined ? { presenter: r.presenter } : {}),
+              ...(r.claims ? { claims: r.claims } : {}),
+            },
+            { remove: r.headersToRemove, set: r.headersToSet },
+          );
+        },
+        (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
+      )
+      .catch(bug);
+  }
+
+  close(): void {
+    for (const s of this.served) s.destroy();
+    this.apps.close();
+  }
+}

@@ -1,0 +1,231 @@
+// Outbound HTTP/2 (and gRPC): an app connection that speaks h2c with prior knowledge (told by its
+// Service port or by the connection preface) is served by an HTTP/2 server session here; each of
+// its streams goes to an endpoint picked by the shared balancer, over a pooled HTTP/2 session per
+// endpoint on mutual TLS (ALPN h2), opened through the same dial and secure-naming check as
+// HTTP/1.1. A connect failure is retried once on another endpoint: no byte of the stream left yet.
+
+import {
+  createServer,
+  type Http2Session,
+  connect as h2connect,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
+import type { Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import type { SnapshotEndpoint } from "../api/index.js";
+import type { Logger } from "../diag/index.js";
+import { ZmeshError } from "../errors/index.js";
+import { principalOf } from "../identity/index.js";
+import type { Balancer } from "./balancer.js";
+import {
+  H2_MAX_SESSION_MEMORY,
+  H2_SERVED_IDLE_MS,
+  H2_SESSION_WINDOW,
+  H2_SETTINGS,
+  h2RequestHeaders,
+  isGrpc,
+  relayStream,
+  requestIdOf,
+  SessionPool,
+  whenConnected,
+} from "./h2.js";
+import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import type { Destination } from "./origdst.js";
+import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
+import { ALPN_H2 } from "./sniff.js";
+import type { ProxyState, Route } from "./state.js";
+import type { HttpRecord, Telemetry } from "./telemetry.js";
+
+/** Outbound's mutual-TLS dial with its secure-naming check (see Outbound.dial). */
+export type Dial = (
+  host: string,
+  port: number,
+  alpn: string[],
+  route: () => Route | undefined,
+  cb: (err: Error | null, sock: TLSSocket | null) => void,
+) => void;
+
+export class H2Outbound {
+  private readonly server = createServer({
+    settings: H2_SETTINGS,
+    maxSessionMemory: H2_MAX_SESSION_MEMORY,
+  });
+  private readonly pool = new SessionPool();
+  /** The original destination of each app connection, by its server session. */
+  private readonly dsts = new WeakMap<Http2Session, Destination>();
+  private accepting: Destination | undefined;
+  private readonly served = new Set<Http2Session>();
+
+  constructor(
+    private readonly state: ProxyState,
+    private readonly log: Logger,
+    private readonly telemetry: Telemetry,
+    private readonly balancer: Balancer,
+    private readonly dial: Dial,
+  ) {
+    // `connection` creates the session synchronously, so the destination is known right here.
+    this.server.on("session", (s: Http2Session) => {
+      if (this.accepting) this.dsts.set(s, this.accepting);
+      this.served.add(s);
+      s.once("close", () => this.served.delete(s));
+      s.on("error", () => {});
+      s.setLocalWindowSize(H2_SESSION_WINDOW);
+      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
+    });
+    this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
+  }
+
+  /** Serves an app connection (already told to be h2c) as an HTTP/2 server session. */
+  accept(sock: Socket, dst: Destination): void {
+    this.accepting = dst;
+    try {
+      this.server.emit("connection", sock);
+    } finally {
+      this.accepting = undefined;
+    }
+  }
+
+  private key(route: Route, ep: SnapshotEndpoint): string {
+    return `${route.service.namespace}/${route.service.name}|${ep.address}:${route.targetPort}`;
+  }
+
+  private session(route: Route, ep: SnapshotEndpoint) {
+    const key = this.key(route, ep);
+    const vip = route.service.vip;
+    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
+    return this.pool.get(key, () =>
+      new Promise<TLSSocket>((resolve, reject) =>
+        this.dial(
+          ep.address,
+          route.targetPort,
+          [ALPN_H2],
+          () => this.state.route(vip, port),
+          (err, sock) => (err || !sock ? reject(err ?? new Error("dial failed")) : resolve(sock)),
+        ),
+      ).then((sock) => {
+        if (sock.alpnProtocol !== ALPN_H2) {
+          sock.destroy();
+          throw new Error(`${ep.address}:${route.targetPort} did not agree to HTTP/2 (ALPN h2)`);
+        }
+        return whenConnected(
+          h2connect(`https://${ep.address}:${route.targetPort}`, {
+            createConnection: () => sock,
+            settings: H2_SETTINGS,
+            maxSessionMemory: H2_MAX_SESSION_MEMORY,
+          }),
+        );
+      }),
+    );
+  }
+
+  private stream(down: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    const start = process.hrtime.bigint();
+    const requestId = requestIdOf(headers);
+    const grpc = isGrpc(headers);
+    const dst = this.dsts.get(down.session as Http2Session);
+    const self = this.state.snapshot?.workload;
+    down.on("error", () => {});
+    const record: HttpRecord = {
+      reporter: "source",
+      requestId,
+      source: self
+        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
+        : {},
+      destination: {},
+      method: headers[":method"],
+      path: headers[":path"],
+      protocol: grpc ? "grpc" : "http",
+      http2: true,
+      status: 0,
+      mtls: true,
+      durationMs: 0,
+      requestBytes: 0,
+      responseBytes: 0,
+      ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
+    };
+    this.state.inflight++;
+    // Draining: this stream is served, then the session ends with GOAWAY (the app reconnects elsewhere).
+    if (this.state.draining) down.session?.close();
+    let finished = false;
+    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
+      if (finished) return;
+      finished = true;
+      this.state.inflight--;
+      Object.assign(record, r);
+      if (flag) {
+        record.flag = flag;
+        record.status = grpc ? 200 : FLAGS[flag].status;
+        if (grpc) record.grpcStatus = String(FLAGS[flag].grpc);
+        rescueH2(down, flag, requestId, grpc);
+      }
+      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
+      this.telemetry.http(record);
+    };
+    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
+    const bug = (e: unknown) => {
+      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
+      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
+    };
+    if (!dst || !self) return finish({}, "NOT_READY");
+    const route = this.state.route(dst.address, dst.port);
+    if (!route) return finish({}, "NO_ROUTE");
+    record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
+    const first = this.balancer.pick(route.service.endpoints);
+    if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
+    const out = h2RequestHeaders(headers, true);
+    out["x-request-id"] = requestId;
+    out[SOURCE_WORKLOAD_HEADER] = self.name;
+    const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
+      record.upstream = `${ep.address}:${route.targetPort}`;
+      record.destination = {
+        principal: principalOf(ep.spiffeId),
+        workload: ep.workload,
+        namespace: route.service.namespace,
+      };
+      this.balancer.started(ep.address);
+      this.session(route, ep)
+        .then(
+          (session) =>
+            relayStream(down, session, out, (r) => {
+              this.balancer.finished(ep.address, false);
+              if (r.notSent && !retried) {
+                // The pooled session was closing (GOAWAY, idle close): open a new one, once.
+                this.pool.drop(this.key(route, ep), session);
+                return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
+              }
+              const result = {
+                status: r.status,
+                requestBytes: r.requestBytes,
+                responseBytes: r.responseBytes,
+                ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+              };
+              if (r.clientReset !== undefined)
+                return finish({ ...result, err: `the app reset the stream (HTTP/2 code ${r.clientReset})` });
+              if (r.error && r.status === 0)
+                return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+              if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+              finish(result);
+            }),
+          (e: Error) => {
+            // The session could not be opened: nothing of this stream was sent anywhere yet.
+            const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
+            this.balancer.finished(ep.address, !naming);
+            if (naming)
+              this.log.warn({ requestId, err: e.message }, "outbound HTTP/2: secure naming refused");
+            const next =
+              !retried && !naming ? this.balancer.pick(route.service.endpoints, ep.address) : undefined;
+            if (next && !down.closed) return attempt(next, true);
+            finish({ err: e.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+          },
+        )
+        .catch(bug);
+    };
+    attempt(first, false);
+  }
+
+  close(): void {
+    for (const s of this.served) s.destroy();
+    this.pool.close();
+  }
+}

@@ -1,0 +1,299 @@
+// HTTP/2 plumbing shared by both directions (h2c with apps, h2 over mutual TLS between sidecars;
+// gRPC rides on it): header hygiene for HTTP/2, a pool of client sessions by destination, and the
+// relay of one stream (headers, body both ways with backpressure, trailers, resets) to an upstream
+// session. node:http2 does all the framing, flow control and HPACK; nothing here parses bytes.
+
+import { randomUUID } from "node:crypto";
+import {
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  constants,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
+
+const { NGHTTP2_NO_ERROR, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = constants;
+
+/** Larger windows than HTTP/2's 64 KiB default, so a single large body is not paced by round trips. */
+export const H2_SETTINGS = { initialWindowSize: 1 << 20 };
+/** Connection-level receive window set on every session we create or accept. */
+export const H2_SESSION_WINDOW = 8 << 20;
+/** Memory (MB) nghttp2 may hold per session before it refuses new streams. */
+export const H2_MAX_SESSION_MEMORY = 64;
+/** A pooled upstream session with no frame for this long is closed (gracefully: open streams finish). */
+const IDLE_MS = 60_000;
+/** The same for sessions we serve, longer, so that the client side usually closes first. */
+export const H2_SERVED_IDLE_MS = 120_000;
+
+/** Connection-specific headers HTTP/2 forbids (RFC 9113 section 8.2.2); `te` may only say "trailers". */
+const CONNECTION_SPECIFIC = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+  "http2-settings",
+]);
+/** Identity headers only the mesh may set (as for HTTP/1.1 in headers.ts). */
+const SPOOFABLE = new Set(["x-forwarded-client-cert", "x-zmesh-source-workload"]);
+
+/** gRPC (and gRPC-Web) requests say so in their content-type; their errors go in grpc-status. */
+export function isGrpc(headers: IncomingHttpHeaders): boolean {
+  const ct = headers["content-type"];
+  return typeof ct === "string" && ct.startsWith("application/grpc");
+}
+
+/**
+ * Whether an HTTP/1.1 request asks to switch to HTTP/2 (`Upgrade: h2c`). The inbound refuses it:
+ * spliced as an upgrade, its later streams would reach the app without being authorized one by
+ * one ("h2c smuggling"). Clients use prior knowledge instead (or h2 via their sidecar).
+ */
+export function isH2cUpgrade(upgrade: string | undefined): boolean {
+  return upgrade !== undefined && /(^|,)\s*h2c\s*(,|$)/i.test(upgrade);
+}
+
+/** The request id of a stream: the caller's, else a new one. */
+export function requestIdOf(headers: IncomingHttpHeaders): string {
+  const id = headers["x-request-id"];
+  return typeof id === "string" && id !== "" ? id : randomUUID();
+}
+
+/** Request headers to pass on (pseudo-headers included); identity headers dropped when asked. */
+export function h2RequestHeaders(h: IncomingHttpHeaders, stripIdentity: boolean): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (v === undefined || CONNECTION_SPECIFIC.has(k)) continue;
+    if (k === "te" && v !== "trailers") continue;
+    if (stripIdentity && SPOOFABLE.has(k)) continue;
+    out[k] = v;
+  }
+  return out;
+}
+
+/** Response headers and trailers to pass on: connection-specific ones dropped. */
+export function h2ResponseHeaders(h: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(h)) if (v !== undefined && !CONNECTION_SPECIFIC.has(k)) out[k] = v;
+  return out;
+}
+
+/** The path of a request without its query string, for policies and logs. */
+export function splitPath(path: string): { path: string; query: string } {
+  const q = path.indexOf("?");
+  return q < 0 ? { path, query: "" } : { path: path.slice(0, q), query: path.slice(q + 1) };
+}
+
+/**
+ * One client session per key (an endpoint, or an app port), shared by all streams to it. A
+ * session that closes, errs or gets GOAWAY leaves the pool; the next stream opens a new one.
+ * `open` resolves once the session can take streams, or rejects when its connection failed.
+ */
+export class SessionPool {
+  private readonly sessions = new Map<string, Promise<ClientHttp2Session>>();
+  private readonly live = new Set<ClientHttp2Session>();
+
+  get(key: string, open: () => Promise<ClientHttp2Session>): Promise<ClientHttp2Session> {
+    const have = this.sessions.get(key);
+    if (have) return have;
+    const p = open().then(
+      (s) => {
+        this.live.add(s);
+        const evict = () => {
+          if (this.sessions.get(key) === p) this.sessions.delete(key);
+        };
+        s.once("close", () => {
+          evict();
+          this.live.delete(s);
+        });
+        s.once("goaway", evict);
+        s.on("error", evict);
+        s.setTimeout(IDLE_MS, () => {
+          evict();
+          s.close();
+        });
+        if (s.closed || s.destroyed) evict();
+        return s;
+      },
+      (e: Error) => {
+        if (this.sessions.get(key) === p) this.sessions.delete(key);
+        throw e;
+      },
+    );
+    this.sessions.set(key, p);
+    return p;
+  }
+
+  /** Forgets `session` under `key` at once (it refused a new stream: closing or gone away). */
+  drop(key: string, session: ClientHttp2Session): void {
+    const have = this.sessions.get(key);
+    if (!have) return;
+    have.then(
+      (s) => {
+        if (s === session && this.sessions.get(key) === have) this.sessions.delete(key);
+      },
+      () => {},
+    );
+  }
+
+  close(): void {
+    this.sessions.clear();
+    for (const s of this.live) s.destroy();
+    this.live.clear();
+  }
+}
+
+/** Waits for a new client session's connection: resolves on `connect`, rejects on an early error. */
+export function whenConnected(s: ClientHttp2Session): Promise<ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error) => {
+      s.destroy();
+      reject(e);
+    };
+    s.once("error", onError);
+    s.once("connect", () => {
+      s.off("error", onError);
+      s.on("error", () => {}); // later errors close the session; its streams see them
+      s.setLocalWindowSize(H2_SESSION_WINDOW);
+      resolve(s);
+    });
+  });
+}
+
+export interface StreamResult {
+  /** HTTP status the upstream answered with; 0 when it never answered. */
+  status: number;
+  /** grpc-status from the response's trailers (or a trailers-only response). */
+  grpcStatus?: string;
+  requestBytes: number;
+  responseBytes: number;
+  /**
+   * The upstream failed. With `status` 0 nothing was sent to the client yet and the caller
+   * answers (rescue); otherwise the client's stream was reset with the upstream's code.
+   */
+  error?: Error;
+  /** The client reset its stream (its RST_STREAM code), e.g. a cancelled gRPC call. */
+  clientReset?: number;
+  /** The session refused to open the stream (it is closing): nothing was sent, a retry is safe. */
+  notSent?: boolean;
+}
+
+/**
+ * Relays one client stream `down` to a new stream on `session` with `headers`, and the answer
+ * back: body chunks both ways with backpressure, request and response trailers (gRPC's status
+ * lives there), a trailers-only response kept trailers-only, and resets passed on both ways.
+ * `done` is called once, when the exchange is over or the upstream failed before answering.
+ */
+export function relayStream(
+  down: ServerHttp2Stream,
+  session: ClientHttp2Session,
+  headers: OutgoingHttpHeaders,
+  done: (r: StreamResult) => void,
+): void {
+  const r: StreamResult = { status: 0, requestBytes: 0, responseBytes: 0 };
+  let settled = false;
+  const settle = () => {
+    if (settled) return;
+    settled = true;
+    done(r);
+  };
+  if (down.closed || down.destroyed) {
+    r.clientReset = down.rstCode ?? NGHTTP2_CANCEL;
+    return settle();
+  }
+  const bodyless = down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
+  let up: ClientHttp2Stream;
+  try {
+    up = session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
+  } catch (e) {
+    r.error = e as Error;
+    r.notSent = true;
+    return settle();
+  }
+  let responseEnded = false;
+  /** Headers node:http2 refuses to send (it throws) end the exchange with a reset, not the process. */
+  const guarded = (fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      r.error ??= e as Error;
+      if (!down.closed) down.close(NGHTTP2_INTERNAL_ERROR);
+      if (!up.closed) up.close(NGHTTP2_INTERNAL_ERROR);
+    }
+  };
+  let requestTrailers: OutgoingHttpHeaders | undefined;
+  let responseTrailers: OutgoingHttpHeaders | undefined;
+
+  // Request: client → upstream.
+  if (!bodyless) {
+    down.on("data", (c: Buffer) => {
+      r.requestBytes += c.length;
+      if (!up.destroyed && !up.write(c)) down.pause();
+    });
+    up.on("drain", () => down.resume());
+    down.on("trailers", (t: IncomingHttpHeaders) => {
+      // Request trailers are headers too: identity headers are no more trusted there.
+      requestTrailers = h2RequestHeaders(t, true);
+    });
+    down.once("end", () => {
+      if (!up.destroyed && !up.writableEnded) up.end();
+    });
+    up.once("wantTrailers", () => guarded(() => up.sendTrailers(requestTrailers ?? {})));
+  }
+
+  // Response: upstream → client.
+  up.once("response", (h: IncomingHttpHeaders, flags: number) => {
+    r.status = Number(h[":status"]);
+    if (down.closed || down.destroyed) return;
+    const out = h2ResponseHeaders(h);
+    if (flags & NGHTTP2_FLAG_END_STREAM) {
+      // Trailers-only (how gRPC reports an error without a message): its status is in the headers.
+      if (typeof h["grpc-status"] === "string") r.grpcStatus = h["grpc-status"];
+      responseEnded = true;
+      guarded(() => down.respond(out, { endStream: true }));
+      return;
+    }
+    guarded(() => down.respond(out, { waitForTrailers: true }));
+  });
+  up.on("data", (c: Buffer) => {
+    r.responseBytes += c.length;
+    if (!down.destroyed && !down.write(c)) up.pause();
+  });
+  down.on("drain", () => up.resume());
+  up.on("trailers", (t: IncomingHttpHeaders) => {
+    if (typeof t["grpc-status"] === "string") r.grpcStatus = t["grpc-status"];
+    responseTrailers = h2ResponseHeaders(t);
+  });
+  up.once("end", () => {
+    responseEnded = true;
+    if (r.status !== 0 && down.headersSent && !down.destroyed && !down.writableEnded) down.end();
+  });
+  down.once("wantTrailers", () => guarded(() => down.sendTrailers(responseTrailers ?? {})));
+
+  up.on("error", (e: Error) => {
+    r.error ??= e;
+  });
+  up.once("close", () => {
+    const code = up.rstCode ?? NGHTTP2_NO_ERROR;
+    if (r.status === 0) {
+      // No answer at all: the caller answers the client (it may still be sending; that is dropped).
+      r.error ??= new Error(`upstream closed the stream before answering (HTTP/2 code ${code})`);
+      return settle();
+    }
+    if (code !== NGHTTP2_NO_ERROR && !responseEnded && !down.closed) {
+      r.error ??= new Error(`upstream reset the stream (HTTP/2 code ${code})`);
+      down.close(code === NGHTTP2_CANCEL ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
+    }
+    if (down.closed) settle();
+  });
+  down.on("error", () => {});
+  down.once("close", () => {
+    const code = down.rstCode ?? NGHTTP2_NO_ERROR;
+    if (code !== NGHTTP2_NO_ERROR || !responseEnded) {
+      if (code !== NGHTTP2_NO_ERROR && r.error === undefined) r.clientReset = code;
+      if (!up.closed && !up.destroyed) up.close(code === NGHTTP2_NO_ERROR ? NGHTTP2_CANCEL : code);
+    }
+    // Otherwise the upstream's close settles (it was just asked to close, if it was open).
+    if (r.status !== 0 || r.clientReset !== undefined || up.closed) settle();
+  });
+}
