@@ -27,9 +27,10 @@ const SPOOFABLE = new Set(["x-forwarded-client-cert", "x-forwarded-for", "x-real
 const SPOOFABLE_PREFIXES = ["x-zmesh-", "x-envoy-"];
 
 function spoofable(name: string): boolean {
+  // "x_forwarded_client_cert" reaches a CGI-style app as the same variable as the dashed name.
+  const n = name.includes("_") ? name.replaceAll("_", "-") : name;
   return (
-    SPOOFABLE.has(name) ||
-    (name.charCodeAt(0) === 0x78 /* x */ && SPOOFABLE_PREFIXES.some((p) => name.startsWith(p)))
+    SPOOFABLE.has(n) || (n.charCodeAt(0) === 0x78 /* x */ && SPOOFABLE_PREFIXES.some((p) => n.startsWith(p)))
   );
 }
 
