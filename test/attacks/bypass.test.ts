@@ -166,18 +166,6 @@ describe("attack: bypassing the sidecars in network namespaces", {
   });
 
   it("IPv6: no address but loopback in any namespace, ip6tables drops the rest, and a link-local connection fails", async () => {
-    const names = [...state.instances.map((i) => i.netns), ...state.unmeshed.map((u) => u.netns)];
-    for (const ns of names) {
-      const addrs = execFileSync("ip", ["-n", ns, "-6", "addr"], { encoding: "utf8" });
-      assert.doesNotMatch(addrs, /scope (link|global)/, `${ns} has IPv6 beyond loopback:\n${addrs}`);
-    }
-    for (const i of state.instances) {
-      const rules = execFileSync("ip", ["netns", "exec", i.netns, "ip6tables", "-S"], { encoding: "utf8" });
-      assert.match(rules, /-P OUTPUT DROP/);
-      assert.match(rules, /-P INPUT DROP/);
-    }
-    const bridge = execFileSync("ip", ["-6", "addr", "show", "dev", state.net.bridge], { encoding: "utf8" });
-    assert.doesNotMatch(bridge, /inet6/, "the host's bridge answers IPv6");
     // An app listening on :: (Node's default) must not be reachable around the inbound over IPv6.
     const payments = findInstance(state, "payments");
     const listening = listener(state, "payments", "tcp6", 9098, 4_000);
@@ -192,6 +180,18 @@ describe("attack: bypassing the sidecars in network namespaces", {
       assert.notEqual(r.stdout.trim(), "connected", `${who} reached payments over IPv6`);
     }
     assert.equal((await listening).stdout.trim(), "got 0");
+    const names = [...state.instances.map((i) => i.netns), ...state.unmeshed.map((u) => u.netns)];
+    for (const ns of names) {
+      const addrs = execFileSync("ip", ["-n", ns, "-6", "addr"], { encoding: "utf8" });
+      assert.doesNotMatch(addrs, /scope (link|global)/, `${ns} has IPv6 beyond loopback:\n${addrs}`);
+    }
+    for (const i of state.instances) {
+      const rules = execFileSync("ip", ["netns", "exec", i.netns, "ip6tables", "-S"], { encoding: "utf8" });
+      assert.match(rules, /-P OUTPUT DROP/);
+      assert.match(rules, /-P INPUT DROP/);
+    }
+    const bridge = execFileSync("ip", ["-6", "addr", "show", "dev", state.net.bridge], { encoding: "utf8" });
+    assert.doesNotMatch(bridge, /inet6/, "the host's bridge answers IPv6");
   });
 
   it("UDP around the sidecar: dropped (nothing captures it, so nothing may leave)", async () => {
