@@ -148,4 +148,15 @@ describe("attack: L7 path, method and Host tricks against DENY rules", { timeout
       }
     });
   }
+  for (const target of ["/admin", "//admin", "/x/../admin", "/%61dmin"]) {
+    it(`an Upgrade (WebSocket) request to ${JSON.stringify(target)} is authorized like any request`, async () => {
+      const req = `GET ${target} HTTP/1.1\r\nhost: catalog\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+      for (const via of ["inbound", "outbound"] as const) {
+        const from = m.target.seen.length;
+        const answer = via === "inbound" ? await rawInbound(m, req) : await rawOutbound(m, [req]);
+        assert.equal(statuses(answer)[0], 403, `${via} ${target}: ${answer.slice(0, 60)}`);
+        assert.deepEqual(m.target.seen.slice(from), [], `${via} ${target}: reached the app`);
+      }
+    });
+  }
 });
