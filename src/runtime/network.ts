@@ -77,6 +77,13 @@ export function captureRules(): string {
     ":OUTPUT ACCEPT [0:0]",
     "-A INPUT -i lo -j ACCEPT",
     "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    // A connection whose original destination was one of the proxy's own ports would be forwarded
+    // by the inbound to that listener on loopback (admin /quitquitquit, or itself in a loop): never
+    // (attack suite, "a stranger reaches the proxy's admin through the inbound under PERMISSIVE").
+    ...[PORTS.proxyAdmin, PORTS.outboundCapture, PORTS.inboundCapture].map(
+      (p) =>
+        `-A INPUT -p tcp -m conntrack --ctstate DNAT --ctorigdstport ${p} -j REJECT --reject-with tcp-reset`,
+    ),
     "-A INPUT -p tcp -j ACCEPT",
     "-A INPUT -j DROP",
     // The proxy's own listeners on loopback (admin, outbound, inbound) are for the proxy and root:

@@ -5,13 +5,19 @@
 // proxy's own listeners dialled directly). Each must be stopped. Skips, visibly, when not root.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   addUnmeshed,
   appLog,
+  applyResources,
+  deleteResources,
   down,
   exec,
   findInstance,
+  loadState,
   type MeshState,
   proxyAdmin,
   up,
@@ -251,5 +257,53 @@ describe("attack: bypassing the sidecars in network namespaces", {
       assert.notEqual(r.status, "200", `${port}`);
     }
     assert.doesNotMatch(await appLog(state, "payments"), /probe=side-port/);
+  });
+  it("under PERMISSIVE with an allow-all policy, a stranger cannot reach the proxy's own ports through the inbound", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "zmatk-"));
+    const file = join(dir, "permissive.yaml");
+    await writeFile(
+      file,
+      `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: catalog-permissive, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  mtls: { mode: PERMISSIVE }
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: catalog-public, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  rules: [{}]
+`,
+    );
+    try {
+      await applyResources(state, [file]);
+      const catalog = findInstance(await loadState(MESH), "catalog");
+      const at = (port: number, path: string) => `http://${catalog.address}:${port}${path}`;
+      let control = "";
+      for (let i = 0; i < 20 && control !== "200"; i++) {
+        control = (await curl(state, "intruder", [at(8080, "/items")])).status;
+        if (control !== "200") await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(control, "200", "the control: PERMISSIVE lets the stranger reach the app port");
+      for (const [port, method, path] of [
+        [15000, "GET", "/config_dump"],
+        [15000, "POST", "/logging?level=trace"],
+        [15000, "POST", "/quitquitquit"],
+        [15001, "GET", "/items"],
+        [15006, "GET", "/items"],
+      ] as const) {
+        const r = await curl(state, "intruder", ["-X", method, at(port, path)]);
+        assert.notEqual(r.status, "200", `${port} ${method} ${path}: ${r.body.slice(0, 80)}`);
+      }
+      const after = findInstance(await loadState(MESH), "catalog");
+      assert.equal(after.proxyPid, catalog.proxyPid, "the stranger made the proxy quit");
+      assert.equal((await proxyAdmin(state, "catalog", "/ready")).status, 200);
+    } finally {
+      await deleteResources(state, [file]);
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
