@@ -18,6 +18,8 @@ import {
 
 export const FRONTEND_ID = "spiffe://cluster.local/ns/shop/sa/frontend";
 export const CATALOG_VIP = { address: "198.19.0.10", port: 80 };
+/** The same workload behind a port whose protocol nothing declares (the outbound sniffs it). */
+export const CATALOG_AUTO_VIP = { address: "198.19.0.20", port: 80 };
 
 /** DENY /admin*, DENY DELETE, DENY Host secret.shop; everything else allowed from the mesh. */
 export const CATALOG_POLICIES = `apiVersion: security.istio.io/v1
@@ -55,7 +57,7 @@ export interface AttackMesh {
 export async function attackMesh(extraYaml = "", policies = CATALOG_POLICIES): Promise<AttackMesh> {
   const target = await app("catalog");
   const inbound = await freePort();
-  const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", CATALOG_VIP.address, [[80, inbound]])}${policies}\n---\n${extraYaml}`;
+  const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", CATALOG_VIP.address, [[80, inbound]])}${serviceYaml("catalog-auto", CATALOG_AUTO_VIP.address, [[80, inbound, "web"]], "catalog")}${policies}\n---\n${extraYaml}`;
   const mesh = await controlPlane(yaml, [
     { namespace: "shop", name: "frontend" },
     { namespace: "shop", name: "catalog" },
@@ -80,9 +82,12 @@ export async function attackMesh(extraYaml = "", policies = CATALOG_POLICIES): P
 /** How long a raw exchange waits for more bytes before it stops listening. */
 const IDLE_MS = 400;
 
+/** A chunk, or a pause in ms between chunks (so that they leave as separate segments). */
+export type Chunk = string | Buffer | number;
+
 function collect(
   sock: import("node:net").Socket,
-  chunks: (string | Buffer)[],
+  chunks: Chunk[],
   ready: "connect" | "secureConnect",
 ): Promise<string> {
   return new Promise((resolve) => {
@@ -98,8 +103,11 @@ function collect(
       if (idle) clearTimeout(idle);
       idle = setTimeout(() => sock.destroy(), IDLE_MS);
     };
-    sock.once(ready, () => {
-      for (const c of chunks) sock.write(c);
+    sock.once(ready, async () => {
+      for (const c of chunks) {
+        if (typeof c === "number") await new Promise((r) => setTimeout(r, c));
+        else sock.write(c);
+      }
       arm();
     });
     sock.on("data", (d: Buffer) => {
@@ -112,7 +120,7 @@ function collect(
 }
 
 /** Sends exact bytes over mutual TLS (a real mesh SVID) to an inbound port; resolves all it answered. */
-export function rawInbound(m: AttackMesh, ...chunks: (string | Buffer)[]): Promise<string> {
+export function rawInbound(m: AttackMesh, ...chunks: Chunk[]): Promise<string> {
   const s = tlsConnect({
     host: "127.0.0.1",
     port: m.inbound,
@@ -129,7 +137,7 @@ export function rawInbound(m: AttackMesh, ...chunks: (string | Buffer)[]): Promi
 /** Sends exact bytes through the frontend's outbound as if its app had dialled `dst`. */
 export function rawOutbound(
   m: AttackMesh,
-  chunks: (string | Buffer)[],
+  chunks: Chunk[],
   dst: { address: string; port: number } = CATALOG_VIP,
 ): Promise<string> {
   const localPort = 20_000 + Math.floor(Math.random() * 40_000);

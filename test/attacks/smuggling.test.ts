@@ -7,7 +7,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { call } from "../harness/index.js";
-import { type AttackMesh, attackMesh, CATALOG_VIP, rawInbound, rawOutbound, statuses } from "./lib.js";
+import {
+  type AttackMesh,
+  attackMesh,
+  CATALOG_AUTO_VIP,
+  CATALOG_VIP,
+  rawInbound,
+  rawOutbound,
+  statuses,
+} from "./lib.js";
 
 const HIDDEN = "GET /admin/hidden HTTP/1.1\r\nhost: catalog\r\n\r\n";
 
@@ -134,5 +142,38 @@ describe("attack: HTTP/1.1 request smuggling through both proxies", { timeout: 1
   it("the hidden request of the pipelined case is authorized on its own (403), not skipped", async () => {
     const a = await rawInbound(m, `GET /items HTTP/1.1\r\nhost: catalog\r\n\r\n${HIDDEN}`);
     assert.deepEqual(statuses(a), [200, 403]);
+  });
+  for (const [what, chunks] of [
+    [
+      "the first byte alone, so that sniffing sees no method",
+      ["G", 150, "ET /admin/tcp HTTP/1.1\r\nhost: catalog\r\n\r\n"],
+    ],
+    ["a leading CRLF, which HTTP servers skip", ["\r\nGET /admin/tcp HTTP/1.1\r\nhost: catalog\r\n\r\n"]],
+    ["a lower-case method", ["get /admin/tcp HTTP/1.1\r\nhost: catalog\r\n\r\n"]],
+    ["silence past the sniffing window", [200, "GET /admin/tcp HTTP/1.1\r\nhost: catalog\r\n\r\n"]],
+  ] as const) {
+    it(`HTTP disguised as opaque TCP on a port of undeclared protocol (${what}) does not reach /admin`, async () => {
+      const from = m.target.seen.length;
+      const answer = await rawOutbound(m, [...chunks], CATALOG_AUTO_VIP);
+      const urls = m.target.seen.slice(from).map((s) => s.url);
+      assert.ok(!urls.some((u) => u.startsWith("/admin")), `the app saw ${urls}`);
+      assert.doesNotMatch(answer, /catalog GET \/admin/);
+    });
+  }
+  it("why: the disguised bytes travel as opaque TCP, which the DENY rules with HTTP fields close as a whole", async () => {
+    const from = m.target.seen.length;
+    const tcp = await rawOutbound(
+      m,
+      ["G", 150, "ET /items HTTP/1.1\r\nhost: catalog\r\n\r\n"],
+      CATALOG_AUTO_VIP,
+    );
+    assert.equal(tcp, "", "a TCP connection the policies deny is closed without an answer");
+    assert.deepEqual(m.target.seen.slice(from), []);
+    const http = await rawOutbound(
+      m,
+      ["GET /items HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n"],
+      CATALOG_AUTO_VIP,
+    );
+    assert.equal(statuses(http)[0], 200, "the control: sniffed as HTTP, the same port serves");
   });
 });
