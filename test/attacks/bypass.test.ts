@@ -5,7 +5,7 @@
 // proxy's own listeners dialled directly). Each must be stopped. Skips, visibly, when not root.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -244,6 +244,31 @@ describe("attack: bypassing the sidecars in network namespaces", {
     assert.equal((await curl(state, "frontend", ["-X", "POST", "http://payments/charge"])).status, "403");
     // The app's own port on loopback is its own business: still reachable (the control).
     assert.equal((await curl(state, "frontend", ["http://127.0.0.1:8080/"])).status, "200");
+  });
+
+  it("the app's uid cannot steal a bootstrap token, the CA store or its proxy's key from memory", async () => {
+    const live = await loadState(MESH);
+    const frontend = findInstance(live, "frontend");
+    const targets = [
+      join(state.stateDir, "secrets", "tokens.json"),
+      join(state.stateDir, "secrets", "payments.shop.token"),
+      join(state.stateDir, "secrets", "frontend.shop.token"),
+      `/proc/${frontend.proxyPid}/environ`,
+      `/proc/${frontend.proxyPid}/mem`,
+      `/proc/${frontend.proxyPid}/maps`,
+      `/proc/${live.controlPlane.pid}/environ`,
+      live.controlPlane.caStore,
+      live.controlPlane.kekFile,
+    ];
+    for (const file of targets) {
+      const r = await exec(state, "frontend", ["head", "-c", "64", file]);
+      assert.notEqual(r.code, 0, `the app read ${file}`);
+      assert.equal(r.stdout, "", `the app read ${file}`);
+    }
+    const cmdline = await exec(state, "frontend", ["cat", `/proc/${frontend.proxyPid}/cmdline`]);
+    const token = (await readFile(join(state.stateDir, "secrets", "frontend.shop.token"), "utf8")).trim();
+    assert.ok(cmdline.stdout.includes("--token-file"), "the control: the app can read the command line");
+    assert.ok(!cmdline.stdout.includes(token), "the bootstrap token is on the proxy's command line");
   });
 
   it("the health and metrics ports, which capture leaves open, do not lead to the app", async () => {
