@@ -7,11 +7,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import fc from "fast-check";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { stringify } from "yaml";
 import { ENV, envOr, parseYaml } from "../../src/config/index.js";
 import { isZmeshError } from "../../src/errors/index.js";
 import { parseSpiffeId } from "../../src/identity/index.js";
-import { compilePolicies, evaluate, normalizePath } from "../../src/policy/index.js";
+import { authenticateJwt, compilePolicies, evaluate, normalizePath } from "../../src/policy/index.js";
 import { call } from "../harness/index.js";
 import { type AttackMesh, attackMesh, CATALOG_VIP, rawInbound, rawOutbound, statuses } from "./lib.js";
 
@@ -262,6 +263,78 @@ describe("attack: fuzzing the parsers of untrusted input", { timeout: 120_000 },
           http: { method: "GET", path: "/admin", host: "x", headers: {} },
         });
         assert.equal(typeof d.allowed, "boolean");
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  it(`the JWT check with random and mangled tokens: never throws, never a principal (${RUNS} runs)`, async () => {
+    const { publicKey, privateKey } = await generateKeyPair("ES256");
+    const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256" };
+    const refs = [
+      {
+        namespace: "shop",
+        name: "jwt",
+        spec: {
+          jwtRules: [
+            { issuer: "https://issuer.test", audiences: ["shop-api"], jwks: JSON.stringify({ keys: [jwk] }) },
+          ],
+        },
+      },
+    ];
+    const valid = await new SignJWT({ sub: "alice", aud: "shop-api" })
+      .setProtectedHeader({ alg: "ES256", kid: "k1" })
+      .setIssuer("https://issuer.test")
+      .setExpirationTime("5m")
+      .sign(privateKey);
+    const control = await authenticateJwt(
+      refs,
+      { headers: { authorization: `Bearer ${valid}` }, query: "" },
+      new Date(),
+    );
+    assert.ok(
+      control.ok && control.principal === "https://issuer.test/alice",
+      "the control: the valid token is accepted",
+    );
+    const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const part = fc.oneof(
+      fc.string({ maxLength: 30 }),
+      fc.base64String({ maxLength: 40 }),
+      fc.constantFrom(...valid.split(".")),
+      fc
+        .record(
+          {
+            alg: fc.constantFrom("none", "HS256", "ES256", "RS256", "ES512", ""),
+            kid: fc.constantFrom("k1", "k2", ""),
+            crit: fc.constantFrom(undefined, ["exp"]),
+          },
+          { requiredKeys: ["alg"] },
+        )
+        .map(b64),
+      fc
+        .record(
+          {
+            iss: fc.constantFrom("https://issuer.test", "x"),
+            sub: fc.constantFrom("alice", ""),
+            aud: fc.constantFrom("shop-api", ["shop-api", "x"], 7),
+            exp: fc.integer(),
+          },
+          { requiredKeys: [] },
+        )
+        .map(b64),
+    );
+    const mangled = fc
+      .tuple(part, part, part, fc.constantFrom(".", ".", ".."))
+      .map(([a, b, c, dot]) => `${a}${dot}${b}.${c}`)
+      .filter((t) => t !== valid);
+    await fc.assert(
+      fc.asyncProperty(mangled, fc.constantFrom("Bearer ", "bearer ", "Bearer  ", ""), async (t, scheme) => {
+        const r = await authenticateJwt(
+          refs,
+          { headers: { authorization: `${scheme}${t}` }, query: "" },
+          new Date(),
+        );
+        assert.ok(!(r.ok && r.principal), `${t} gave the principal ${r.ok ? r.principal : ""}`);
       }),
       { numRuns: RUNS },
     );
