@@ -74,6 +74,9 @@ describe("attack: identity", { timeout: 60_000 }, () => {
   let naming: Awaited<ReturnType<typeof attackerServer>>;
   let mitm: Awaited<ReturnType<typeof attackerServer>>;
   let mitmWithRoot: Awaited<ReturnType<typeof attackerServer>>;
+  /** The same workload behind a PERMISSIVE port (plaintext or mTLS, told apart by the first byte). */
+  let permissive: Awaited<ReturnType<typeof app>>;
+  let permissiveInbound: number;
 
   before(async () => {
     hierarchy = await testHierarchy();
@@ -87,8 +90,19 @@ describe("attack: identity", { timeout: 60_000 }, () => {
       await hierarchy.leaf({ uris: ["spiffe://cluster.local/ns/shop/sa/payments"] }),
     );
     target = await app("catalog");
+    permissive = await app("catalog-permissive");
+    permissiveInbound = await freePort();
     inbound = await freePort();
-    const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", "198.19.0.10", [[80, inbound]])}${serviceYaml("catalog-naming", "198.19.0.11", [[80, naming.port]], "catalog")}${serviceYaml("catalog-mitm", "198.19.0.12", [[80, mitm.port]], "catalog")}${serviceYaml("catalog-mitm-root", "198.19.0.13", [[80, mitmWithRoot.port]], "catalog")}`;
+    const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", "198.19.0.10", [[80, inbound]])}${serviceYaml("catalog-naming", "198.19.0.11", [[80, naming.port]], "catalog")}${serviceYaml("catalog-mitm", "198.19.0.12", [[80, mitm.port]], "catalog")}${serviceYaml("catalog-mitm-root", "198.19.0.13", [[80, mitmWithRoot.port]], "catalog")}
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: catalog, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  mtls: { mode: STRICT }
+  portLevelMtls:
+    "${permissive.port}": { mode: PERMISSIVE }
+`;
     mesh = await controlPlane(
       yaml,
       [
@@ -99,10 +113,12 @@ describe("attack: identity", { timeout: 60_000 }, () => {
     );
     frontend = await proxy(mesh, "shop/frontend", { inboundPort: await freePort() });
     catalog = await proxy(mesh, "shop/catalog", { inboundPort: inbound, appPort: target.port });
+    await proxy(mesh, "shop/catalog", { inboundPort: permissiveInbound, appPort: permissive.port });
   });
   after(async () => {
     await mesh.close();
     target.server.close();
+    permissive.server.close();
     for (const s of [naming, mitm, mitmWithRoot]) s.server.close();
   });
 
@@ -210,6 +226,27 @@ describe("attack: identity", { timeout: 60_000 }, () => {
       } else assert.match(r, /^refused|^HTTP\/1\.1 40[03]/, `${what}: ${r.slice(0, 80)}`);
     });
   }
+
+  it("PERMISSIVE does not fall back to plaintext for a failed handshake: another CA, an expired leaf, no certificate", async () => {
+    const other = await CertificateAuthority.create();
+    const { keyPem, svid } = await other.issue(FRONTEND);
+    const expired = await hierarchy.leaf({
+      uris: [FRONTEND],
+      notBefore: new Date(Date.now() - 7200_000),
+      notAfter: new Date(Date.now() - 3600_000),
+    });
+    const before = permissive.seen.length;
+    assert.match(
+      await present(permissiveInbound, await hierarchy.leaf({ uris: [FRONTEND] })),
+      /^HTTP\/1\.1 200/,
+      "the control",
+    );
+    for (const creds of [{ key: keyPem, cert: svid.chainPem.join("") }, expired, {}]) {
+      assert.match(await present(permissiveInbound, creds), /^refused/);
+    }
+    assert.equal(permissive.seen.length, before + 1, "only the control reached the app");
+    assert.match(String(permissive.seen.at(-1)?.headers["x-forwarded-client-cert"]), /sa\/frontend$/);
+  });
 
   it("secure naming: a server with a valid mesh SVID the service may not run as gets no request", async () => {
     const r = await call(mesh, frontend, { address: "198.19.0.11", port: 80 }, { path: "/secret?token=1" });
