@@ -9,10 +9,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
-import { MeshCAClient, MeshConfigClient } from "../../src/api/index.js";
+import { MeshCAClient, MeshConfigClient, meshCAService, meshConfigService } from "../../src/api/index.js";
 import { ControlPlane, TokenFileAttestor } from "../../src/controlplane/index.js";
-import { generateCsr } from "../../src/identity/index.js";
-import { call, captured } from "../harness/index.js";
+import { CertificateAuthority, generateCsr } from "../../src/identity/index.js";
+import { Sidecar } from "../../src/proxy/index.js";
+import { call, captured, freePort, quiet } from "../harness/index.js";
 import { type AttackMesh, attackMesh, CATALOG_POLICIES, CATALOG_VIP } from "./lib.js";
 
 const ROOT = process.getuid?.() === 0;
@@ -285,4 +286,110 @@ describe("attack: the control plane", { timeout: 60_000 }, () => {
     const names = (m.catalog.state.snapshot?.policies ?? []).map((p) => p.name);
     assert.ok(names.includes("deny-admin"), JSON.stringify(names));
   });
+  /** A rogue control plane: a real gRPC server with the mesh's API, recording every credential sent to it. */
+  async function rogue(creds: { key: string; cert: string }) {
+    const seen: string[] = [];
+    const server = new grpc.Server();
+    const record = (md: grpc.Metadata) => seen.push(String(md.get("authorization")[0] ?? "(none)"));
+    server.addService(meshCAService(), {
+      Sign: (c: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        record(c.metadata);
+        cb({ code: grpc.status.UNAVAILABLE });
+      },
+    });
+    server.addService(meshConfigService(), {
+      Stream: (c: grpc.ServerDuplexStream<unknown, unknown>) => {
+        record(c.metadata);
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(
+        "127.0.0.1:0",
+        grpc.ServerCredentials.createSsl(null, [
+          { private_key: Buffer.from(creds.key), cert_chain: Buffer.from(creds.cert) },
+        ]),
+        (e, p) => (e ? reject(e) : resolve(p)),
+      ),
+    );
+    return { port, seen, close: () => new Promise<void>((r) => server.tryShutdown(() => r())) };
+  }
+
+  it("the control for the rogue cases: a server with the real control plane identity does receive the proxy's credential", async () => {
+    const { keyPem, svid } = await m.mesh.cp.ca.issue(
+      "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+    );
+    const r = await rogue({ key: keyPem, cert: svid.chainPem.join("") });
+    const p = new Sidecar({
+      controlPlane: `127.0.0.1:${r.port}`,
+      trustBundlePem: m.mesh.cp.ca.trustBundlePem(),
+      credential: m.mesh.tokens.get("shop/frontend")!,
+      controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+      inbound: { host: "127.0.0.1", port: await freePort() },
+      outbound: { host: "127.0.0.1", port: 0 },
+      admin: { host: "127.0.0.1", port: 0 },
+      health: { host: "127.0.0.1", port: 0 },
+      metrics: { host: "127.0.0.1", port: 0 },
+      originalDst: () => ({ address: "127.0.0.1", port: 1 }),
+      log: quiet,
+    });
+    try {
+      await p.start();
+      for (let i = 0; i < 30 && r.seen.length === 0; i++) await new Promise((res) => setTimeout(res, 100));
+      assert.ok(
+        r.seen.length > 0,
+        "the rogue server records nothing even when trusted: the cases below would prove nothing",
+      );
+    } finally {
+      await p.close();
+      await r.close();
+    }
+  });
+
+  for (const [what, make] of [
+    [
+      "the control plane's SPIFFE ID from another CA",
+      async () => {
+        const other = await CertificateAuthority.create();
+        const { keyPem, svid } = await other.issue(
+          "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+        );
+        return { key: keyPem, cert: svid.chainPem.join("") };
+      },
+    ],
+    [
+      "a real mesh SVID of a workload (a compromised workload posing as the control plane)",
+      async () => {
+        const { keyPem, svid } = await m.mesh.cp.ca.issue("spiffe://cluster.local/ns/shop/sa/catalog");
+        return { key: keyPem, cert: svid.chainPem.join("") };
+      },
+    ],
+  ] as const) {
+    it(`a rogue control plane with ${what}: the proxy sends it no credential and never takes traffic`, async () => {
+      const r = await rogue(await make());
+      const inboundPort = await freePort();
+      const p = new Sidecar({
+        controlPlane: `127.0.0.1:${r.port}`,
+        trustBundlePem: m.mesh.cp.ca.trustBundlePem(),
+        credential: m.mesh.tokens.get("shop/frontend")!,
+        controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+        inbound: { host: "127.0.0.1", port: inboundPort },
+        outbound: { host: "127.0.0.1", port: 0 },
+        admin: { host: "127.0.0.1", port: 0 },
+        health: { host: "127.0.0.1", port: 0 },
+        metrics: { host: "127.0.0.1", port: 0 },
+        originalDst: () => ({ address: "127.0.0.1", port: 1 }),
+        log: quiet,
+      });
+      try {
+        await p.start();
+        await new Promise((res) => setTimeout(res, 1_500));
+        assert.deepEqual(r.seen, [], "the proxy sent its bootstrap token to the rogue control plane");
+        assert.equal(p.state.ready, false);
+        assert.equal(p.state.cert, undefined);
+      } finally {
+        await p.close();
+        await r.close();
+      }
+    });
+  }
 });
