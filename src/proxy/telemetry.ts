@@ -73,23 +73,51 @@ const HTTP_LABELS = [
 ] as const;
 const TCP_LABELS = HTTP_LABELS.filter((l) => l !== "request_protocol" && l !== "response_code");
 
-function peerLabels(r: {
-  reporter: Reporter;
-  source: Peer;
-  destination: Peer;
-  service?: string;
-  mtls: boolean;
-  flag?: string;
-}) {
+/**
+ * Caps the distinct values a label may take from what callers send (the Host header becomes
+ * destination_service, a calling sidecar's header source_workload): past the cap, new values are
+ * counted as "other", so a caller cycling through random Host values cannot grow the proxy's
+ * memory and its scrape without bound (attack suite, "metric label cardinality").
+ */
+export class LabelGuard {
+  private readonly seen = new Map<string, Set<string>>();
+  constructor(private readonly cap = LABEL_VALUE_CAP) {}
+  value(label: string, v: string): string {
+    let set = this.seen.get(label);
+    if (!set) {
+      set = new Set();
+      this.seen.set(label, set);
+    }
+    if (set.has(v)) return v;
+    if (set.size >= this.cap) return "other";
+    set.add(v);
+    return v;
+  }
+}
+
+/** Distinct caller-chosen values kept per label before the rest count as "other". */
+export const LABEL_VALUE_CAP = 100;
+
+function peerLabels(
+  guard: LabelGuard,
+  r: {
+    reporter: Reporter;
+    source: Peer;
+    destination: Peer;
+    service?: string;
+    mtls: boolean;
+    flag?: string;
+  },
+) {
   return {
     reporter: r.reporter,
-    source_workload: r.source.workload ?? "unknown",
+    source_workload: guard.value("source_workload", r.source.workload ?? "unknown"),
     source_workload_namespace: r.source.namespace ?? "unknown",
     source_principal: r.source.principal ? `spiffe://${r.source.principal}` : "unknown",
     destination_workload: r.destination.workload ?? "unknown",
     destination_workload_namespace: r.destination.namespace ?? "unknown",
     destination_principal: r.destination.principal ? `spiffe://${r.destination.principal}` : "unknown",
-    destination_service: r.service ?? "unknown",
+    destination_service: guard.value("destination_service", r.service ?? "unknown"),
     response_flags: r.flag ?? "-",
     connection_security_policy: r.mtls ? "mutual_tls" : "none",
   };
@@ -97,6 +125,7 @@ function peerLabels(r: {
 
 export class Telemetry {
   readonly registry = new Registry();
+  private readonly guard = new LabelGuard();
   private readonly requests = new Counter({
     name: "istio_requests_total",
     help: "Requests handled",
@@ -158,7 +187,11 @@ export class Telemetry {
   constructor(private readonly log: Logger) {}
 
   http(r: HttpRecord): void {
-    const labels = { ...peerLabels(r), request_protocol: r.protocol, response_code: String(r.status) };
+    const labels = {
+      ...peerLabels(this.guard, r),
+      request_protocol: r.protocol,
+      response_code: String(r.status),
+    };
     this.requests.inc(labels);
     this.duration.observe(labels, r.durationMs);
     this.reqBytes.observe(labels, r.requestBytes);
@@ -199,11 +232,11 @@ export class Telemetry {
   }
 
   tcpOpen(r: Omit<TcpRecord, "sentBytes" | "receivedBytes" | "durationMs">): void {
-    this.tcpOpened.inc(peerLabels(r));
+    this.tcpOpened.inc(peerLabels(this.guard, r));
   }
 
   tcpClose(r: TcpRecord): void {
-    const labels = peerLabels(r);
+    const labels = peerLabels(this.guard, r);
     this.tcpClosed.inc(labels);
     this.tcpSent.inc(labels, r.sentBytes);
     this.tcpReceived.inc(labels, r.receivedBytes);

@@ -79,8 +79,12 @@ export async function attackMesh(extraYaml = "", policies = CATALOG_POLICIES): P
   };
 }
 
-/** How long a raw exchange waits for more bytes before it stops listening. */
-const IDLE_MS = 400;
+/**
+ * How long a raw exchange waits: for the first byte of an answer (generous, the machine may be
+ * busy), then for more once something arrived. A peer that never answers costs FIRST_BYTE_MS.
+ */
+const FIRST_BYTE_MS = 1_500;
+const IDLE_MS = 300;
 
 /** A chunk, or a pause in ms between chunks (so that they leave as separate segments). */
 export type Chunk = string | Buffer | number;
@@ -93,26 +97,26 @@ function collect(
   return new Promise((resolve) => {
     let data = "";
     let idle: NodeJS.Timeout | undefined;
-    const hard = setTimeout(() => sock.destroy(), 5_000);
+    const hard = setTimeout(() => sock.destroy(), 8_000);
     const done = () => {
       clearTimeout(hard);
       if (idle) clearTimeout(idle);
       resolve(data);
     };
-    const arm = () => {
+    const arm = (ms: number) => {
       if (idle) clearTimeout(idle);
-      idle = setTimeout(() => sock.destroy(), IDLE_MS);
+      idle = setTimeout(() => sock.destroy(), ms);
     };
     sock.once(ready, async () => {
       for (const c of chunks) {
         if (typeof c === "number") await new Promise((r) => setTimeout(r, c));
         else sock.write(c);
       }
-      arm();
+      if (data === "") arm(FIRST_BYTE_MS);
     });
     sock.on("data", (d: Buffer) => {
       data += d.toString("latin1");
-      arm();
+      arm(IDLE_MS);
     });
     sock.on("error", () => {});
     sock.once("close", done);
@@ -135,15 +139,24 @@ export function rawInbound(m: AttackMesh, ...chunks: Chunk[]): Promise<string> {
 }
 
 /** Sends exact bytes through the frontend's outbound as if its app had dialled `dst`. */
-export function rawOutbound(
+export async function rawOutbound(
   m: AttackMesh,
   chunks: Chunk[],
   dst: { address: string; port: number } = CATALOG_VIP,
 ): Promise<string> {
-  const localPort = 20_000 + Math.floor(Math.random() * 40_000);
-  m.mesh.intents.set(localPort, dst);
-  const s = connect({ host: "127.0.0.1", port: m.frontend.ports.outbound, localPort });
-  return collect(s, chunks, "connect");
+  // A randomly chosen local port may still be in TIME_WAIT from an earlier exchange: pick again.
+  for (let attempt = 0; ; attempt++) {
+    const localPort = 20_000 + Math.floor(Math.random() * 40_000);
+    m.mesh.intents.set(localPort, dst);
+    const s = connect({ host: "127.0.0.1", port: m.frontend.ports.outbound, localPort });
+    const inUse = new Promise<boolean>((resolve) => {
+      s.once("connect", () => resolve(false));
+      s.once("error", (e: NodeJS.ErrnoException) => resolve(e.code === "EADDRINUSE"));
+    });
+    const answer = collect(s, chunks, "connect");
+    if ((await inUse) && attempt < 5) continue;
+    return answer;
+  }
 }
 
 /** The status codes of every HTTP response in a byte stream, in order. */

@@ -84,4 +84,23 @@ describe("attack: spoofed identity headers", { timeout: 30_000 }, () => {
     assert.equal(after.payments, before.payments, "the app's claim was counted");
     assert.equal(after.frontend, before.frontend + 1);
   });
+  it("metric label cardinality: a caller cycling through random Host values cannot grow the proxy's metrics without bound", async () => {
+    const n = 150;
+    const reqs = Array.from(
+      { length: n },
+      (_, i) =>
+        `GET /card HTTP/1.1\r\nhost: h${i}-${Math.random().toString(36).slice(2)}.example\r\n${i === n - 1 ? "connection: close\r\n" : ""}\r\n`,
+    );
+    const answer = await rawInbound(m, reqs.join(""));
+    assert.equal(statuses(answer).length, n);
+    const text = await (await fetch(`http://127.0.0.1:${m.catalog.ports.metrics}/stats/prometheus`)).text();
+    const services = new Set(
+      text
+        .split("\n")
+        .filter((l) => l.startsWith("istio_requests_total{"))
+        .map((l) => /destination_service="([^"]*)"/.exec(l)?.[1]),
+    );
+    assert.ok(services.size <= 101, `${services.size} destination_service values`);
+    assert.ok(services.has("other"));
+  });
 });
