@@ -170,6 +170,22 @@ describe("config loader", () => {
     assert.equal(problems[0]?.file, "broken.yaml");
   });
 
+  it("an alias without its anchor and a YAML alias bomb are problems of the file, not exceptions (found by fuzzing)", () => {
+    const bomb = [
+      "a: &a [x, x, x, x, x, x, x, x, x, x]",
+      "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]",
+      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]",
+      "d: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]",
+    ].join("\n");
+    for (const text of ["*a", "spec: *b", bomb]) {
+      const { documents, problems } = parseYaml(text, "x.yaml");
+      assert.deepEqual(documents, []);
+      assert.equal(problems[0]?.code, "ZMESH_CONFIG_PARSE", text);
+      assert.match(problems[0]!.message, /^not valid YAML: /);
+      assert.equal(problems[0]!.line, 1);
+    }
+  });
+
   it("rejects the whole set when two resources share kind, namespace and name", async () => {
     const dir = await mkdtemp(join(tmpdir(), "zmesh-config-"));
     try {

@@ -100,7 +100,21 @@ export function parseYaml(
       });
       return;
     }
-    const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+    // An alias without its anchor ("*a") or too many aliases (a "billion laughs" bomb) throw here,
+    // after parsing succeeded: a problem of the file like any other, never an exception (fuzzing).
+    let raw: unknown;
+    try {
+      raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+    } catch (e) {
+      problems.push({
+        file,
+        ...(line !== undefined ? { line } : {}),
+        path: "",
+        message: `not valid YAML: ${(e as Error).message.split("\n")[0]}`,
+        code: "ZMESH_CONFIG_PARSE",
+      });
+      return;
+    }
     if (raw === null || raw === undefined) return; // an empty document between ---
     const { resource, issues } = readResource(raw, { file, doc: index });
     for (const issue of issues) {

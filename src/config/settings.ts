@@ -44,6 +44,8 @@ export const ENV = {
   logLevel: "ZMESH_LOG_LEVEL",
   /** Comma-separated diagnostics channels to print to stderr, e.g. "proxy,controlplane" or "*". */
   debug: "ZMESH_DEBUG",
+  /** Runs per property of the attack suite's fuzzers (test/attacks/fuzz.test.ts); small in CI, raise for a long run. */
+  fuzzRuns: "ZMESH_FUZZ_RUNS",
 } as const;
 
 export function envOr(name: string, fallback: string): string {

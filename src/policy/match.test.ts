@@ -13,6 +13,7 @@ import {
   hostValueHasPort,
   parseIPv4,
   parseIPv4Block,
+  stripHostDot,
 } from "./match.js";
 
 /** Reference: "*" = present and non-empty; "*x" = ends with x; "x*" = starts with x; else equal. */
@@ -112,6 +113,15 @@ describe("compileHosts", () => {
     assert.equal(any(undefined), false);
   });
 
+  test("a Host with a trailing dot names the same host (attack: DENY bypass by 'secret.shop.')", () => {
+    const m = compileHosts(["secret.shop", "api.shop:8080"]);
+    assert.equal(m("secret.shop."), true);
+    assert.equal(m("SECRET.shop.:80"), true);
+    assert.equal(m("api.shop.:8080"), true);
+    assert.equal(m("secret.shop.."), false);
+    assert.equal(compileHosts(["*."])("x"), false, "a pattern's dot is kept");
+  });
+
   test("IPv6 literal hosts", () => {
     assert.equal(compileHosts(["[::1]"])("[::1]:8080"), true);
     assert.equal(compileHosts(["[::1]:8080"])("[::1]:8080"), true);
@@ -137,7 +147,9 @@ describe("compileHosts", () => {
     fc.assert(
       fc.property(fc.array(label, { minLength: 1, maxLength: 3 }), label, port, (values, h, p) => {
         const host = h + p;
-        const expected = values.some((v) => reference(v.toLowerCase(), h.toLowerCase()));
+        const expected = values.some((v) =>
+          reference(stripHostDot(v).toLowerCase(), stripHostDot(h).toLowerCase()),
+        );
         assert.equal(compileHosts(values)(host), expected);
       }),
       { numRuns: 3000 },

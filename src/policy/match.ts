@@ -68,6 +68,19 @@ export function hostNameEnd(h: string): number {
   return h.indexOf(":") === i ? i : h.length;
 }
 
+/**
+ * A fully qualified name's trailing dot names the same host ("secret.shop." is "secret.shop"):
+ * dropped from hosts and from policy values, or a DENY on "secret.shop" is bypassed by adding the
+ * dot (attack suite, "Host with a trailing dot"). Not after "*" or "." (a pattern, not a name).
+ */
+export function stripHostDot(h: string): string {
+  const end = hostNameEnd(h);
+  if (end < 2 || h.charCodeAt(end - 1) !== 0x2e) return h;
+  const before = h.charCodeAt(end - 2);
+  if (before === 0x2e || before === 0x2a /* * */) return h;
+  return h.slice(0, end - 1) + h.slice(end);
+}
+
 /** Whether a host value names a port ("shop:8080", "[::1]:80", "*:8080"). */
 export function hostValueHasPort(v: string): boolean {
   return v.indexOf(":", v.lastIndexOf("]") + 1) >= 0;
@@ -96,7 +109,8 @@ function rangeMatcher(f: Forms): (s: string, end: number) => boolean {
  * Host matcher: case-insensitive; a value without a port ignores the request's ":port", a value
  * with a port compares the whole Host.
  */
-export function compileHosts(values: readonly string[]): ValueMatcher {
+export function compileHosts(given: readonly string[]): ValueMatcher {
+  const values = given.map(stripHostDot);
   const withPort = split(
     values.filter((v) => v !== "*" && hostValueHasPort(v)),
     true,
@@ -111,6 +125,7 @@ export function compileHosts(values: readonly string[]): ValueMatcher {
   return (s) => {
     if (s === undefined) return false;
     if (presence && s.length > 0) return true;
+    s = stripHostDot(s);
     return matchNoPort(s, hostNameEnd(s)) || matchWithPort(s, s.length);
   };
 }

@@ -12,6 +12,7 @@ import {
   type OutgoingHttpHeaders,
   type ServerHttp2Stream,
 } from "node:http2";
+import { spoofable } from "./headers.js";
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = constants;
 
@@ -35,8 +36,6 @@ const CONNECTION_SPECIFIC = new Set([
   "upgrade",
   "http2-settings",
 ]);
-/** Identity headers only the mesh may set (as for HTTP/1.1 in headers.ts). */
-const SPOOFABLE = new Set(["x-forwarded-client-cert", "x-zmesh-source-workload"]);
 
 /** gRPC (and gRPC-Web) requests say so in their content-type; their errors go in grpc-status. */
 export function isGrpc(headers: IncomingHttpHeaders): boolean {
@@ -65,7 +64,7 @@ export function h2RequestHeaders(h: IncomingHttpHeaders, stripIdentity: boolean)
   for (const [k, v] of Object.entries(h)) {
     if (v === undefined || CONNECTION_SPECIFIC.has(k)) continue;
     if (k === "te" && v !== "trailers") continue;
-    if (stripIdentity && SPOOFABLE.has(k)) continue;
+    if (stripIdentity && spoofable(k)) continue; // identity headers only the mesh may set
     out[k] = v;
   }
   return out;

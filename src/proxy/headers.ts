@@ -18,8 +18,21 @@ const HOP_BY_HOP = new Set([
 /** Set by the calling sidecar for telemetry (the source workload's name); never by an app. */
 export const SOURCE_WORKLOAD_HEADER = "x-zmesh-source-workload";
 
-/** Identity headers only the mesh may set. */
-const SPOOFABLE = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER]);
+/**
+ * Headers only the mesh may set: identity (XFCC), the client address chain (an app must not learn
+ * a caller-chosen address as the peer's), and every x-zmesh-* / x-envoy-* header, which mesh code
+ * reads as its own. Stripped from what a caller sends (the attack suite's spoofing cases).
+ */
+const SPOOFABLE = new Set(["x-forwarded-client-cert", "x-forwarded-for", "x-real-ip", "forwarded"]);
+const SPOOFABLE_PREFIXES = ["x-zmesh-", "x-envoy-"];
+
+export function spoofable(name: string): boolean {
+  // "x_forwarded_client_cert" reaches a CGI-style app as the same variable as the dashed name.
+  const n = name.includes("_") ? name.replaceAll("_", "-") : name;
+  return (
+    SPOOFABLE.has(n) || (n.charCodeAt(0) === 0x78 /* x */ && SPOOFABLE_PREFIXES.some((p) => n.startsWith(p)))
+  );
+}
 
 export type OutHeaders = Record<string, string | string[]>;
 
@@ -36,7 +49,7 @@ export function forwardable(headers: IncomingHttpHeaders, stripIdentity: boolean
     : undefined;
   for (const [k, v] of Object.entries(headers)) {
     if (v === undefined || HOP_BY_HOP.has(k) || named?.has(k)) continue;
-    if (stripIdentity && SPOOFABLE.has(k)) continue;
+    if (stripIdentity && spoofable(k)) continue;
     out[k] = v;
   }
   return out;

@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
+import { PORTS } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
@@ -37,6 +38,7 @@ interface Peer {
 }
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+const PROXY_PORTS = new Set<number>([PORTS.proxyAdmin, PORTS.outboundCapture, PORTS.inboundCapture]);
 
 /** X-Forwarded-Client-Cert as Envoy writes it: who we are, the peer certificate's hash and its URI. */
 function xfcc(self: string, peer: Peer): string {
@@ -129,6 +131,13 @@ export class Inbound implements Http1Listener {
       port = this.originalDst(raw).port;
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, "inbound connection without original destination dropped");
+      raw.destroy();
+      return;
+    }
+    // The app is reached on 127.0.0.1:<original port>, where the proxy's own listeners also are:
+    // a connection meant for one of them (the admin, or the inbound itself in a loop) is refused.
+    if (PROXY_PORTS.has(port)) {
+      this.log.warn({ remote: raw.remoteAddress, port }, "inbound connection to a proxy port refused");
       raw.destroy();
       return;
     }

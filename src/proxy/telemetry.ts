@@ -82,23 +82,51 @@ const TCP_LABELS = HTTP_LABELS.filter(
   (l) => l !== "request_protocol" && l !== "response_code" && l !== "grpc_response_status",
 );
 
-function peerLabels(r: {
-  reporter: Reporter;
-  source: Peer;
-  destination: Peer;
-  service?: string;
-  mtls: boolean;
-  flag?: string;
-}) {
+/**
+ * Caps the distinct values a label may take from what callers send (the Host header becomes
+ * destination_service, a calling sidecar's header source_workload): past the cap, new values are
+ * counted as "other", so a caller cycling through random Host values cannot grow the proxy's
+ * memory and its scrape without bound (attack suite, "metric label cardinality").
+ */
+export class LabelGuard {
+  private readonly seen = new Map<string, Set<string>>();
+  constructor(private readonly cap = LABEL_VALUE_CAP) {}
+  value(label: string, v: string): string {
+    let set = this.seen.get(label);
+    if (!set) {
+      set = new Set();
+      this.seen.set(label, set);
+    }
+    if (set.has(v)) return v;
+    if (set.size >= this.cap) return "other";
+    set.add(v);
+    return v;
+  }
+}
+
+/** Distinct caller-chosen values kept per label before the rest count as "other". */
+export const LABEL_VALUE_CAP = 100;
+
+function peerLabels(
+  guard: LabelGuard,
+  r: {
+    reporter: Reporter;
+    source: Peer;
+    destination: Peer;
+    service?: string;
+    mtls: boolean;
+    flag?: string;
+  },
+) {
   return {
     reporter: r.reporter,
-    source_workload: r.source.workload ?? "unknown",
+    source_workload: guard.value("source_workload", r.source.workload ?? "unknown"),
     source_workload_namespace: r.source.namespace ?? "unknown",
     source_principal: r.source.principal ? `spiffe://${r.source.principal}` : "unknown",
     destination_workload: r.destination.workload ?? "unknown",
     destination_workload_namespace: r.destination.namespace ?? "unknown",
     destination_principal: r.destination.principal ? `spiffe://${r.destination.principal}` : "unknown",
-    destination_service: r.service ?? "unknown",
+    destination_service: guard.value("destination_service", r.service ?? "unknown"),
     response_flags: r.flag ?? "-",
     connection_security_policy: r.mtls ? "mutual_tls" : "none",
   };
@@ -106,6 +134,7 @@ function peerLabels(r: {
 
 export class Telemetry {
   readonly registry = new Registry();
+  private readonly guard = new LabelGuard();
   private readonly requests = new FastMetric(
     this.registry,
     "istio_requests_total",
@@ -170,9 +199,12 @@ export class Telemetry {
     const s = r.source;
     const d = r.destination;
     // One key per label tuple: the labels object is built only for a tuple not seen before.
-    const key = `${r.reporter}|${s.workload}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${r.service}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}|${r.grpcStatus ?? ""}`;
+    // Caller-chosen values go through the guard first, so a capped label cannot grow the series either.
+    const sw = this.guard.value("source_workload", s.workload ?? "unknown");
+    const svc = this.guard.value("destination_service", r.service ?? "unknown");
+    const key = `${r.reporter}|${sw}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${svc}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}|${r.grpcStatus ?? ""}`;
     const labels = () => ({
-      ...peerLabels(r),
+      ...peerLabels(this.guard, r),
       request_protocol: r.protocol,
       response_code: String(r.status),
       ...(r.grpcStatus !== undefined ? { grpc_response_status: r.grpcStatus } : {}),
@@ -221,11 +253,11 @@ export class Telemetry {
   }
 
   tcpOpen(r: Omit<TcpRecord, "sentBytes" | "receivedBytes" | "durationMs">): void {
-    this.tcpOpened.inc(peerLabels(r));
+    this.tcpOpened.inc(peerLabels(this.guard, r));
   }
 
   tcpClose(r: TcpRecord): void {
-    const labels = peerLabels(r);
+    const labels = peerLabels(this.guard, r);
     this.tcpClosed.inc(labels);
     this.tcpSent.inc(labels, r.sentBytes);
     this.tcpReceived.inc(labels, r.receivedBytes);

@@ -50,6 +50,7 @@ function hostRules(net: MeshNet): string[][] {
 export async function createBridge(net: MeshNet): Promise<void> {
   await run("ip", ["link", "add", net.bridge, "type", "bridge"]);
   await run("ip", ["addr", "add", `${net.gateway}/20`, "dev", net.bridge]);
+  await disableIpv6(net.bridge);
   await run("ip", ["link", "set", net.bridge, "up"]);
   // Appended in order, so the INPUT accepts come before the final drop.
   for (const r of hostRules(net)) await run("iptables", ["-A", ...r]);
@@ -76,8 +77,22 @@ export function captureRules(): string {
     ":OUTPUT ACCEPT [0:0]",
     "-A INPUT -i lo -j ACCEPT",
     "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    // A connection whose original destination was one of the proxy's own ports would be forwarded
+    // by the inbound to that listener on loopback (admin /quitquitquit, or itself in a loop): never
+    // (attack suite, "a stranger reaches the proxy's admin through the inbound under PERMISSIVE").
+    ...[PORTS.proxyAdmin, PORTS.outboundCapture, PORTS.inboundCapture].map(
+      (p) =>
+        `-A INPUT -p tcp -m conntrack --ctstate DNAT --ctorigdstport ${p} -j REJECT --reject-with tcp-reset`,
+    ),
     "-A INPUT -p tcp -j ACCEPT",
     "-A INPUT -j DROP",
+    // The proxy's own listeners on loopback (admin, outbound, inbound) are for the proxy and root:
+    // the app may not drain or quit its sidecar, nor dial its listeners directly (attack suite,
+    // "loopback tricks"). Captured connections are DNAT-ed, so they still reach 15001.
+    ...[`1-${PROXY_UID - 1}`, `${PROXY_UID + 1}-4294967294`].map(
+      (uids) =>
+        `-A OUTPUT -p tcp -d 127.0.0.0/8 -m multiport --dports ${PORTS.proxyAdmin},${PORTS.outboundCapture},${PORTS.inboundCapture} -m conntrack ! --ctstate DNAT -m owner --uid-owner ${uids} -j REJECT --reject-with tcp-reset`,
+    ),
     "-A OUTPUT -o lo -j ACCEPT",
     "-A OUTPUT -d 127.0.0.0/8 -j ACCEPT",
     "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
@@ -86,6 +101,31 @@ export function captureRules(): string {
     "COMMIT",
     "",
   ].join("\n");
+}
+
+/**
+ * ip6tables-restore input for every namespace of a mesh: the mesh is IPv4 only and iptables captures
+ * IPv4 only, so IPv6 (link-local addresses appear on every veth by themselves) would go around the
+ * sidecars. Only loopback is left; IPv6 is also switched off on eth0 (attack suite, "IPv6").
+ */
+export function ipv6Rules(): string {
+  return [
+    "*filter",
+    ":INPUT DROP [0:0]",
+    ":FORWARD DROP [0:0]",
+    ":OUTPUT DROP [0:0]",
+    "-A INPUT -i lo -j ACCEPT",
+    "-A OUTPUT -o lo -j ACCEPT",
+    "COMMIT",
+    "",
+  ].join("\n");
+}
+
+/** Switches IPv6 off on an interface of the current (or given) namespace; a kernel without IPv6 has nothing to switch off. */
+async function disableIpv6(dev: string, netns?: string): Promise<void> {
+  const key = `net.ipv6.conf.${dev.replaceAll(".", "/")}.disable_ipv6=1`;
+  if (netns) await tryRun("ip", ["netns", "exec", netns, "sysctl", "-qw", key]);
+  else await tryRun("sysctl", ["-qw", key]);
 }
 
 export interface NamespaceSpec {
@@ -105,6 +145,11 @@ export async function createNamespace(net: MeshNet, ns: NamespaceSpec): Promise<
   await writeFile(join(etc, "resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
   await run("ip", ["netns", "add", ns.netns]);
   await run("ip", ["link", "add", ns.veth, "type", "veth", "peer", "name", "eth0", "netns", ns.netns]);
+  await disableIpv6(ns.veth);
+  await disableIpv6("default", ns.netns);
+  await disableIpv6("eth0", ns.netns);
+  if (await tryRun("ip6tables-restore", ["--version"]))
+    await run("ip", ["netns", "exec", ns.netns, "ip6tables-restore"], ipv6Rules());
   await run("ip", ["link", "set", ns.veth, "master", net.bridge, "up"]);
   await run("ip", ["-n", ns.netns, "addr", "add", `${ns.address}/20`, "dev", "eth0"]);
   await run("ip", ["-n", ns.netns, "link", "set", "lo", "up"]);

@@ -2,6 +2,7 @@
 // connection-local and never forwarded (except Transfer-Encoding and Trailer, because bodies are
 // spliced in the framing they came in), identity fields from the caller are never trusted.
 
+import { spoofable } from "../headers.js";
 import type { Head, RequestHead, ResponseHead } from "./head.js";
 
 /** Fields that belong to one connection. */
@@ -23,7 +24,8 @@ function hop(h: Head, name: string): boolean {
 
 /**
  * The request head for upstream: `path` as the target, HTTP/1.1, the caller's fields minus
- * hop-by-hop ones and those `drop` names, then `extra` (values set by the mesh).
+ * hop-by-hop ones, those `drop` names and every identity field only the mesh may set (XFCC,
+ * x-forwarded-for, x-zmesh-*, ...: `spoofable`), then `extra` (values set by the mesh).
  */
 export function requestHeadFor(
   h: RequestHead,
@@ -35,7 +37,7 @@ export function requestHeadFor(
   const { names, rawNames, values } = h;
   for (let i = 0; i < names.length; i++) {
     const n = names[i]!;
-    if (drop.has(n) || hop(h, n)) continue;
+    if (drop.has(n) || hop(h, n) || spoofable(n)) continue;
     s += `${rawNames[i]}: ${values[i]}\r\n`;
   }
   for (let i = 0; i + 1 < extra.length; i += 2) s += `${extra[i]}: ${extra[i + 1]}\r\n`;

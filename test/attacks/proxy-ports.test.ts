@@ -1,0 +1,74 @@
+// Attack suite, bypass in process: a connection whose original destination is one of the proxy's
+// own ports (admin 15000, outbound 15001, inbound 15006) must not be forwarded by the inbound to
+// that listener on loopback, where a stranger could quit the proxy or make it loop. The namespaced
+// twin (PERMISSIVE, a stranger on the bridge) is in bypass.test.ts; this one needs no root.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { connect as tlsConnect } from "node:tls";
+import {
+  controlPlane,
+  entryYaml,
+  freePort,
+  logLines,
+  type MeshFixture,
+  proxy,
+  serviceYaml,
+} from "../harness/index.js";
+import { CATALOG_VIP, FRONTEND_ID } from "./lib.js";
+
+describe("attack: the proxy's own ports through its inbound", { timeout: 30_000 }, () => {
+  let mesh: MeshFixture;
+  const inbound: Record<number, number> = {};
+  let creds: { key: string; cert: string };
+
+  before(async () => {
+    const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-all, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  rules: [{}]
+`;
+    mesh = await controlPlane(yaml, [{ namespace: "shop", name: "catalog" }]);
+    // As if iptables had redirected a connection to <pod>:15000 (or 15001, 15006) to the inbound.
+    for (const port of [15000, 15001, 15006]) {
+      inbound[port] = await freePort();
+      await proxy(mesh, "shop/catalog", { inboundPort: inbound[port]!, appPort: port });
+    }
+    const { keyPem, svid } = await mesh.cp.ca.issue(FRONTEND_ID);
+    creds = { key: keyPem, cert: svid.chainPem.join("") };
+  });
+  after(() => mesh.close());
+
+  for (const port of [15000, 15001, 15006]) {
+    it(`an allowed mTLS peer asking for original port ${port} is refused before anything is forwarded`, async () => {
+      const since = logLines.length;
+      const answer = await new Promise<string>((resolve) => {
+        const s = tlsConnect({
+          host: "127.0.0.1",
+          port: inbound[port]!,
+          ...creds,
+          rejectUnauthorized: false,
+        });
+        let data = "";
+        s.on("secureConnect", () =>
+          s.write("POST /quitquitquit HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"),
+        );
+        s.on("data", (d: Buffer) => {
+          data += d.toString("latin1");
+        });
+        s.on("error", () => resolve(data));
+        s.on("close", () => resolve(data));
+        setTimeout(() => s.destroy(), 3_000).unref();
+      });
+      assert.equal(answer, "", `the inbound answered: ${answer.slice(0, 60)}`);
+      assert.ok(
+        logLines
+          .slice(since)
+          .some((l) => l["msg"] === "inbound connection to a proxy port refused" && l["port"] === port),
+        "the refusal is logged with the port",
+      );
+    });
+  }
+});
