@@ -61,7 +61,8 @@ export class H2Inbound {
     private readonly state: ProxyState,
     private readonly log: Logger,
     private readonly telemetry: Telemetry,
-    private readonly appHost: string,
+    /** Where the app listens (the inbound's choice, see `Inbound.appAddress`). */
+    private readonly appHost: () => string,
   ) {
     // `connection` creates the session synchronously, so the peer is known right here.
     this.server.on("session", (s: Http2Session) => {
@@ -88,7 +89,7 @@ export class H2Inbound {
   private app(port: number) {
     return this.apps.get(String(port), () =>
       whenConnected(
-        h2connect(`http://${this.appHost}:${port}`, {
+        h2connect(`http://${this.appHost()}:${port}`, {
           settings: H2_SETTINGS,
           maxSessionMemory: H2_MAX_SESSION_MEMORY,
         }),

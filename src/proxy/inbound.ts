@@ -1,6 +1,6 @@
 // Inbound (:15006): every connection redirected to this workload arrives here. It must complete
 // mutual TLS with a certificate from the mesh CA (no plaintext path exists), then each HTTP
-// request is authorized by the policy engine and forwarded to the app on 127.0.0.1.
+// request is authorized by the policy engine and forwarded to the app at the workload's address.
 
 import { randomUUID } from "node:crypto";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
@@ -77,11 +77,11 @@ export class Inbound implements Http1Listener {
     private readonly originalDst: OriginalDst,
     private readonly log: Logger,
     private readonly telemetry: Telemetry,
-    /** Where the app listens; the port comes from the original destination. */
-    private readonly appHost = "127.0.0.1",
+    /** Where the app listens (tests on loopback); by default the workload's own address. */
+    private readonly appHost?: string,
   ) {
     this.server = createNetServer((s) => this.accept(s));
-    this.h2 = new H2Inbound(state, log, telemetry, appHost); // HTTP/2 hook
+    this.h2 = new H2Inbound(state, log, telemetry, () => this.appAddress()); // HTTP/2 hook
     this.tls.on("secureConnection", (s: TLSSocket) => this.secured(s));
     this.tls.on("tlsClientError", (e: Error, s: TLSSocket) => {
       this.log.info(
@@ -255,7 +255,7 @@ export class Inbound implements Http1Listener {
       return close("RBAC_DENIED");
     }
     this.telemetry.tcpOpen(rec);
-    const app = connect({ host: this.appHost, port: peer.port });
+    const app = connect({ host: this.appAddress(), port: peer.port });
     app.setNoDelay(true);
     let flag: string | undefined;
     const end = (e?: Error | null) => {
@@ -274,10 +274,19 @@ export class Inbound implements Http1Listener {
     });
   }
 
+  /**
+   * The app is reached at the workload's own address, not 127.0.0.1, as Istio does since 1.10: a
+   * port the app binds to loopback only is private to the workload, and forwarding there would
+   * hand it to any caller a policy lets in (attack suite, "loopback-only app port").
+   */
+  private appAddress(): string {
+    return this.appHost ?? this.state.snapshot?.workload.address ?? "127.0.0.1";
+  }
+
   private app(port: number): UpstreamPool {
     let pool = this.apps.get(port);
     if (!pool) {
-      const host = this.appHost;
+      const host = this.appAddress();
       pool = new UpstreamPool((cb) => {
         const s = connect({ host, port, noDelay: true });
         const fail = (e: Error) => cb(e, null);
@@ -442,7 +451,7 @@ export class Inbound implements Http1Listener {
       "access",
     );
     if (!decision.allowed) return refuseUpgrade(sock, 403, FLAGS.RBAC_DENIED.body, requestId);
-    const app = connect({ host: this.appHost, port: peer.port }, () => {
+    const app = connect({ host: this.appAddress(), port: peer.port }, () => {
       const extra: Record<string, string> = { "x-request-id": requestId };
       if (peer.mtls) extra["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
       const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;

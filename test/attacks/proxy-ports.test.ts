@@ -3,6 +3,8 @@
 // that listener on loopback, where a stranger could quit the proxy or make it loop. The namespaced
 // twin (PERMISSIVE, a stranger on the bridge) is in bypass.test.ts; this one needs no root.
 import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import {
@@ -71,4 +73,71 @@ spec:
       );
     });
   }
+});
+
+// Attack suite, bypass in process: an app port bound to loopback only is private to the workload.
+// The inbound forwards to the workload's own address (as Istio does since 1.10), never to
+// 127.0.0.1, so even a caller a policy lets in cannot reach it through the mesh.
+describe("attack: a loopback-only app port through the inbound", { timeout: 30_000 }, () => {
+  let mesh: MeshFixture;
+  const servers: Server[] = [];
+  const hits = { private: 0, public: 0 };
+  const inbound: Record<"private" | "public", number> = { private: 0, public: 0 };
+  let creds: { key: string; cert: string };
+
+  before(async () => {
+    // The workload's address is 127.0.0.2 (all of 127/8 is loopback on Linux).
+    const yaml = `${entryYaml("frontend")}${entryYaml("catalog", { address: "127.0.0.2" })}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-all, namespace: shop }
+spec:
+  selector: { matchLabels: { app: catalog } }
+  rules: [{}]
+`;
+    mesh = await controlPlane(yaml, [{ namespace: "shop", name: "catalog" }]);
+    for (const kind of ["private", "public"] as const) {
+      const server = createServer((_req, res) => {
+        hits[kind]++;
+        res.end(kind);
+      });
+      // The private app listens on 127.0.0.1 only; the public one on every address.
+      await new Promise<void>((r) => server.listen(0, kind === "private" ? "127.0.0.1" : "0.0.0.0", r));
+      servers.push(server);
+      inbound[kind] = await freePort();
+      const appPort = (server.address() as AddressInfo).port;
+      await proxy(mesh, "shop/catalog", { inboundPort: inbound[kind], appPort });
+    }
+    const { keyPem, svid } = await mesh.cp.ca.issue(FRONTEND_ID);
+    creds = { key: keyPem, cert: svid.chainPem.join("") };
+  });
+  after(async () => {
+    for (const s of servers) s.close();
+    await mesh.close();
+  });
+
+  const get = (port: number) =>
+    new Promise<string>((resolve) => {
+      const s = tlsConnect({ host: "127.0.0.1", port, ...creds, rejectUnauthorized: false });
+      let data = "";
+      s.on("secureConnect", () => s.write("GET / HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n"));
+      s.on("data", (d: Buffer) => {
+        data += d.toString("latin1");
+      });
+      s.on("error", () => resolve(data));
+      s.on("close", () => resolve(data));
+      setTimeout(() => s.destroy(), 5_000).unref();
+    });
+
+  it("an allowed peer reaches an app port open on the workload's address (control)", async () => {
+    const answer = await get(inbound.public);
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    assert.equal(hits.public, 1);
+  });
+
+  it("an allowed peer does not reach an app port bound to 127.0.0.1 only", async () => {
+    const answer = await get(inbound.private);
+    assert.match(answer, /^HTTP\/1\.1 503 /, `the inbound answered: ${answer.slice(0, 60)}`);
+    assert.equal(hits.private, 0, "the loopback-only app saw the request");
+  });
 });
