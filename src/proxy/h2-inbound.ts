@@ -27,10 +27,10 @@ import {
   requestIdOf,
   SessionPool,
   splitPath,
+  streamEnd,
   whenConnected,
 } from "./h2.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
-import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
 import type { ProxyState } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
@@ -138,26 +138,13 @@ export class H2Inbound {
     };
     this.state.inflight++;
     if (this.state.draining) down.session?.close();
-    let finished = false;
-    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
-      if (finished) return;
-      finished = true;
-      this.state.inflight--;
-      Object.assign(record, r);
-      if (flag) {
-        record.flag = flag;
-        record.status = grpc ? 200 : FLAGS[flag].status;
-        if (grpc) record.grpcStatus = String(FLAGS[flag].grpc);
-        rescueH2(down, flag, requestId, grpc);
-      }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
-      this.telemetry.http(record);
-    };
-    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
-    const bug = (e: unknown) => {
-      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
-      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
-    };
+    const { finish, bug } = streamEnd(this.state, this.telemetry, this.log, {
+      down,
+      record,
+      requestId,
+      grpc,
+      start,
+    });
     if (!peer || !policies || !snap) return finish({}, "NOT_READY");
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
     // Policies and JWT rules see plain header values (pseudo-headers are not headers).

@@ -28,11 +28,11 @@ import {
   relayStream,
   requestIdOf,
   SessionPool,
+  streamEnd,
   whenConnected,
 } from "./h2.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination } from "./origdst.js";
-import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
 import { ALPN_H2 } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
@@ -147,26 +147,13 @@ export class H2Outbound {
     this.state.inflight++;
     // Draining: this stream is served, then the session ends with GOAWAY (the app reconnects elsewhere).
     if (this.state.draining) down.session?.close();
-    let finished = false;
-    const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
-      if (finished) return;
-      finished = true;
-      this.state.inflight--;
-      Object.assign(record, r);
-      if (flag) {
-        record.flag = flag;
-        record.status = grpc ? 200 : FLAGS[flag].status;
-        if (grpc) record.grpcStatus = String(FLAGS[flag].grpc);
-        rescueH2(down, flag, requestId, grpc);
-      }
-      record.durationMs = Number(process.hrtime.bigint() - start) / 1e6;
-      this.telemetry.http(record);
-    };
-    /** A bug must cost one stream, not the process (a throw in a promise callback would end it). */
-    const bug = (e: unknown) => {
-      this.log.error({ requestId, err: (e as Error).stack ?? String(e) }, "HTTP/2 stream handling failed");
-      finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
-    };
+    const { finish, bug } = streamEnd(this.state, this.telemetry, this.log, {
+      down,
+      record,
+      requestId,
+      grpc,
+      start,
+    });
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
     if (!route) return finish({}, "NO_ROUTE");

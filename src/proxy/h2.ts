@@ -12,7 +12,11 @@ import {
   type OutgoingHttpHeaders,
   type ServerHttp2Stream,
 } from "node:http2";
+import type { Logger } from "../diag/index.js";
 import { spoofable } from "./headers.js";
+import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
+import type { ProxyState } from "./state.js";
+import type { HttpRecord, Telemetry } from "./telemetry.js";
 
 const { NGHTTP2_NO_ERROR, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = constants;
 
@@ -295,4 +299,40 @@ export function relayStream(
     // Otherwise the upstream's close settles (it was just asked to close, if it was open).
     if (r.status !== 0 || r.clientReset !== undefined || up.closed) settle();
   });
+}
+
+/**
+ * The end of one served stream, the same in both directions: `finish` runs once, takes the stream
+ * out of the in-flight count, writes the flag's wire response (rescue.ts) and records the stream;
+ * `bug` turns a throw in a promise callback into a failed stream instead of a dead process.
+ */
+export function streamEnd(
+  state: ProxyState,
+  telemetry: Telemetry,
+  log: Logger,
+  s: { down: ServerHttp2Stream; record: HttpRecord; requestId: string; grpc: boolean; start: bigint },
+) {
+  let finished = false;
+  const finish = (r: Partial<HttpRecord>, flag?: Flag): void => {
+    if (finished) return;
+    finished = true;
+    state.inflight--;
+    Object.assign(s.record, r);
+    if (flag) {
+      s.record.flag = flag;
+      s.record.status = s.grpc ? 200 : FLAGS[flag].status;
+      if (s.grpc) s.record.grpcStatus = String(FLAGS[flag].grpc);
+      rescueH2(s.down, flag, s.requestId, s.grpc);
+    }
+    s.record.durationMs = Number(process.hrtime.bigint() - s.start) / 1e6;
+    telemetry.http(s.record);
+  };
+  const bug = (e: unknown): void => {
+    log.error(
+      { requestId: s.requestId, err: (e as Error).stack ?? String(e) },
+      "HTTP/2 stream handling failed",
+    );
+    finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
+  };
+  return { finish, bug };
 }

@@ -11,7 +11,7 @@ import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
-import { H2Inbound } from "./h2-inbound.js"; // HTTP/2 hook
+import { H2Inbound, type H2Peer } from "./h2-inbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { fieldRecord, type RequestHead } from "./http1/head.js";
@@ -25,17 +25,8 @@ import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
-interface Peer {
-  /** Empty for a plaintext peer (PERMISSIVE or DISABLE ports). */
-  spiffeId: string;
-  /** SHA-256 of the peer certificate's DER, hex (XFCC's Hash). */
-  certHash: string;
-  principal: string | undefined;
-  namespace: string | undefined;
-  mtls: boolean;
-  remoteAddress: string;
-  port: number;
-}
+/** The peer of an accepted connection, established once (h2-inbound.ts serves HTTP/2 with the same). */
+type Peer = H2Peer;
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const PROXY_PORTS = new Set<number>([PORTS.proxyAdmin, PORTS.outboundCapture, PORTS.inboundCapture]);
