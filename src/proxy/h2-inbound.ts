@@ -15,7 +15,13 @@ import {
 import type { Socket } from "node:net";
 import type { Logger } from "../diag/index.js";
 import { principalOf } from "../identity/index.js";
-import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import {
+  authenticateJwt,
+  evaluate,
+  normalizePath,
+  type RequestAttributes,
+  type RequestAuth,
+} from "../policy/index.js";
 import {
   H2_MAX_SESSION_MEMORY,
   H2_SERVED_IDLE_MS,
@@ -45,6 +51,23 @@ export interface H2Peer {
   remoteAddress: string;
   /** The app port the connection was meant for (original destination). */
   port: number;
+}
+
+/** What the policy engine is asked about one request of `peer` (both HTTP versions ask the same). */
+export function peerRequest(
+  peer: H2Peer,
+  auth: RequestAuth | undefined,
+  http: NonNullable<RequestAttributes["http"]>,
+): RequestAttributes {
+  return {
+    ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
+    ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
+    sourceIp: peer.remoteAddress,
+    remoteIp: peer.remoteAddress,
+    destinationPort: peer.port,
+    ...(auth ? { auth } : {}),
+    http,
+  };
 }
 
 export class H2Inbound {
@@ -157,15 +180,15 @@ export class H2Inbound {
       auth?: RequestAuth,
       jwtHeaders?: { remove: string[]; set: Record<string, string> },
     ) => {
-      const decision = evaluate(policies, {
-        ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
-        ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
-        sourceIp: peer.remoteAddress,
-        remoteIp: peer.remoteAddress,
-        destinationPort: peer.port,
-        ...(auth ? { auth } : {}),
-        http: { method: headers[":method"] ?? "", path: norm.path, host: authority, headers: plain },
-      });
+      const decision = evaluate(
+        policies,
+        peerRequest(peer, auth, {
+          method: headers[":method"] ?? "",
+          path: norm.path,
+          host: authority,
+          headers: plain,
+        }),
+      );
       record.decision = decision.allowed ? "allow" : "deny";
       record.reason = decision.reason;
       if (decision.policy !== undefined) record.policy = decision.policy;

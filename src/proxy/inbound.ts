@@ -11,7 +11,7 @@ import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
-import { H2Inbound, type H2Peer } from "./h2-inbound.js"; // HTTP/2 hook
+import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { fieldRecord, type RequestHead } from "./http1/head.js";
@@ -343,20 +343,10 @@ export class Inbound implements Http1Listener {
       drop: ReadonlySet<string> = DROP,
       set?: Record<string, string>,
     ) => {
-      const decision = evaluate(policies, {
-        ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
-        ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
-        sourceIp: peer.remoteAddress,
-        remoteIp: peer.remoteAddress,
-        destinationPort: peer.port,
-        ...(auth ? { auth } : {}),
-        http: {
-          method: head.method,
-          path: norm.path,
-          host: headers.host ?? "",
-          headers,
-        },
-      });
+      const decision = evaluate(
+        policies,
+        peerRequest(peer, auth, { method: head.method, path: norm.path, host: headers.host ?? "", headers }),
+      );
       record.decision = decision.allowed ? "allow" : "deny";
       record.reason = decision.reason;
       if (decision.policy !== undefined) record.policy = decision.policy;
@@ -416,18 +406,15 @@ export class Inbound implements Http1Listener {
     if (!norm.ok) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
     // HTTP/2 hook: an h2c upgrade would carry later streams past per-stream authorization.
     if (isH2cUpgrade(req.headers.upgrade)) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
-    const decision = evaluate(this.state.policies, {
-      ...(peer.principal !== undefined ? { principal: peer.principal } : {}),
-      ...(peer.namespace !== undefined ? { namespace: peer.namespace } : {}),
-      sourceIp: peer.remoteAddress,
-      destinationPort: peer.port,
-      http: {
+    const decision = evaluate(
+      this.state.policies,
+      peerRequest(peer, undefined, {
         method: req.method,
         path: norm.path,
         host: req.headers.host ?? "",
         headers: req.headers,
-      },
-    });
+      }),
+    );
     this.log.info(
       {
         direction: "inbound",
