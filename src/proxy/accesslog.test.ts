@@ -71,7 +71,8 @@ describe("AccessLog", () => {
         const t = JSON.parse(theirs.lines[i]!) as Record<string, unknown>;
         // The two lines were stamped at slightly different instants.
         assert.equal(typeof o["time"], typeof t["time"]);
-        if (typeof o["time"] === "string") assert.match(o["time"] as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+        if (typeof o["time"] === "string")
+          assert.match(o["time"] as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
         o["time"] = t["time"] = 0;
         assert.deepEqual(o, t);
         assert.deepEqual(Object.keys(o), Object.keys(t), "same field order");
@@ -91,7 +92,9 @@ describe("AccessLog", () => {
       assert.ok(stamped >= t0 && stamped <= Date.now(), `${stamped} within the call`);
     }
     const clock = (a as unknown as { clock: { stamp(n: number): string } }).clock;
-    for (const n of [0, 999, 1000, 1_700_000_000_007, 1_700_000_000_070, 1_700_000_000_999, 1_700_000_001_000]) {
+    for (const n of [
+      0, 999, 1000, 1_700_000_000_007, 1_700_000_000_070, 1_700_000_000_999, 1_700_000_001_000,
+    ]) {
       assert.equal(clock.stamp(n), `,"time":"${new Date(n).toISOString()}"`);
     }
   });
@@ -115,7 +118,18 @@ describe("AccessLog", () => {
   });
 
   it("escapes only what JSON needs", () => {
-    for (const s of ["", "plain", 'q"', "b\\", "\n", "\u007f", "é", "\ud83d\ude00", "\udc00", "x".repeat(200)]) {
+    for (const s of [
+      "",
+      "plain",
+      'q"',
+      "b\\",
+      "\n",
+      "\u007f",
+      "é",
+      "\ud83d\ude00",
+      "\udc00",
+      "x".repeat(200),
+    ]) {
       assert.equal(JSON.parse(jsonString(s)), JSON.parse(JSON.stringify(s)));
     }
     assert.equal(jsonString("plain/path"), '"plain/path"');
