@@ -5,6 +5,7 @@
 import { createServer, type Server } from "node:http";
 import { Counter, Registry } from "prom-client";
 import type { Logger } from "../diag/index.js";
+import { AccessLog } from "./accesslog.js";
 import { FastMetric } from "./metrics.js";
 
 export type Reporter = "source" | "destination";
@@ -193,7 +194,11 @@ export class Telemetry {
     "counter",
   );
 
-  constructor(private readonly log: Logger) {}
+  private readonly access: AccessLog;
+
+  constructor(private readonly log: Logger) {
+    this.access = new AccessLog(log);
+  }
 
   http(r: HttpRecord): void {
     const s = r.source;
@@ -223,33 +228,30 @@ export class Telemetry {
         }))
         .inc();
     }
-    this.log.info(
-      {
-        direction: r.reporter === "destination" ? "inbound" : "outbound",
-        requestId: r.requestId,
-        source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
-        destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
-        service: r.service,
-        upstream: r.upstream,
-        mtls: r.mtls,
-        method: r.method,
-        path: r.path,
-        status: r.status,
-        grpcStatus: r.grpcStatus,
-        http2: r.http2,
-        flag: r.flag,
-        decision: r.decision,
-        policy: r.policy,
-        rule: r.rule,
-        reason: r.reason,
-        dryRun: r.dryRun,
-        requestBytes: r.requestBytes,
-        responseBytes: r.responseBytes,
-        durationMs: Math.round(r.durationMs * 1000) / 1000,
-        err: r.err,
-      },
-      "access",
-    );
+    this.access.write({
+      direction: r.reporter === "destination" ? "inbound" : "outbound",
+      requestId: r.requestId,
+      source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
+      destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
+      service: r.service,
+      upstream: r.upstream,
+      mtls: r.mtls,
+      method: r.method,
+      path: r.path,
+      status: r.status,
+      grpcStatus: r.grpcStatus,
+      http2: r.http2,
+      flag: r.flag,
+      decision: r.decision,
+      policy: r.policy,
+      rule: r.rule,
+      reason: r.reason,
+      dryRun: r.dryRun,
+      requestBytes: r.requestBytes,
+      responseBytes: r.responseBytes,
+      durationMs: Math.round(r.durationMs * 1000) / 1000,
+      err: r.err,
+    });
   }
 
   tcpOpen(r: Omit<TcpRecord, "sentBytes" | "receivedBytes" | "durationMs">): void {
