@@ -14,6 +14,11 @@ function find(dir, out = []) {
 }
 const filter = process.argv[2];
 const files = [...find("dist/src"), ...find("dist/test")].filter((f) => !filter || f.includes(filter)).sort();
+// With no file, `node --test` would look for tests itself (namespaced ones included): refuse instead.
+if (files.length === 0) {
+  console.error(`no compiled test file matches "${filter}": build first (npx tsc), or check the filter`);
+  process.exit(2);
+}
 const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", "--enable-source-maps", ...files], {
   stdio: "inherit",
 });
