@@ -3,7 +3,7 @@
 // used only if the server proves a SPIFFE ID the service may run as (secure naming).
 
 import { randomUUID } from "node:crypto";
-import { createServer as createNetServer, type Server, type Socket } from "node:net";
+import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { type TLSSocket, connect as tlsConnect } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
@@ -20,6 +20,7 @@ import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
+import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
@@ -37,6 +38,8 @@ export class Outbound implements Http1Listener {
   private readonly dsts = new WeakMap<Duplex, Destination>();
   private readonly pools = new Map<string, UpstreamPool>();
   private readonly balancer = new Balancer();
+  /** TLS client sessions to other sidecars, for resumption. */
+  readonly sessions = new SessionCache();
   /** HTTP/2 hook: h2c app connections are served by h2-outbound.ts (same balancer, same dial). */
   private readonly h2: H2Outbound;
 
@@ -65,29 +68,51 @@ export class Outbound implements Http1Listener {
     const dst = this.destination(s);
     if (!dst) return void s.destroy();
     const route = this.state.route(dst.address, dst.port);
-    if (route?.protocol === "tcp") return this.tcp(s, route);
-    if (route?.protocol === "http") return void this.h1.serve(s);
-    // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
-    // server-first protocol (the client waits for a greeting) is not stalled.
+    if (!route) return this.outside(s, dst);
+    if (route.protocol === "tcp") return this.tcp(s, route);
+    if (route.protocol === "http") return void this.h1.serve(s);
+    // Unknown protocol: look at the first bytes, briefly, so that a server-first protocol (the
+    // client waits for a greeting) is not stalled.
     sniff(s, SNIFF_MS, (first) => {
       // HTTP/2 hook: h2c with prior knowledge, by its preface or by an http2/grpc Service port.
-      if (first ? looksLikeH2(first) : route?.protocol === "http2") return this.h2.accept(s, dst);
+      if (first ? looksLikeH2(first) : route.protocol === "http2") return this.h2.accept(s, dst);
       if (first && looksLikeHttp(first)) {
         this.h1.serve(s); // sniff paused it with the first bytes pushed back; serve resumes it
-      } else if (route) this.tcp(s, route);
-      else this.noRoute(s, dst);
+      } else this.tcp(s, route);
     });
   }
 
-  private noRoute(s: Socket, dst: Destination): void {
+  /**
+   * A destination with no service of the mesh behind it, by the workload's outbound traffic policy
+   * (Istio Sidecar): ALLOW_ANY passes it through as plain TCP (Istio's PassthroughCluster), unless
+   * the address belongs to the mesh, where plaintext would bypass mutual TLS; REGISTRY_ONLY (the
+   * default) blocks it (Istio's BlackHoleCluster). HTTP is blocked after its head is read, so the
+   * app gets a 502 saying why; other bytes are closed.
+   */
+  private outside(s: Socket, dst: Destination): void {
+    if (this.state.outboundMode === "ALLOW_ANY" && !this.state.isMeshAddress(dst.address))
+      return this.passthrough(s, dst);
+    sniff(s, SNIFF_MS, (first) => {
+      if (first && looksLikeH2(first)) return this.h2.accept(s, dst);
+      if (first && looksLikeHttp(first)) return void this.h1.serve(s);
+      this.noRoute(s, dst);
+    });
+  }
+
+  private selfPeer(): TcpRecord["source"] {
     const self = this.state.snapshot?.workload;
+    return self
+      ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
+      : {};
+  }
+
+  private noRoute(s: Socket, dst: Destination): void {
     this.telemetry.tcpClose({
       reporter: "source",
-      source: self
-        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
-        : {},
+      source: this.selfPeer(),
       destination: {},
-      service: `${dst.address}:${dst.port}`,
+      service: "BlackHoleCluster",
+      upstream: `${dst.address}:${dst.port}`,
       mtls: false,
       flag: "NO_ROUTE",
       sentBytes: 0,
@@ -95,6 +120,58 @@ export class Outbound implements Http1Listener {
       durationMs: 0,
     });
     s.destroy();
+  }
+
+  /**
+   * ALLOW_ANY to an address outside the mesh: plain TCP to the original destination, both ways.
+   * The proxy runs as uid 1337, whose connections the capture rules let out, so this does not loop.
+   */
+  private passthrough(s: Socket, dst: Destination): void {
+    const start = Date.now();
+    const rec: TcpRecord = {
+      reporter: "source",
+      source: this.selfPeer(),
+      destination: {},
+      service: "PassthroughCluster",
+      upstream: `${dst.address}:${dst.port}`,
+      mtls: false,
+      sentBytes: 0,
+      receivedBytes: 0,
+      durationMs: 0,
+    };
+    this.telemetry.tcpOpen(rec);
+    s.pause();
+    let flag: string | undefined;
+    let connected = false;
+    const up = netConnect({ host: dst.address, port: dst.port });
+    up.setNoDelay(true);
+    up.setTimeout(CONNECT_TIMEOUT_MS, () => {
+      flag ??= "UPSTREAM_FAILURE";
+      up.destroy();
+    });
+    up.once("connect", () => {
+      connected = true;
+      up.setTimeout(0);
+      s.pipe(up);
+      up.pipe(s);
+      s.resume();
+    });
+    const end = (e?: Error | null) => {
+      if (e && !flag) flag = connected ? "CONNECTION_RESET" : "UPSTREAM_FAILURE";
+      s.destroy();
+      up.destroy();
+    };
+    s.on("error", end);
+    up.on("error", end);
+    up.once("close", () => end());
+    s.once("close", () => {
+      end();
+      if (flag) rec.flag = flag;
+      rec.sentBytes = s.bytesWritten;
+      rec.receivedBytes = s.bytesRead;
+      rec.durationMs = Date.now() - start;
+      this.telemetry.tcpClose(rec);
+    });
   }
 
   /** Opaque TCP: one mutual-TLS connection to an endpoint per client connection, piped both ways. */
@@ -188,13 +265,19 @@ export class Outbound implements Http1Listener {
     const cert = this.state.cert;
     const bundle = this.state.trustBundlePem;
     if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
+    // Resume a session only under the key of what its full handshake proved (sessions.ts).
+    const expected = route()?.allowed;
+    const key = expected ? this.sessions.key(`${host}:${port}`, expected, bundle, cert) : undefined;
+    const session = key ? this.sessions.get(key) : undefined;
     let done = false;
     const finish = (err: Error | null, sock: TLSSocket | null) => {
       if (done) return;
       done = true;
+      if (err && key) this.sessions.delete(key);
       cb(err, sock);
     };
     const sock = tlsConnect({
+      ...(session ? { session } : {}),
       host,
       port,
       key: cert.keyPem,
@@ -205,6 +288,8 @@ export class Outbound implements Http1Listener {
       // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
       checkServerIdentity: () => undefined,
     });
+    // TLS 1.3 tickets arrive after the handshake and each is best used once: keep the newest.
+    if (key) sock.on("session", (t: Buffer) => done && !sock.destroyed && this.sessions.set(key, t));
     sock.setNoDelay(true);
     sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
       sock.destroy();
@@ -286,7 +371,7 @@ export class Outbound implements Http1Listener {
     };
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
-    if (!route) return finish({}, "NO_ROUTE");
+    if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
