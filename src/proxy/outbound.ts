@@ -5,12 +5,12 @@
 import { randomUUID } from "node:crypto";
 import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { type TLSSocket, connect as tlsConnect } from "node:tls";
+import type { TLSSocket } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { peerSpiffeId } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
+import { dialMtls } from "./dial.js";
 import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
@@ -254,7 +254,7 @@ export class Outbound implements Http1Listener {
     return d;
   }
 
-  /** Mutual TLS to an endpoint with the current SVID; used only if the server proves an identity the service may run as. */
+  /** Mutual TLS to an endpoint with the current SVID (dial.ts). */
   private dial(
     host: string,
     port: number,
@@ -262,57 +262,7 @@ export class Outbound implements Http1Listener {
     route: () => Route | undefined,
     cb: (err: Error | null, sock: TLSSocket | null) => void,
   ): void {
-    const cert = this.state.cert;
-    const bundle = this.state.trustBundlePem;
-    if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
-    // Resume a session only under the key of what its full handshake proved (sessions.ts).
-    const expected = route()?.allowed;
-    const key = expected ? this.sessions.key(`${host}:${port}`, expected, bundle, cert) : undefined;
-    const session = key ? this.sessions.get(key) : undefined;
-    let done = false;
-    const finish = (err: Error | null, sock: TLSSocket | null) => {
-      if (done) return;
-      done = true;
-      if (err && key) this.sessions.delete(key);
-      cb(err, sock);
-    };
-    const sock = tlsConnect({
-      ...(session ? { session } : {}),
-      host,
-      port,
-      key: cert.keyPem,
-      cert: cert.chainPem.join(""),
-      ca: bundle,
-      minVersion: "TLSv1.3",
-      ALPNProtocols: alpn,
-      // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
-      checkServerIdentity: () => undefined,
-    });
-    // TLS 1.3 tickets arrive after the handshake and each is best used once: keep the newest.
-    if (key) sock.on("session", (t: Buffer) => done && !sock.destroyed && this.sessions.set(key, t));
-    sock.setNoDelay(true);
-    sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
-      sock.destroy();
-      finish(new Error(`connect timeout after ${CONNECT_TIMEOUT_MS} ms`), null);
-    });
-    sock.once("secureConnect", () => {
-      sock.setTimeout(0);
-      const r = route();
-      try {
-        const id = peerSpiffeId(sock.getPeerX509Certificate());
-        if (!r?.allowed.has(id)) {
-          throw new ZmeshError(
-            "ZMESH_SECURE_NAMING",
-            `${host}:${port} presented ${id}, which service ${r?.service.namespace}/${r?.service.name} may not run as`,
-          );
-        }
-        finish(null, sock);
-      } catch (e) {
-        sock.destroy();
-        finish(e as Error, null);
-      }
-    });
-    sock.once("error", (e) => finish(e, null));
+    dialMtls(this.state, this.sessions, host, port, alpn, route, cb);
   }
 
   /** Keep-alive mutual-TLS connections to one endpoint of one service. */
