@@ -5,13 +5,32 @@
 // connection, resumed or not: with the certificate's ID on a full handshake, with the ID the
 // session's full handshake proved on a resumed one (Node's client has no peer certificate then).
 
-import { type TLSSocket, connect as tlsConnect } from "node:tls";
+import { createSecureContext, type SecureContext, type TLSSocket, connect as tlsConnect } from "node:tls";
 import { ZmeshError } from "../errors/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import type { SessionCache } from "./sessions.js";
 import type { ProxyState, Route } from "./state.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
+
+/**
+ * One client context per SVID and bundle: building it (parsing the key, the chain and the roots)
+ * cost more than a resumed handshake when done per dial.
+ */
+const contexts = new WeakMap<object, { bundle: string; ctx: SecureContext }>();
+
+function contextFor(cert: { keyPem: string; chainPem: string[] }, bundle: string): SecureContext {
+  const held = contexts.get(cert);
+  if (held && held.bundle === bundle) return held.ctx;
+  const ctx = createSecureContext({
+    key: cert.keyPem,
+    cert: cert.chainPem.join(""),
+    ca: bundle,
+    minVersion: "TLSv1.3",
+  });
+  contexts.set(cert, { bundle, ctx });
+  return ctx;
+}
 
 /** `route` gives the destination service as it is now (its allowed identities may change live). */
 export function dialMtls(
@@ -41,9 +60,7 @@ export function dialMtls(
     ...(session ? { session: session.ticket } : {}),
     host,
     port,
-    key: cert.keyPem,
-    cert: cert.chainPem.join(""),
-    ca: bundle,
+    secureContext: contextFor(cert, bundle),
     minVersion: "TLSv1.3",
     ALPNProtocols: alpn,
     // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
