@@ -256,4 +256,25 @@ describe("outbound traffic policy and TLS resumption, in process", { timeout: 60
     );
     assert.equal(denied?.["source"], "spiffe://cluster.local/ns/shop/sa/orders");
   });
+
+  it("a server whose SVID was renewed issues under new ticket keys: the next connection is a full handshake", async () => {
+    const dst = { address: "198.19.0.20", port: 7 };
+    const once = async (text: string) => {
+      const c = await tcp(mesh, frontend, dst);
+      c.write(text);
+      assert.equal(await c.read(/\n/), text);
+      c.close();
+      await new Promise((r) => setTimeout(r, 20));
+    };
+    await once("warm\n");
+    const before = frontend.tlsHandshakes;
+    await once("resumed\n");
+    assert.equal(frontend.tlsHandshakes.resumed, before.resumed + 1);
+    await mesh.proxies[2]!.renew(); // the echo sidecar
+    const renewed = frontend.tlsHandshakes;
+    await once("after renewal\n");
+    assert.deepEqual(frontend.tlsHandshakes, { resumed: renewed.resumed, full: renewed.full + 1 });
+    await once("resumed again\n");
+    assert.equal(frontend.tlsHandshakes.resumed, renewed.resumed + 1);
+  });
 });
