@@ -62,4 +62,26 @@ describe("parseSnapshot and services left out", () => {
   it("servicesVersion is required", () => {
     assert.throws(() => parseSnapshot(push({ services: [svc] })), /servicesVersion: must be a string/);
   });
+
+  it("an outbound traffic policy must name REGISTRY_ONLY or ALLOW_ANY and its source", () => {
+    const ok = parseSnapshot(
+      push({
+        servicesVersion: "s1",
+        services: [svc],
+        outboundTrafficPolicy: { mode: "ALLOW_ANY", source: "default" },
+      }),
+    );
+    assert.equal(ok.outboundTrafficPolicy?.mode, "ALLOW_ANY");
+    assert.throws(
+      () =>
+        parseSnapshot(
+          push({
+            servicesVersion: "s1",
+            services: [svc],
+            outboundTrafficPolicy: { mode: "ANY", source: "x" },
+          }),
+        ),
+      /outboundTrafficPolicy.mode: must be REGISTRY_ONLY or ALLOW_ANY/,
+    );
+  });
 });

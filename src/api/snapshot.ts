@@ -12,6 +12,8 @@ import {
   validateRequestAuthenticationSpec,
 } from "../policy/index.js";
 
+export type OutboundMode = "REGISTRY_ONLY" | "ALLOW_ANY";
+
 export interface SnapshotEndpoint {
   address: string;
   /** Name of the workload behind this address (telemetry labels). */
@@ -54,6 +56,12 @@ export interface ProxySnapshot {
   peerAuthentications: PeerAuthRef[];
   /** The RequestAuthentications that select this workload. */
   requestAuthentications: RequestAuthRef[];
+  /**
+   * Where the workload may connect outside the mesh, resolved from Istio Sidecars: REGISTRY_ONLY
+   * (only services of the mesh) or ALLOW_ANY (also plain TCP to other addresses); `source` names
+   * the Sidecar that decided ("namespace/name"), or "default". Absent in a push: REGISTRY_ONLY.
+   */
+  outboundTrafficPolicy?: { mode: OutboundMode; source: string };
   /** Digest of `services`; a push without `services` means "keep the list of this version". */
   servicesVersion: string;
   services: SnapshotService[];
@@ -123,6 +131,12 @@ export function parseSnapshot(json: string, held?: HeldServices): ProxySnapshot 
       const r = validate(obj(p, `${key}[${i}]`)["spec"]);
       if (r.issues.length > 0) fail(`${key}[${i}].spec`, `${r.issues[0]!.path}: ${r.issues[0]!.message}`);
     });
+  }
+  if (s["outboundTrafficPolicy"] !== undefined) {
+    const o = obj(s["outboundTrafficPolicy"], "outboundTrafficPolicy");
+    if (o["mode"] !== "REGISTRY_ONLY" && o["mode"] !== "ALLOW_ANY")
+      fail("outboundTrafficPolicy.mode", "must be REGISTRY_ONLY or ALLOW_ANY");
+    str(o["source"], "outboundTrafficPolicy.source");
   }
   const servicesVersion = str(s["servicesVersion"], "servicesVersion");
   if (s["services"] === undefined) {

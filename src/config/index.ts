@@ -18,6 +18,7 @@ export type {
   Resource,
   Service,
   ServicePort,
+  Sidecar,
   Source,
   Workload,
   WorkloadEntry,

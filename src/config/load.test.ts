@@ -239,3 +239,60 @@ describe("config loader", () => {
     await rm(dir, { recursive: true, force: true });
   });
 });
+
+describe("Istio Sidecar (outbound traffic policy only)", () => {
+  it("reads networking.istio.io v1, v1beta1 and v1alpha3 with a selector and a mode", () => {
+    const yaml = ["v1", "v1beta1", "v1alpha3"]
+      .map(
+        (v, i) =>
+          `apiVersion: networking.istio.io/${v}\nkind: Sidecar\nmetadata: {name: s${i}, namespace: shop}\nspec:\n${i === 0 ? "  workloadSelector: {labels: {app: web}}\n" : ""}  outboundTrafficPolicy: {mode: ${i === 1 ? "REGISTRY_ONLY" : "ALLOW_ANY"}}\n`,
+      )
+      .join("---\n");
+    const { documents, problems } = parseYaml(yaml, "sidecar.yaml");
+    assert.deepEqual(problems, []);
+    const { config } = assemble(documents);
+    assert.deepEqual(
+      config.sidecars.map((s) => [s.meta.name, s.selector, s.outboundMode]),
+      [
+        ["s0", { app: "web" }, "ALLOW_ANY"],
+        ["s1", undefined, "REGISTRY_ONLY"],
+        ["s2", undefined, "ALLOW_ANY"],
+      ],
+    );
+  });
+
+  it("refuses every field it does not implement, and a bad mode, naming line, resource and field", () => {
+    const yaml = [
+      "apiVersion: networking.istio.io/v1",
+      "kind: Sidecar",
+      "metadata: { name: default, namespace: shop }",
+      "spec:",
+      "  egress:",
+      '    - hosts: ["./*"]',
+      "  outboundTrafficPolicy:",
+      "    mode: allow_any",
+      "    egressProxy: { host: proxy }",
+      "  workloadSelector: { labels: {} }",
+    ].join("\n");
+    const { problems } = parseYaml(yaml, "sidecar.yaml");
+    assert.deepEqual(
+      problems.map((p) => [p.line, p.resource, p.path, p.code]),
+      [
+        [6, "Sidecar shop/default", "spec.egress", "ZMESH_CONFIG_UNSUPPORTED"],
+        [10, "Sidecar shop/default", "spec.workloadSelector.labels", "ZMESH_CONFIG_INVALID"],
+        [9, "Sidecar shop/default", "spec.outboundTrafficPolicy.egressProxy", "ZMESH_CONFIG_UNSUPPORTED"],
+        [8, "Sidecar shop/default", "spec.outboundTrafficPolicy.mode", "ZMESH_CONFIG_INVALID"],
+      ],
+    );
+    assert.match(problems[0]!.message, /egress listeners .* not implemented.*remove spec\.egress/);
+    assert.match(problems[3]!.message, /REGISTRY_ONLY .* or ALLOW_ANY/);
+    const ingress = parseYaml(
+      "apiVersion: networking.istio.io/v1beta1\nkind: Sidecar\nmetadata: {name: a}\nspec: {ingress: []}\n",
+      "f.yaml",
+    ).problems;
+    assert.deepEqual(
+      ingress.map((p) => [p.path, p.code]),
+      [["spec.ingress", "ZMESH_CONFIG_UNSUPPORTED"]],
+    );
+  });
+});

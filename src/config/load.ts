@@ -13,6 +13,7 @@ import {
   type Resource,
   readResource,
   type Service,
+  type Sidecar,
   type Workload,
   type WorkloadEntry,
 } from "./resources.js";
@@ -24,6 +25,8 @@ export interface MeshConfig {
   /** AuthorizationPolicies only. */
   policies: AuthorizationPolicy[];
   peerAuthentications: PeerAuthentication[];
+  /** Istio Sidecars (only their outbound traffic policy). */
+  sidecars: Sidecar[];
   requestAuthentications: RequestAuthentication[];
   /** The parsed documents, in file order, for tools that write resources back (the runtime's store). */
   documents: { resource: Resource; raw: Record<string, unknown> }[];
@@ -141,6 +144,7 @@ export function assemble(documents: MeshConfig["documents"]): {
     workloadEntries: [],
     policies: [],
     peerAuthentications: [],
+    sidecars: [],
     requestAuthentications: [],
     documents,
   };
@@ -164,6 +168,7 @@ export function assemble(documents: MeshConfig["documents"]): {
     else if (r.kind === "Service") config.services.push(r);
     else if (r.kind === "WorkloadEntry") config.workloadEntries.push(r);
     else if (r.kind === "PeerAuthentication") config.peerAuthentications.push(r);
+    else if (r.kind === "Sidecar") config.sidecars.push(r);
     else if (r.kind === "RequestAuthentication") config.requestAuthentications.push(r);
     else config.policies.push(r);
   }

@@ -98,8 +98,23 @@ export interface RequestAuthentication {
   source: Source;
 }
 
+/**
+ * Istio Sidecar, the one part zmesh implements: where a workload may connect outside the mesh
+ * (`spec.outboundTrafficPolicy.mode`), for the workloads `spec.workloadSelector.labels` picks.
+ */
+export interface Sidecar {
+  kind: "Sidecar";
+  meta: Meta;
+  /** Absent: every workload of the namespace (or of the mesh, in the root namespace). */
+  selector?: Record<string, string>;
+  /** Absent: the next Sidecar in precedence decides. */
+  outboundMode?: "REGISTRY_ONLY" | "ALLOW_ANY";
+  source: Source;
+}
+
 export type Resource =
   | Workload
+  | Sidecar
   | Service
   | WorkloadEntry
   | AuthorizationPolicy
@@ -114,6 +129,7 @@ const KINDS: Record<string, string[]> = {
   AuthorizationPolicy: SECURITY,
   PeerAuthentication: SECURITY,
   RequestAuthentication: SECURITY,
+  Sidecar: ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"],
 };
 const UNSUPPORTED_KINDS = new Set(["Deployment", "Pod"]);
 
@@ -400,6 +416,67 @@ function readRequestAuthentication(
   return { kind: "RequestAuthentication", meta, spec: result.value ?? {}, source };
 }
 
+/** Istio Sidecar fields zmesh does not implement: refused with the reason, never ignored. */
+const SIDECAR_UNSUPPORTED: Record<string, string> = {
+  egress:
+    "egress listeners (which services this workload sees) are not implemented; every workload sees every Service",
+  ingress: "ingress listeners are not implemented; the inbound side follows the Service and Workload ports",
+  inboundConnectionPool: "inbound connection pool settings are not implemented",
+};
+
+function readSidecar(issues: Issues, raw: Record<string, unknown>, meta: Meta, source: Source): Sidecar {
+  const spec = isObject(raw["spec"]) ? raw["spec"] : {};
+  if (raw["spec"] !== undefined && !isObject(raw["spec"]))
+    invalid(issues, "spec", "must be a map, e.g. {outboundTrafficPolicy: {mode: ALLOW_ANY}}");
+  const sc: Sidecar = { kind: "Sidecar", meta, source };
+  for (const k of Object.keys(spec)) {
+    if (k === "workloadSelector" || k === "outboundTrafficPolicy") continue;
+    issues.push({
+      path: `spec.${k}`,
+      message: `${SIDECAR_UNSUPPORTED[k] ?? `Sidecar field ${k} is not implemented`}; zmesh reads only spec.workloadSelector.labels and spec.outboundTrafficPolicy.mode, so remove spec.${k}`,
+      code: "ZMESH_CONFIG_UNSUPPORTED",
+    });
+  }
+  const sel = spec["workloadSelector"];
+  if (sel !== undefined) {
+    if (!isObject(sel)) invalid(issues, "spec.workloadSelector", "must be {labels: {app: orders}}");
+    else {
+      onlyFields(issues, sel, "spec.workloadSelector", ["labels"]);
+      sc.selector = stringMap(issues, sel["labels"], "spec.workloadSelector.labels", LABEL_KEY, LABEL_VALUE);
+      if (Object.keys(sc.selector).length === 0)
+        invalid(
+          issues,
+          "spec.workloadSelector.labels",
+          "must name at least one label; leave out spec.workloadSelector to cover the whole namespace",
+        );
+    }
+  }
+  const otp = spec["outboundTrafficPolicy"];
+  if (otp !== undefined) {
+    if (!isObject(otp))
+      invalid(issues, "spec.outboundTrafficPolicy", "must be {mode: REGISTRY_ONLY} or {mode: ALLOW_ANY}");
+    else {
+      for (const k of Object.keys(otp)) {
+        if (k === "mode") continue;
+        issues.push({
+          path: `spec.outboundTrafficPolicy.${k}`,
+          message: `outboundTrafficPolicy.${k} is not implemented (ALLOW_ANY passes traffic straight to its original destination); remove it`,
+          code: "ZMESH_CONFIG_UNSUPPORTED",
+        });
+      }
+      const mode = otp["mode"];
+      if (mode === "REGISTRY_ONLY" || mode === "ALLOW_ANY") sc.outboundMode = mode;
+      else if (mode !== undefined)
+        invalid(
+          issues,
+          "spec.outboundTrafficPolicy.mode",
+          `must be REGISTRY_ONLY (only services of the mesh) or ALLOW_ANY (also addresses outside it), not ${JSON.stringify(mode)}`,
+        );
+    }
+  }
+  return sc;
+}
+
 /** Validates one parsed YAML document into a resource; issues carry paths relative to it. */
 export function readResource(raw: unknown, source: Source): { resource?: Resource; issues: Issue[] } {
   const issues: Issue[] = [];
@@ -439,6 +516,7 @@ export function readResource(raw: unknown, source: Source): { resource?: Resourc
   else if (kind === "WorkloadEntry") resource = readWorkloadEntry(issues, raw, meta, source);
   else if (kind === "PeerAuthentication") resource = readPeerAuthentication(issues, raw, meta, source);
   else if (kind === "RequestAuthentication") resource = readRequestAuthentication(issues, raw, meta, source);
+  else if (kind === "Sidecar") resource = readSidecar(issues, raw, meta, source);
   else resource = readPolicy(issues, raw, meta, source);
   return { resource, issues: issues.map((i) => ({ ...i, path: i.path.replace(/^\./, "") })) };
 }

@@ -2,8 +2,8 @@
 // services it can call with their endpoints and allowed identities). Pure and deterministic.
 
 import { createHash } from "node:crypto";
-import type { ProxySnapshot, SnapshotService } from "../api/index.js";
-import type { MeshConfig, WorkloadEntry } from "../config/index.js";
+import type { OutboundMode, ProxySnapshot, SnapshotService } from "../api/index.js";
+import type { MeshConfig, Sidecar, WorkloadEntry } from "../config/index.js";
 import { workloadId } from "../identity/index.js";
 import { selectPolicies } from "../policy/index.js";
 
@@ -15,6 +15,31 @@ export interface RegistryOptions {
 function matches(selector: Record<string, string>, labels: Record<string, string>): boolean {
   for (const [k, v] of Object.entries(selector)) if (labels[k] !== v) return false;
   return true;
+}
+
+/**
+ * The outbound traffic policy of a workload, in Istio's order: a Sidecar of its namespace whose
+ * selector matches it, else its namespace's Sidecar without selector, else the root namespace's
+ * Sidecar without selector, else zmesh's default REGISTRY_ONLY (Istio's is ALLOW_ANY: zmesh is
+ * zero-trust by default). Sidecars that set no mode are skipped; ties go to the oldest name.
+ */
+export function resolveOutboundMode(
+  sidecars: readonly Sidecar[],
+  workload: { namespace: string; labels: Record<string, string> },
+  rootNamespace: string,
+): { mode: OutboundMode; source: string } {
+  const withMode = sidecars
+    .filter((s) => s.outboundMode !== undefined)
+    .sort((a, b) => a.meta.name.localeCompare(b.meta.name));
+  const pick =
+    withMode.find(
+      (s) => s.meta.namespace === workload.namespace && s.selector && matches(s.selector, workload.labels),
+    ) ??
+    withMode.find((s) => s.meta.namespace === workload.namespace && !s.selector) ??
+    withMode.find((s) => s.meta.namespace === rootNamespace && !s.selector);
+  return pick
+    ? { mode: pick.outboundMode!, source: `${pick.meta.namespace}/${pick.meta.name}` }
+    : { mode: "REGISTRY_ONLY", source: "default" };
 }
 
 /** The servicesVersion of a services list, from its JSON text. */
@@ -125,6 +150,11 @@ export class Registry {
       policies,
       peerAuthentications,
       requestAuthentications,
+      outboundTrafficPolicy: resolveOutboundMode(
+        this.config.sidecars ?? [],
+        { namespace: e.meta.namespace, labels: e.labels },
+        this.opts.rootNamespace,
+      ),
       servicesVersion: this.servicesVersion,
       services: this.services,
     };

@@ -156,7 +156,7 @@ export class H2Outbound {
     });
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
-    if (!route) return finish({}, "NO_ROUTE");
+    if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
     const first = this.balancer.pick(route.service.endpoints);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");

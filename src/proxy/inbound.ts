@@ -2,7 +2,7 @@
 // mutual TLS with a certificate from the mesh CA (no plaintext path exists), then each HTTP
 // request is authorized by the policy engine and forwarded to the app at the workload's address.
 
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
@@ -39,6 +39,8 @@ function xfcc(self: string, peer: Peer): string {
 /** Fields of the caller the app never sees (the mesh sets its own). */
 const DROP = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER, "x-request-id"]);
 
+const TICKET_KEY_MS = 3_600_000;
+
 export class Inbound implements Http1Listener {
   readonly server: Server;
   private readonly h1 = new Http1Server(this);
@@ -56,6 +58,12 @@ export class Inbound implements Http1Listener {
   });
   private tlsFor: Certificate | undefined;
   private tlsBundle: string | undefined;
+  /**
+   * Session tickets (resumption) are issued with keys that change with the SVID, the trust bundle
+   * and every hour; a resumed connection still has its client's certificate, so the identity and
+   * the authorization of each request are checked as on a full handshake.
+   */
+  private ticketKeysAt = 0;
   /** Original destination port of each accepted connection, by its remote address and port. */
   private readonly dstPorts = new Map<string, number>();
   private readonly peers = new WeakMap<Duplex, Peer>();
@@ -107,6 +115,10 @@ export class Inbound implements Http1Listener {
       });
       this.tlsFor = cert;
       this.tlsBundle = bundle;
+      this.ticketKeysAt = Date.now(); // a new secure context has new session ticket keys
+    } else if (Date.now() - this.ticketKeysAt > TICKET_KEY_MS) {
+      this.tls.setTicketKeys(randomBytes(48));
+      this.ticketKeysAt = Date.now();
     }
     return true;
   }

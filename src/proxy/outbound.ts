@@ -3,14 +3,14 @@
 // used only if the server proves a SPIFFE ID the service may run as (secure naming).
 
 import { randomUUID } from "node:crypto";
-import { createServer as createNetServer, type Server, type Socket } from "node:net";
+import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
-import { type TLSSocket, connect as tlsConnect } from "node:tls";
+import type { TLSSocket } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { peerSpiffeId } from "../identity/index.js";
 import { Balancer } from "./balancer.js";
+import { dialMtls } from "./dial.js";
 import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
@@ -20,6 +20,7 @@ import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { principalOf } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
+import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
@@ -37,6 +38,8 @@ export class Outbound implements Http1Listener {
   private readonly dsts = new WeakMap<Duplex, Destination>();
   private readonly pools = new Map<string, UpstreamPool>();
   private readonly balancer = new Balancer();
+  /** TLS client sessions to other sidecars, for resumption. */
+  readonly sessions = new SessionCache();
   /** HTTP/2 hook: h2c app connections are served by h2-outbound.ts (same balancer, same dial). */
   private readonly h2: H2Outbound;
 
@@ -65,29 +68,51 @@ export class Outbound implements Http1Listener {
     const dst = this.destination(s);
     if (!dst) return void s.destroy();
     const route = this.state.route(dst.address, dst.port);
-    if (route?.protocol === "tcp") return this.tcp(s, route);
-    if (route?.protocol === "http") return void this.h1.serve(s);
-    // Unknown protocol, or no service there: look at the first bytes, briefly, so that a
-    // server-first protocol (the client waits for a greeting) is not stalled.
+    if (!route) return this.outside(s, dst);
+    if (route.protocol === "tcp") return this.tcp(s, route);
+    if (route.protocol === "http") return void this.h1.serve(s);
+    // Unknown protocol: look at the first bytes, briefly, so that a server-first protocol (the
+    // client waits for a greeting) is not stalled.
     sniff(s, SNIFF_MS, (first) => {
       // HTTP/2 hook: h2c with prior knowledge, by its preface or by an http2/grpc Service port.
-      if (first ? looksLikeH2(first) : route?.protocol === "http2") return this.h2.accept(s, dst);
+      if (first ? looksLikeH2(first) : route.protocol === "http2") return this.h2.accept(s, dst);
       if (first && looksLikeHttp(first)) {
         this.h1.serve(s); // sniff paused it with the first bytes pushed back; serve resumes it
-      } else if (route) this.tcp(s, route);
-      else this.noRoute(s, dst);
+      } else this.tcp(s, route);
     });
   }
 
-  private noRoute(s: Socket, dst: Destination): void {
+  /**
+   * A destination with no service of the mesh behind it, by the workload's outbound traffic policy
+   * (Istio Sidecar): ALLOW_ANY passes it through as plain TCP (Istio's PassthroughCluster), unless
+   * the address belongs to the mesh, where plaintext would bypass mutual TLS; REGISTRY_ONLY (the
+   * default) blocks it (Istio's BlackHoleCluster). HTTP is blocked after its head is read, so the
+   * app gets a 502 saying why; other bytes are closed.
+   */
+  private outside(s: Socket, dst: Destination): void {
+    if (this.state.outboundMode === "ALLOW_ANY" && !this.state.isMeshAddress(dst.address))
+      return this.passthrough(s, dst);
+    sniff(s, SNIFF_MS, (first) => {
+      if (first && looksLikeH2(first)) return this.h2.accept(s, dst);
+      if (first && looksLikeHttp(first)) return void this.h1.serve(s);
+      this.noRoute(s, dst);
+    });
+  }
+
+  private selfPeer(): TcpRecord["source"] {
     const self = this.state.snapshot?.workload;
+    return self
+      ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
+      : {};
+  }
+
+  private noRoute(s: Socket, dst: Destination): void {
     this.telemetry.tcpClose({
       reporter: "source",
-      source: self
-        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
-        : {},
+      source: this.selfPeer(),
       destination: {},
-      service: `${dst.address}:${dst.port}`,
+      service: "BlackHoleCluster",
+      upstream: `${dst.address}:${dst.port}`,
       mtls: false,
       flag: "NO_ROUTE",
       sentBytes: 0,
@@ -95,6 +120,58 @@ export class Outbound implements Http1Listener {
       durationMs: 0,
     });
     s.destroy();
+  }
+
+  /**
+   * ALLOW_ANY to an address outside the mesh: plain TCP to the original destination, both ways.
+   * The proxy runs as uid 1337, whose connections the capture rules let out, so this does not loop.
+   */
+  private passthrough(s: Socket, dst: Destination): void {
+    const start = Date.now();
+    const rec: TcpRecord = {
+      reporter: "source",
+      source: this.selfPeer(),
+      destination: {},
+      service: "PassthroughCluster",
+      upstream: `${dst.address}:${dst.port}`,
+      mtls: false,
+      sentBytes: 0,
+      receivedBytes: 0,
+      durationMs: 0,
+    };
+    this.telemetry.tcpOpen(rec);
+    s.pause();
+    let flag: string | undefined;
+    let connected = false;
+    const up = netConnect({ host: dst.address, port: dst.port });
+    up.setNoDelay(true);
+    up.setTimeout(CONNECT_TIMEOUT_MS, () => {
+      flag ??= "UPSTREAM_FAILURE";
+      up.destroy();
+    });
+    up.once("connect", () => {
+      connected = true;
+      up.setTimeout(0);
+      s.pipe(up);
+      up.pipe(s);
+      s.resume();
+    });
+    const end = (e?: Error | null) => {
+      if (e && !flag) flag = connected ? "CONNECTION_RESET" : "UPSTREAM_FAILURE";
+      s.destroy();
+      up.destroy();
+    };
+    s.on("error", end);
+    up.on("error", end);
+    up.once("close", () => end());
+    s.once("close", () => {
+      end();
+      if (flag) rec.flag = flag;
+      rec.sentBytes = s.bytesWritten;
+      rec.receivedBytes = s.bytesRead;
+      rec.durationMs = Date.now() - start;
+      this.telemetry.tcpClose(rec);
+    });
   }
 
   /** Opaque TCP: one mutual-TLS connection to an endpoint per client connection, piped both ways. */
@@ -177,7 +254,7 @@ export class Outbound implements Http1Listener {
     return d;
   }
 
-  /** Mutual TLS to an endpoint with the current SVID; used only if the server proves an identity the service may run as. */
+  /** Mutual TLS to an endpoint with the current SVID (dial.ts). */
   private dial(
     host: string,
     port: number,
@@ -185,49 +262,7 @@ export class Outbound implements Http1Listener {
     route: () => Route | undefined,
     cb: (err: Error | null, sock: TLSSocket | null) => void,
   ): void {
-    const cert = this.state.cert;
-    const bundle = this.state.trustBundlePem;
-    if (!cert || !bundle) return cb(new ZmeshError("ZMESH_NOT_READY", "no certificate yet"), null);
-    let done = false;
-    const finish = (err: Error | null, sock: TLSSocket | null) => {
-      if (done) return;
-      done = true;
-      cb(err, sock);
-    };
-    const sock = tlsConnect({
-      host,
-      port,
-      key: cert.keyPem,
-      cert: cert.chainPem.join(""),
-      ca: bundle,
-      minVersion: "TLSv1.3",
-      ALPNProtocols: alpn,
-      // SVIDs carry a URI SAN, not a DNS name: the identity check is done below instead.
-      checkServerIdentity: () => undefined,
-    });
-    sock.setNoDelay(true);
-    sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
-      sock.destroy();
-      finish(new Error(`connect timeout after ${CONNECT_TIMEOUT_MS} ms`), null);
-    });
-    sock.once("secureConnect", () => {
-      sock.setTimeout(0);
-      const r = route();
-      try {
-        const id = peerSpiffeId(sock.getPeerX509Certificate());
-        if (!r?.allowed.has(id)) {
-          throw new ZmeshError(
-            "ZMESH_SECURE_NAMING",
-            `${host}:${port} presented ${id}, which service ${r?.service.namespace}/${r?.service.name} may not run as`,
-          );
-        }
-        finish(null, sock);
-      } catch (e) {
-        sock.destroy();
-        finish(e as Error, null);
-      }
-    });
-    sock.once("error", (e) => finish(e, null));
+    dialMtls(this.state, this.sessions, host, port, alpn, route, cb);
   }
 
   /** Keep-alive mutual-TLS connections to one endpoint of one service. */
@@ -286,7 +321,7 @@ export class Outbound implements Http1Listener {
     };
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
-    if (!route) return finish({}, "NO_ROUTE");
+    if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");

@@ -153,6 +153,11 @@ export class Sidecar {
     for (const w of this.readyWaiters.splice(0)) w();
   }
 
+  /** Outbound mutual-TLS handshakes so far: resumed from a cached session, and full. */
+  get tlsHandshakes(): { resumed: number; full: number } {
+    return { resumed: this.outbound.sessions.resumed, full: this.outbound.sessions.full };
+  }
+
   ready(): Promise<void> {
     if (this.trafficUp && this.ports.outbound) return Promise.resolve();
     return new Promise((r) => this.readyWaiters.push(r));

@@ -2,7 +2,7 @@
 // bundle, and the last good snapshot compiled for the hot path (policies, VIP routes).
 // Listeners read from here on each new connection, so a swap never drops an open one.
 
-import type { ProxySnapshot, SnapshotService } from "../api/index.js";
+import type { OutboundMode, ProxySnapshot, SnapshotService } from "../api/index.js";
 import {
   type CompiledPolicies,
   compilePolicies,
@@ -43,6 +43,8 @@ export class ProxyState {
   /** Set by a drain: no new connections; responses ask clients to close theirs. */
   draining = false;
   private routes = new Map<string, Route>();
+  /** Addresses of the mesh (VIPs, endpoints, this workload): never passed through in plaintext. */
+  private meshAddresses = new Set<string>();
   private mtlsByPort = new Map<number, MtlsResolution>();
   private readonly listeners: (() => void)[] = [];
 
@@ -62,10 +64,18 @@ export class ProxyState {
   applySnapshot(s: ProxySnapshot): void {
     const policies = compilePolicies(s.policies);
     // The same services list as the last good snapshot (a push that left it out): same routes.
-    const routes = s.services === this.snapshot?.services ? this.routes : this.buildRoutes(s);
+    const same = s.services === this.snapshot?.services;
+    const routes = same ? this.routes : this.buildRoutes(s);
+    const addresses = same ? this.meshAddresses : new Set<string>();
+    if (!same)
+      for (const svc of s.services) {
+        addresses.add(svc.vip);
+        for (const ep of svc.endpoints) addresses.add(ep.address);
+      }
     this.snapshot = s;
     this.policies = policies;
     this.routes = routes;
+    this.meshAddresses = addresses;
     this.mtlsByPort = new Map();
     this.trustBundlePem = s.trustBundlePem;
     this.changed();
@@ -107,6 +117,27 @@ export class ProxyState {
       this.mtlsByPort.set(port, m);
     }
     return m;
+  }
+
+  /** The workload's outbound traffic policy (Istio Sidecar); REGISTRY_ONLY unless a Sidecar says ALLOW_ANY. */
+  get outboundMode(): OutboundMode {
+    return this.snapshot?.outboundTrafficPolicy?.mode ?? "REGISTRY_ONLY";
+  }
+
+  /**
+   * Whether an address belongs to the mesh, where plaintext would bypass mutual TLS: the service VIP
+   * range 198.19.0.0/16, any VIP or endpoint of a service, this workload; IPv6 too (the mesh is
+   * IPv4-only, so nothing there is known to be outside it). Pod addresses of workloads no Service
+   * selects are not in the snapshot; their inbound sidecar refuses plaintext under STRICT.
+   */
+  isMeshAddress(address: string): boolean {
+    return (
+      address.startsWith("198.19.") ||
+      address === this.snapshot?.workload.address ||
+      this.meshAddresses.has(address) ||
+      address.startsWith("::ffff:") ||
+      address.includes(":")
+    );
   }
 
   route(address: string, port: number): Route | undefined {

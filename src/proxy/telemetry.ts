@@ -59,6 +59,8 @@ export interface TcpRecord {
   decision?: "allow" | "deny";
   policy?: string;
   reason?: string;
+  /** The address the connection went to, e.g. for PassthroughCluster (outbound only). */
+  upstream?: string;
 }
 
 const MS_BUCKETS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
@@ -270,6 +272,7 @@ export class Telemetry {
         source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
         destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
         service: r.service,
+        upstream: r.upstream,
         mtls: r.mtls,
         flag: r.flag,
         decision: r.decision,

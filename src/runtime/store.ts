@@ -21,6 +21,7 @@ export const LIVE_KINDS: ReadonlySet<string> = new Set([
   "AuthorizationPolicy",
   "PeerAuthentication",
   "RequestAuthentication",
+  "Sidecar",
 ]);
 
 export interface StoredDoc {
@@ -362,6 +363,8 @@ const KIND_NAMES: Record<string, string> = {
   workloadentry: "WorkloadEntry",
   workloadentries: "WorkloadEntry",
   we: "WorkloadEntry",
+  sidecar: "Sidecar",
+  sidecars: "Sidecar",
 };
 
 export const KINDS = [
@@ -370,6 +373,7 @@ export const KINDS = [
   "AuthorizationPolicy",
   "PeerAuthentication",
   "RequestAuthentication",
+  "Sidecar",
   "WorkloadEntry",
 ];
 

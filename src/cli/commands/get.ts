@@ -63,6 +63,14 @@ function columns(d: StoredDoc): [string[], string[]] {
           selector(spec),
         ],
       ];
+    case "Sidecar":
+      return [
+        ["OUTBOUND", "SELECTOR"],
+        [
+          String(obj(spec["outboundTrafficPolicy"])["mode"] ?? "(inherit)"),
+          selector({ selector: obj(obj(spec["workloadSelector"])["labels"]) }),
+        ],
+      ];
     case "WorkloadEntry":
       return [
         ["ADDRESS", "SERVICE-ACCOUNT"],
@@ -95,7 +103,7 @@ export function getCommand(): Command {
     )
     .argument(
       "<kind>",
-      "Workload, Service, AuthorizationPolicy, PeerAuthentication, RequestAuthentication, WorkloadEntry, all (plurals and short names work)",
+      "Workload, Service, AuthorizationPolicy, PeerAuthentication, RequestAuthentication, Sidecar, WorkloadEntry, all (plurals and short names work)",
     )
     .argument("[name]", "name, or namespace/name")
     .option("-o, --output <format>", "table, yaml or json", "table")
