@@ -1,9 +1,12 @@
 // The namespaced tier's shared setup (tests that run the real runtime as root: network namespaces,
 // iptables capture, supervised processes): whether this process may run them, the skip reason
-// shown when it may not, the example shop they bring up, and the one mesh-plus-intruder fixture
-// the attack files share (the shop up under a mesh name of the file's own, an unmeshed namespace
-// "intruder" beside it, everything purged after).
+// shown when it may not, the example shop they bring up, the `zmesh` CLI run as a child process,
+// a bounded wait for a condition, and the one mesh-plus-intruder fixture the attack files share
+// (the shop up under a mesh name of the file's own, an unmeshed namespace "intruder" beside it,
+// everything purged after).
 
+import { execFile } from "node:child_process";
+import { join } from "node:path";
 import { after, before } from "node:test";
 import { addUnmeshed, down, type MeshState, up } from "../../src/runtime/index.js";
 
@@ -12,7 +15,46 @@ export const AS_ROOT = process.getuid?.() === 0;
 export const NEEDS_ROOT: false | string = AS_ROOT
   ? false
   : "needs root (network namespaces, iptables): run as root, as CI does";
-export const SHOP_EXAMPLE = new URL("../../../examples/shop", import.meta.url).pathname;
+/** The repository root (this file runs from dist/test/harness). */
+export const REPO = join(import.meta.dirname ?? ".", "..", "..", "..");
+export const SHOP_EXAMPLE = join(REPO, "examples", "shop");
+
+export interface ZmeshRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs bin/zmesh.js with `args` from the repository root (as `asUid` via setpriv when given); never rejects. */
+export function zmeshCli(args: string[], opts: { asUid?: number } = {}): Promise<ZmeshRun> {
+  const argv = [process.execPath, join(REPO, "bin", "zmesh.js"), ...args];
+  const [cmd, ...rest] = opts.asUid
+    ? ["setpriv", `--reuid=${opts.asUid}`, `--regid=${opts.asUid}`, "--clear-groups", ...argv]
+    : argv;
+  return new Promise((resolve) => {
+    execFile(cmd!, rest, { cwd: REPO, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Polls `f` every 100 ms until `ok` holds for its value (rejections count as not yet); throws after `timeoutMs`. */
+export async function eventually<T>(
+  what: string,
+  f: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  while (Date.now() < deadline) {
+    last = await f().catch(() => undefined as T);
+    if (last !== undefined && ok(last)) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
+}
 
 /**
  * Registers the enclosing suite's before/after hooks: `up` of the example shop as mesh `name`, an
