@@ -19,21 +19,9 @@ import {
   type MeshState,
   proxyAdmin,
 } from "../../src/runtime/index.js";
-import { NEEDS_ROOT, shopWithIntruder } from "../harness/netns.js";
+import { curlIn, NEEDS_ROOT, shopWithIntruder } from "../harness/netns.js";
 
 const MESH = "zmatk";
-
-async function curl(
-  state: MeshState,
-  who: string,
-  args: string[],
-): Promise<{ status: string; body: string }> {
-  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
-    timeoutMs: 10_000,
-  });
-  const lines = r.stdout.split("\n");
-  return { status: lines.pop() ?? "", body: lines.join("\n") };
-}
 
 /** Runs a small node script inside a workload as its app's uid. */
 function node(state: MeshState, who: string, script: string) {
@@ -69,20 +57,20 @@ describe("attack: bypassing the sidecars in network namespaces", {
 
   it("the app port called directly from an unmeshed namespace, plaintext and TLS: no answer, the app never sees it", async () => {
     const payments = findInstance(shop.state, "payments");
-    const plain = await curl(shop.state, "intruder", [
+    const plain = await curlIn(shop.state, "intruder", [
       "-X",
       "POST",
       `http://${payments.address}:8080/charge?probe=bypass-plain`,
     ]);
     assert.equal(plain.status, "000");
-    const tls = await curl(shop.state, "intruder", [
+    const tls = await curlIn(shop.state, "intruder", [
       "-k",
       "-X",
       "POST",
       `https://${payments.address}:8080/charge?probe=bypass-tls`,
     ]);
     assert.equal(tls.status, "000");
-    const inbound = await curl(shop.state, "intruder", [
+    const inbound = await curlIn(shop.state, "intruder", [
       "-X",
       "POST",
       `http://${payments.address}:15006/charge?probe=bypass-15006`,
@@ -93,7 +81,7 @@ describe("attack: bypassing the sidecars in network namespaces", {
 
   it("the pod IP instead of the VIP, from a meshed workload: captured by its own sidecar, which has no route", async () => {
     const payments = findInstance(shop.state, "payments");
-    const r = await curl(shop.state, "frontend", [
+    const r = await curlIn(shop.state, "frontend", [
       "-X",
       "POST",
       `http://${payments.address}:8080/charge?probe=podip`,
@@ -114,10 +102,10 @@ describe("attack: bypassing the sidecars in network namespaces", {
       "http://payments:81/",
       "http://payments:9099/",
     ]) {
-      const fromMesh = await curl(shop.state, "frontend", [url]);
+      const fromMesh = await curlIn(shop.state, "frontend", [url]);
       assert.notEqual(fromMesh.status, "200", `frontend ${url}`);
     }
-    const fromOutside = await curl(shop.state, "intruder", [`http://${payments.address}:9099/`]);
+    const fromOutside = await curlIn(shop.state, "intruder", [`http://${payments.address}:9099/`]);
     assert.equal(fromOutside.status, "000");
     assert.equal((await listening).stdout.trim(), "got 0", "a connection reached the undeclared port");
   });
@@ -209,12 +197,12 @@ describe("attack: bypassing the sidecars in network namespaces", {
       200,
       "the control: root reaches the admin",
     );
-    const quit = await curl(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/quitquitquit"]);
+    const quit = await curlIn(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/quitquitquit"]);
     assert.equal(quit.status, "000", "the app could reach its proxy's admin");
-    const drain = await curl(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/drain"]);
+    const drain = await curlIn(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/drain"]);
     assert.equal(drain.status, "000");
     for (const port of [15001, 15006]) {
-      const r = await curl(shop.state, "frontend", [
+      const r = await curlIn(shop.state, "frontend", [
         "-H",
         "host: payments",
         "-X",
@@ -224,19 +212,19 @@ describe("attack: bypassing the sidecars in network namespaces", {
       assert.equal(r.status, "000", `127.0.0.1:${port}`);
     }
     for (const addr of ["127.0.0.2", "127.255.255.254"]) {
-      const r = await curl(shop.state, "frontend", ["-X", "POST", `http://${addr}:15000/quitquitquit`]);
+      const r = await curlIn(shop.state, "frontend", ["-X", "POST", `http://${addr}:15000/quitquitquit`]);
       assert.equal(r.status, "000", `${addr}:15000`);
     }
     assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=loop/);
     // Still served, still enforced, by a proxy that is still running.
     assert.equal((await proxyAdmin(shop.state, "frontend", "/ready")).status, 200);
-    assert.equal((await curl(shop.state, "frontend", ["http://catalog/items"])).status, "200");
+    assert.equal((await curlIn(shop.state, "frontend", ["http://catalog/items"])).status, "200");
     assert.equal(
-      (await curl(shop.state, "frontend", ["-X", "POST", "http://payments/charge"])).status,
+      (await curlIn(shop.state, "frontend", ["-X", "POST", "http://payments/charge"])).status,
       "403",
     );
     // The app's own port on loopback is its own business: still reachable (the control).
-    assert.equal((await curl(shop.state, "frontend", ["http://127.0.0.1:8080/"])).status, "200");
+    assert.equal((await curlIn(shop.state, "frontend", ["http://127.0.0.1:8080/"])).status, "200");
   });
 
   it("the app's uid cannot steal a bootstrap token, the CA store or its proxy's key from memory", async () => {
@@ -269,7 +257,7 @@ describe("attack: bypassing the sidecars in network namespaces", {
   it("the health and metrics ports, which capture leaves open, do not lead to the app", async () => {
     const payments = findInstance(shop.state, "payments");
     for (const port of [15020, 15021]) {
-      const r = await curl(shop.state, "intruder", [
+      const r = await curlIn(shop.state, "intruder", [
         "-X",
         "POST",
         `http://${payments.address}:${port}/charge?probe=side-port`,
@@ -304,7 +292,7 @@ spec:
       const at = (port: number, path: string) => `http://${catalog.address}:${port}${path}`;
       let control = "";
       for (let i = 0; i < 20 && control !== "200"; i++) {
-        control = (await curl(shop.state, "intruder", [at(8080, "/items")])).status;
+        control = (await curlIn(shop.state, "intruder", [at(8080, "/items")])).status;
         if (control !== "200") await new Promise((r) => setTimeout(r, 100));
       }
       assert.equal(control, "200", "the control: PERMISSIVE lets the stranger reach the app port");
@@ -315,7 +303,7 @@ spec:
         [15001, "GET", "/items"],
         [15006, "GET", "/items"],
       ] as const) {
-        const r = await curl(shop.state, "intruder", ["-X", method, at(port, path)]);
+        const r = await curlIn(shop.state, "intruder", ["-X", method, at(port, path)]);
         assert.notEqual(r.status, "200", `${port} ${method} ${path}: ${r.body.slice(0, 80)}`);
       }
       const after = findInstance(await loadState(MESH), "catalog");

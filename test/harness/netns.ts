@@ -1,14 +1,14 @@
 // The namespaced tier's shared setup (tests that run the real runtime as root: network namespaces,
 // iptables capture, supervised processes): whether this process may run them, the skip reason
 // shown when it may not, the example shop they bring up, the `zmesh` CLI run as a child process,
-// a bounded wait for a condition, and the one mesh-plus-intruder fixture the attack files share
+// curl run inside a workload, a bounded wait for a condition, and the one mesh-plus-intruder fixture the attack files share
 // (the shop up under a mesh name of the file's own, an unmeshed namespace "intruder" beside it,
 // everything purged after).
 
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { after, before } from "node:test";
-import { addUnmeshed, down, type MeshState, up } from "../../src/runtime/index.js";
+import { addUnmeshed, down, exec, type MeshState, up } from "../../src/runtime/index.js";
 
 export const AS_ROOT = process.getuid?.() === 0;
 /** The describe `skip` option of a namespaced suite: false as root, else the visible reason. */
@@ -37,6 +37,19 @@ export function zmeshCli(args: string[], opts: { asUid?: number } = {}): Promise
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/** curl `args` from inside workload `who` (3 s limit): the HTTP status ("000" when no answer) and the body. */
+export async function curlIn(
+  state: MeshState,
+  who: string,
+  args: string[],
+): Promise<{ status: string; body: string }> {
+  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
+    timeoutMs: 10_000,
+  });
+  const lines = r.stdout.split("\n");
+  return { status: lines.pop() ?? "", body: lines.join("\n") };
 }
 
 /** Polls `f` every 100 ms until `ok` holds for its value (rejections count as not yet); throws after `timeoutMs`. */
