@@ -1,14 +1,17 @@
 // The namespaced tier's shared setup (tests that run the real runtime as root: network namespaces,
 // iptables capture, supervised processes): whether this process may run them, the skip reason
 // shown when it may not, the example shop they bring up, the `zmesh` CLI run as a child process,
-// curl run inside a workload, a bounded wait for a condition, and the one mesh-plus-intruder fixture the attack files share
+// curl run inside a workload, a bounded wait for a condition, the shop copied to a scratch
+// directory and brought up (for files that edit it), and the one mesh-plus-intruder fixture the attack files share
 // (the shop up under a mesh name of the file's own, an unmeshed namespace "intruder" beside it,
 // everything purged after).
 
 import { execFile } from "node:child_process";
+import { cp, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
-import { addUnmeshed, down, exec, type MeshState, up } from "../../src/runtime/index.js";
+import { addUnmeshed, down, exec, type MeshState, stateRoot, up } from "../../src/runtime/index.js";
 
 export const AS_ROOT = process.getuid?.() === 0;
 /** The describe `skip` option of a namespaced suite: false as root, else the visible reason. */
@@ -67,6 +70,23 @@ export async function eventually<T>(
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
+}
+
+/** Copies the example shop to a new scratch directory and brings it up as mesh `name` (any old state of that name removed first). */
+export async function upScratchShop(
+  name: string,
+  prefix: string,
+): Promise<{ dir: string; state: MeshState }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await cp(SHOP_EXAMPLE, dir, { recursive: true });
+  await rm(join(stateRoot(), name), { recursive: true, force: true }).catch(() => {});
+  return { dir, state: await up(dir, { name }) };
+}
+
+/** Takes the meshes down (purged, errors ignored), in order, then removes the scratch directory. */
+export async function downScratchShop(dir: string | undefined, ...names: string[]): Promise<void> {
+  for (const name of names) await down(name, { quiet: true, purge: true }).catch(() => {});
+  if (dir) await rm(dir, { recursive: true, force: true });
 }
 
 /**

@@ -7,8 +7,7 @@
 // Skips, visibly, when not root.
 
 import assert from "node:assert/strict";
-import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -22,9 +21,15 @@ import {
   meshStatus,
   readProcesses,
   stateRoot,
-  up,
 } from "../../src/runtime/index.js";
-import { eventually, NEEDS_ROOT, SHOP_EXAMPLE, zmeshCli } from "../harness/netns.js";
+import {
+  downScratchShop,
+  eventually,
+  NEEDS_ROOT,
+  SHOP_EXAMPLE,
+  upScratchShop,
+  zmeshCli,
+} from "../harness/netns.js";
 
 const MESH = "zmlive";
 
@@ -72,15 +77,11 @@ describe("Workloads and Services changed live", {
   let state: MeshState;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "zmesh-live-"));
-    await cp(SHOP_EXAMPLE, dir, { recursive: true });
-    await rm(join(stateRoot(), MESH), { recursive: true, force: true }).catch(() => {});
-    state = await up(dir, { name: MESH });
+    ({ dir, state } = await upScratchShop(MESH, "zmesh-live-"));
   });
 
   after(async () => {
-    await down(MESH, { quiet: true, purge: true }).catch(() => {});
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await downScratchShop(dir, MESH);
   });
 
   it("apply of a new Workload and Service starts it; the others reach it by every name, over mTLS", async () => {

@@ -7,8 +7,7 @@
 
 import assert from "node:assert/strict";
 import { existsSync, readdirSync } from "node:fs";
-import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -30,7 +29,14 @@ import {
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
-import { eventually, NEEDS_ROOT, SHOP_EXAMPLE, zmeshCli } from "../harness/netns.js";
+import {
+  downScratchShop,
+  eventually,
+  NEEDS_ROOT,
+  SHOP_EXAMPLE,
+  upScratchShop,
+  zmeshCli,
+} from "../harness/netns.js";
 
 const MESH = "zmops";
 const SIDE = "zmops2";
@@ -78,16 +84,11 @@ describe("operating a mesh", {
   let state: MeshState;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "zmesh-ops-"));
-    await cp(SHOP_EXAMPLE, dir, { recursive: true });
-    await rm(join(stateRoot(), MESH), { recursive: true, force: true }).catch(() => {});
-    state = await up(dir, { name: MESH });
+    ({ dir, state } = await upScratchShop(MESH, "zmesh-ops-"));
   });
 
   after(async () => {
-    await down(SIDE, { quiet: true, purge: true }).catch(() => {});
-    await down(MESH, { quiet: true, purge: true }).catch(() => {});
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await downScratchShop(dir, SIDE, MESH);
   });
 
   it("up brings every workload up with its proxy first, all supervised", async () => {
