@@ -8,19 +8,17 @@
 // Method and results: bench/README.md, "Data plane chain". Last line: one JSON object.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import pino from "pino";
 import { PROXY_NODE_FLAGS } from "../src/config/index.js";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
 import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import { freePort, startBenchMesh } from "./lib/mesh.js";
 import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -70,8 +68,6 @@ const PAUSE_MS = 500;
 /** Hard limit of a whole run: past it, everything started is stopped and the run fails. */
 const WATCHDOG_MS = 9 * 60_000;
 const PATH_ALLOWED = "/api/item";
-const VIP = { address: "198.19.0.10", port: 80 };
-const CP_ID = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
 const LOADGEN_CPU = 0;
 const REST_CPU = 1;
 
@@ -82,7 +78,6 @@ for (const n of only) if (!NAMES.includes(n as Name)) throw new Error(`--only: u
 
 const say = (line: string) => process.stderr.write(`[bench:chain] ${line}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const silent = pino({ level: "silent" });
 
 // ---------------------------------------------------------------------------------------------
 // Child processes: every one is tracked, and stopped by its pid at the end.
@@ -235,14 +230,6 @@ function findHaproxy(): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // Sockets.
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 /** Resolves once something accepts connections on the port; gives up after `ms`. */
 async function waitPort(port: number, ms: number): Promise<void> {
   const until = Date.now() + ms;
@@ -360,79 +347,21 @@ async function startApp(): Promise<{ port: number; child: Child }> {
   return { port, child };
 }
 
-function meshYaml(inboundPort: number): string {
-  return `apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: bench, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: server, namespace: bench, labels: { app: server } }
-spec: { address: 127.0.0.1, serviceAccount: server, labels: { app: server } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: server, namespace: bench }
-spec:
-  selector: { app: server }
-  clusterIP: ${VIP.address}
-  ports: [{ name: http, port: ${VIP.port}, targetPort: ${inboundPort} }]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: server-readers, namespace: bench }
-spec:
-  selector: { matchLabels: { app: server } }
-  action: ALLOW
-  rules:
-    - from: [{ source: { principals: ["cluster.local/ns/bench/sa/client"] } }]
-      to: [{ operation: { methods: ["GET"], paths: ["/api/*"] } }]
-`;
-}
-
 /**
  * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
  * config and certificates), each Sidecar in a child process of its own.
  */
 async function zmeshChain(appPort: number, execArgv: (role: string) => string[] = () => []): Promise<Chain> {
-  const dir = await mkdtemp(join(tmpdir(), "zmesh-bench-"));
-  const inboundPort = await freePort();
-  await writeFile(join(dir, "mesh.yaml"), meshYaml(inboundPort));
-  const tokens = {
-    client: randomBytes(24).toString("base64url"),
-    server: randomBytes(24).toString("base64url"),
-  };
-  await writeFile(
-    join(dir, "tokens.json"),
-    JSON.stringify({
-      [tokenDigest(tokens.client)]: { namespace: "bench", entry: "client" },
-      [tokenDigest(tokens.server)]: { namespace: "bench", entry: "server" },
-    }),
-  );
-  const cp = await ControlPlane.start({
-    configPaths: [join(dir, "mesh.yaml")],
-    listen: "127.0.0.1:0",
-    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-    trustDomain: "cluster.local",
-    rootNamespace: "zmesh-system",
-    watch: false,
-    log: silent,
-  });
-  const base = {
-    controlPlane: `127.0.0.1:${cp.port}`,
-    controlPlaneId: CP_ID,
-    trustBundlePem: cp.ca.trustBundlePem(),
-    inboundPort,
+  const mesh = await startBenchMesh(
+    { vipPort: 80, portName: "http", policyName: "server-readers", methods: ["GET"], paths: ["/api/*"] },
     appPort,
-    vip: VIP,
-    accessLog: ACCESS_LOG,
-  };
+    "zmesh-bench-",
+  );
+  const base = { ...mesh.base, accessLog: ACCESS_LOG };
   const started: Child[] = [];
   const close = async () => {
     await Promise.all(started.map(stopChild));
-    await cp.close();
-    await rm(dir, { recursive: true, force: true });
+    await mesh.close();
   };
   try {
     const sidecar = async (role: "inbound" | "outbound", credential: string) => {
@@ -443,8 +372,8 @@ async function zmeshChain(appPort: number, execArgv: (role: string) => string[] 
       if ("error" in m) throw new Error(`zmesh ${role} sidecar: ${m.error}`);
       return { c, ports: m.ports };
     };
-    const inbound = await sidecar("inbound", tokens.server);
-    const outbound = await sidecar("outbound", tokens.client);
+    const inbound = await sidecar("inbound", mesh.tokens.server);
+    const outbound = await sidecar("outbound", mesh.tokens.client);
     return {
       name: "zmesh",
       port: outbound.ports.outbound,

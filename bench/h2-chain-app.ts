@@ -3,21 +3,10 @@
 // own so that neither the load generator nor a proxy shares its event loop. Reports its port over IPC.
 
 import * as grpc from "@grpc/grpc-js";
+import { ECHO_SERVICE } from "./lib/echo.js";
 
 const size = Number(process.argv[2] ?? 1024);
 const reply = Buffer.alloc(size, "z");
-const bytes = (b: Buffer) => b;
-const ECHO_SERVICE = {
-  Get: {
-    path: "/bench.Echo/Get",
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: bytes,
-    requestDeserialize: bytes,
-    responseSerialize: bytes,
-    responseDeserialize: bytes,
-  },
-} as const;
 
 {
   const server = new grpc.Server();

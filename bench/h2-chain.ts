@@ -9,18 +9,14 @@
 // Last line: one JSON object.
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
-import pino from "pino";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../src/controlplane/index.js";
 import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import { ECHO_SERVICE } from "./lib/echo.js";
+import { startBenchMesh } from "./lib/mesh.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: opt } = parseArgs({
@@ -40,24 +36,10 @@ const RUNS = bounded("runs", 1, 9);
 const RUN_MS = bounded("seconds", 1, 60) * 1000;
 const CONCURRENCY = bounded("concurrency", 1, 1024);
 const WARM_MS = 2_000;
-const VIP = { address: "198.19.0.10", port: 9090 };
-const CP_ID = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
 const CLK_TCK = 100;
 
 const say = (line: string) => process.stderr.write(`[bench:h2-chain] ${line}\n`);
-const bytes = (b: Buffer) => b;
-const SERVICE = {
-  Get: {
-    path: "/bench.Echo/Get",
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: bytes,
-    requestDeserialize: bytes,
-    responseSerialize: bytes,
-    responseDeserialize: bytes,
-  },
-} as const;
-const Echo = grpc.makeGenericClientConstructor(SERVICE, "Echo");
+const Echo = grpc.makeGenericClientConstructor(ECHO_SERVICE, "Echo");
 
 const children: ChildProcess[] = [];
 function spawnNode(script: string, args: string[] = []): ChildProcess {
@@ -90,95 +72,31 @@ function rssMb(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Math.round(Number(m[1]) / 1024) : 0;
 }
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-function meshYaml(inboundPort: number): string {
-  return `apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: client, namespace: bench, labels: { app: client } }
-spec: { address: 127.0.0.1, serviceAccount: client, labels: { app: client } }
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: { name: server, namespace: bench, labels: { app: server } }
-spec: { address: 127.0.0.1, serviceAccount: server, labels: { app: server } }
----
-apiVersion: v1
-kind: Service
-metadata: { name: server, namespace: bench }
-spec:
-  selector: { app: server }
-  clusterIP: ${VIP.address}
-  ports: [{ name: grpc-echo, port: ${VIP.port}, targetPort: ${inboundPort} }]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: server-callers, namespace: bench }
-spec:
-  selector: { matchLabels: { app: server } }
-  action: ALLOW
-  rules:
-    - from: [{ source: { principals: ["cluster.local/ns/bench/sa/client"] } }]
-      to: [{ operation: { methods: ["POST"], paths: ["/bench.Echo/*"] } }]
-`;
-}
-
 async function zmesh(appPort: number) {
-  const dir = await mkdtemp(join(tmpdir(), "zmesh-h2bench-"));
-  const inboundPort = await freePort();
-  await writeFile(join(dir, "mesh.yaml"), meshYaml(inboundPort));
-  const tokens = {
-    client: randomBytes(24).toString("base64url"),
-    server: randomBytes(24).toString("base64url"),
-  };
-  await writeFile(
-    join(dir, "tokens.json"),
-    JSON.stringify({
-      [tokenDigest(tokens.client)]: { namespace: "bench", entry: "client" },
-      [tokenDigest(tokens.server)]: { namespace: "bench", entry: "server" },
-    }),
+  const mesh = await startBenchMesh(
+    {
+      vipPort: 9090,
+      portName: "grpc-echo",
+      policyName: "server-callers",
+      methods: ["POST"],
+      paths: ["/bench.Echo/*"],
+    },
+    appPort,
+    "zmesh-h2bench-",
   );
-  const cp = await ControlPlane.start({
-    configPaths: [join(dir, "mesh.yaml")],
-    listen: "127.0.0.1:0",
-    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-    trustDomain: "cluster.local",
-    rootNamespace: "zmesh-system",
-    watch: false,
-    log: pino({ level: "silent" }),
-  });
   const sidecar = async (role: "inbound" | "outbound", credential: string) => {
     const c = spawnNode("chain-sidecar.js");
-    c.send({
-      role,
-      credential,
-      controlPlane: `127.0.0.1:${cp.port}`,
-      controlPlaneId: CP_ID,
-      trustBundlePem: cp.ca.trustBundlePem(),
-      inboundPort,
-      appPort,
-      vip: VIP,
-      accessLog: true,
-    } satisfies SidecarJob);
+    c.send({ ...mesh.base, role, credential, accessLog: true } satisfies SidecarJob);
     const m = await firstMessage<SidecarMessage>(c, 30_000);
     if ("error" in m) throw new Error(`${role} sidecar: ${m.error}`);
     return { pid: c.pid!, ports: m.ports };
   };
-  const inbound = await sidecar("inbound", tokens.server);
-  const outbound = await sidecar("outbound", tokens.client);
+  const inbound = await sidecar("inbound", mesh.tokens.server);
+  const outbound = await sidecar("outbound", mesh.tokens.client);
   return {
     port: outbound.ports.outbound,
     pids: { outbound: outbound.pid, inbound: inbound.pid },
-    close: async () => {
-      await cp.close();
-      await rm(dir, { recursive: true, force: true });
-    },
+    close: mesh.close,
   };
 }
 

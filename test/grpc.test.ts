@@ -16,6 +16,8 @@ import {
   logLines,
   type MeshFixture,
   proxy,
+  requestsTotal,
+  scrapeMetrics,
   serviceYaml,
 } from "./harness/index.js";
 
@@ -364,16 +366,10 @@ spec:
   });
 
   it("metrics: request_protocol grpc with Istio's grpc_response_status, on both sides", async () => {
-    const scrape = async (p: Sidecar) =>
-      (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
-    const has = (text: string, ...parts: string[]) =>
-      text
-        .split("\n")
-        .some((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
-    const src = await scrape(web);
+    const src = await scrapeMetrics(web);
     for (const status of ["0", "5", "7", "16"])
       assert.ok(
-        has(
+        requestsTotal(
           src,
           'reporter="source"',
           'destination_workload="api"',
@@ -383,9 +379,9 @@ spec:
         ),
         `${status}\n${src}`,
       );
-    const dst = await scrape(apiProxy);
+    const dst = await scrapeMetrics(apiProxy);
     assert.ok(
-      has(
+      requestsTotal(
         dst,
         'reporter="destination"',
         'source_principal="spiffe://cluster.local/ns/shop/sa/web"',

@@ -23,6 +23,8 @@ import {
   freePort,
   type MeshFixture,
   proxy,
+  requestsTotal,
+  scrapeMetrics,
   serviceYaml,
 } from "./harness/index.js";
 
@@ -342,15 +344,9 @@ spec:
   });
 
   it("metrics carry Istio's labels for HTTP/2 requests on both sides", async () => {
-    const scrape = async (p: Sidecar) =>
-      (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
-    const has = (text: string, ...parts: string[]) =>
-      text
-        .split("\n")
-        .some((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
-    const src = await scrape(web);
+    const src = await scrapeMetrics(web);
     assert.ok(
-      has(
+      requestsTotal(
         src,
         'reporter="source"',
         'source_workload="web"',
@@ -362,9 +358,9 @@ spec:
       ),
       src,
     );
-    const dst = await scrape(apiProxy);
+    const dst = await scrapeMetrics(apiProxy);
     assert.ok(
-      has(
+      requestsTotal(
         dst,
         'reporter="destination"',
         'source_workload="web"',

@@ -7,7 +7,17 @@ import * as grpc from "@grpc/grpc-js";
 import { MeshCAClient } from "../src/api/index.js";
 import { generateCsr } from "../src/identity/index.js";
 import type { Sidecar } from "../src/proxy/index.js";
-import { app, call, controlPlane, freePort, logLines, type MeshFixture, proxy } from "./harness/index.js";
+import {
+  app,
+  call,
+  controlPlane,
+  freePort,
+  logLines,
+  type MeshFixture,
+  proxy,
+  requestsTotal,
+  scrapeMetrics,
+} from "./harness/index.js";
 
 function meshYaml(ports: { catalog: number; payments: number; impostor: number }): string {
   const entry = (name: string, sa: string, app: string) => `
@@ -205,15 +215,9 @@ describe("thin path in process", { timeout: 60_000 }, () => {
   it("metrics carry Istio's names and labels on both sides, with the same flags as the responses", async () => {
     await call(mesh, frontend, catalog, { path: "/items" });
     await call(mesh, frontend, payments, { method: "POST", path: "/charge" });
-    const scrape = async (p: Sidecar) =>
-      (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
-    const source = await scrape(frontend);
-    const line = (text: string, ...parts: string[]) =>
-      text
-        .split("\n")
-        .find((l) => l.startsWith("istio_requests_total{") && parts.every((p) => l.includes(p)));
+    const source = await scrapeMetrics(frontend);
     assert.ok(
-      line(
+      requestsTotal(
         source,
         'reporter="source"',
         'source_workload="frontend"',
@@ -224,10 +228,10 @@ describe("thin path in process", { timeout: 60_000 }, () => {
       ),
       source,
     );
-    assert.ok(line(source, 'destination_workload="payments"', 'response_code="403"'), source);
-    const dest = await scrape(mesh.proxies[1]!);
+    assert.ok(requestsTotal(source, 'destination_workload="payments"', 'response_code="403"'), source);
+    const dest = await scrapeMetrics(mesh.proxies[1]!);
     assert.ok(
-      line(
+      requestsTotal(
         dest,
         'reporter="destination"',
         'source_principal="spiffe://cluster.local/ns/shop/sa/frontend"',
@@ -236,8 +240,8 @@ describe("thin path in process", { timeout: 60_000 }, () => {
       ),
       dest,
     );
-    const denied = await scrape(mesh.proxies[2]!);
-    assert.ok(line(denied, 'response_code="403"', 'response_flags="RBAC_DENIED"'), denied);
+    const denied = await scrapeMetrics(mesh.proxies[2]!);
+    assert.ok(requestsTotal(denied, 'response_code="403"', 'response_flags="RBAC_DENIED"'), denied);
     assert.match(denied, /istio_request_duration_milliseconds_bucket\{/);
     assert.match(denied, /zmesh_authz_decisions_total\{reporter="destination",decision="deny"/);
   });

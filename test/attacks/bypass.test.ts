@@ -8,36 +8,20 @@ import { execFileSync } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import {
-  addUnmeshed,
   appLog,
   applyResources,
   deleteResources,
-  down,
   exec,
   findInstance,
   loadState,
   type MeshState,
   proxyAdmin,
-  up,
 } from "../../src/runtime/index.js";
+import { curlIn, NEEDS_ROOT, shopWithIntruder } from "../harness/netns.js";
 
-const ROOT = process.getuid?.() === 0;
 const MESH = "zmatk";
-const SHOP = new URL("../../../examples/shop", import.meta.url).pathname;
-
-async function curl(
-  state: MeshState,
-  who: string,
-  args: string[],
-): Promise<{ status: string; body: string }> {
-  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
-    timeoutMs: 10_000,
-  });
-  const lines = r.stdout.split("\n");
-  return { status: lines.pop() ?? "", body: lines.join("\n") };
-}
 
 /** Runs a small node script inside a workload as its app's uid. */
 function node(state: MeshState, who: string, script: string) {
@@ -66,59 +50,51 @@ function linkLocal(netns: string): string {
 }
 
 describe("attack: bypassing the sidecars in network namespaces", {
-  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
   timeout: 240_000,
 }, () => {
-  let state: MeshState;
-
-  before(async () => {
-    state = await up(SHOP, { name: MESH });
-    await addUnmeshed(state, "intruder");
-  });
-  after(async () => {
-    if (state) await down(MESH, { quiet: true, purge: true });
-  });
+  const shop = shopWithIntruder(MESH);
 
   it("the app port called directly from an unmeshed namespace, plaintext and TLS: no answer, the app never sees it", async () => {
-    const payments = findInstance(state, "payments");
-    const plain = await curl(state, "intruder", [
+    const payments = findInstance(shop.state, "payments");
+    const plain = await curlIn(shop.state, "intruder", [
       "-X",
       "POST",
       `http://${payments.address}:8080/charge?probe=bypass-plain`,
     ]);
     assert.equal(plain.status, "000");
-    const tls = await curl(state, "intruder", [
+    const tls = await curlIn(shop.state, "intruder", [
       "-k",
       "-X",
       "POST",
       `https://${payments.address}:8080/charge?probe=bypass-tls`,
     ]);
     assert.equal(tls.status, "000");
-    const inbound = await curl(state, "intruder", [
+    const inbound = await curlIn(shop.state, "intruder", [
       "-X",
       "POST",
       `http://${payments.address}:15006/charge?probe=bypass-15006`,
     ]);
     assert.equal(inbound.status, "000");
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=bypass/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=bypass/);
   });
 
   it("the pod IP instead of the VIP, from a meshed workload: captured by its own sidecar, which has no route", async () => {
-    const payments = findInstance(state, "payments");
-    const r = await curl(state, "frontend", [
+    const payments = findInstance(shop.state, "payments");
+    const r = await curlIn(shop.state, "frontend", [
       "-X",
       "POST",
       `http://${payments.address}:8080/charge?probe=podip`,
     ]);
     assert.equal(r.status, "502");
     assert.match(r.body, /no service of the mesh at this address/, "the answer came from the mesh: captured");
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=podip/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=podip/);
   });
 
   it("ports no Service declares: nothing listening is reached, and an attacker's own listener gets nothing", async () => {
-    const payments = findInstance(state, "payments");
+    const payments = findInstance(shop.state, "payments");
     // The attacker controls payments' uid and opens a port no Service declares.
-    const listening = listener(state, "payments", "tcp", 9099, 4_000);
+    const listening = listener(shop.state, "payments", "tcp", 9099, 4_000);
     await new Promise((r) => setTimeout(r, 800));
     for (const url of [
       `http://${payments.address}:9099/`,
@@ -126,16 +102,16 @@ describe("attack: bypassing the sidecars in network namespaces", {
       "http://payments:81/",
       "http://payments:9099/",
     ]) {
-      const fromMesh = await curl(state, "frontend", [url]);
+      const fromMesh = await curlIn(shop.state, "frontend", [url]);
       assert.notEqual(fromMesh.status, "200", `frontend ${url}`);
     }
-    const fromOutside = await curl(state, "intruder", [`http://${payments.address}:9099/`]);
+    const fromOutside = await curlIn(shop.state, "intruder", [`http://${payments.address}:9099/`]);
     assert.equal(fromOutside.status, "000");
     assert.equal((await listening).stdout.trim(), "got 0", "a connection reached the undeclared port");
   });
 
   it("the app's uid cannot become 1337 nor change the network, and its traffic is captured", async () => {
-    const asProxy = await exec(state, "frontend", [
+    const asProxy = await exec(shop.state, "frontend", [
       "setpriv",
       "--reuid=1337",
       "--regid=1337",
@@ -150,16 +126,16 @@ describe("attack: bypassing the sidecars in network namespaces", {
       ["ip", "addr", "add", "198.18.250.9/32", "dev", "lo"],
       ["ip", "link", "set", "eth0", "down"],
     ]) {
-      const r = await exec(state, "frontend", cmd);
+      const r = await exec(shop.state, "frontend", cmd);
       assert.notEqual(r.code, 0, `${cmd.join(" ")} succeeded as the app`);
     }
-    const id = await exec(state, "frontend", ["id", "-u"]);
-    assert.equal(id.stdout.trim(), String(findInstance(state, "frontend").appUid));
+    const id = await exec(shop.state, "frontend", ["id", "-u"]);
+    assert.equal(id.stdout.trim(), String(findInstance(shop.state, "frontend").appUid));
     assert.notEqual(id.stdout.trim(), "1337");
     // Its TCP is captured: a raw connect to the payments pod, not a curl, still meets the mesh.
-    const payments = findInstance(state, "payments");
+    const payments = findInstance(shop.state, "payments");
     const raw = await node(
-      state,
+      shop.state,
       "frontend",
       `const s=require("net").connect(8080,"${payments.address}",()=>s.write("POST /charge?probe=raw HTTP/1.1\\r\\nhost: x\\r\\nconnection: close\\r\\ncontent-length: 0\\r\\n\\r\\n"));let d="";s.on("data",c=>d+=c);s.on("close",()=>{console.log(d.split("\\r\\n")[0]);process.exit(0)});s.on("error",e=>{console.log(e.code);process.exit(0)})`,
     );
@@ -168,44 +144,46 @@ describe("attack: bypassing the sidecars in network namespaces", {
       /^HTTP\/1\.1 502/,
       "the frontend's sidecar answered: the connection was captured",
     );
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=raw/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=raw/);
   });
 
   it("IPv6: no address but loopback in any namespace, ip6tables drops the rest, and a link-local connection fails", async () => {
     // An app listening on :: (Node's default) must not be reachable around the inbound over IPv6.
-    const payments = findInstance(state, "payments");
-    const listening = listener(state, "payments", "tcp6", 9098, 4_000);
+    const payments = findInstance(shop.state, "payments");
+    const listening = listener(shop.state, "payments", "tcp6", 9098, 4_000);
     await new Promise((r) => setTimeout(r, 800));
     const target = `${linkLocal(payments.netns)}%eth0`;
     for (const who of ["frontend", "intruder"]) {
       const r = await node(
-        state,
+        shop.state,
         who,
         `const s=require("net").connect({host:"${target}",port:9098,family:6},()=>{console.log("connected");process.exit(0)});s.on("error",e=>{console.log(e.code);process.exit(0)});setTimeout(()=>{console.log("timeout");process.exit(0)},2000)`,
       );
       assert.notEqual(r.stdout.trim(), "connected", `${who} reached payments over IPv6`);
     }
     assert.equal((await listening).stdout.trim(), "got 0");
-    const names = [...state.instances.map((i) => i.netns), ...state.unmeshed.map((u) => u.netns)];
+    const names = [...shop.state.instances.map((i) => i.netns), ...shop.state.unmeshed.map((u) => u.netns)];
     for (const ns of names) {
       const addrs = execFileSync("ip", ["-n", ns, "-6", "addr"], { encoding: "utf8" });
       assert.doesNotMatch(addrs, /scope (link|global)/, `${ns} has IPv6 beyond loopback:\n${addrs}`);
     }
-    for (const i of state.instances) {
+    for (const i of shop.state.instances) {
       const rules = execFileSync("ip", ["netns", "exec", i.netns, "ip6tables", "-S"], { encoding: "utf8" });
       assert.match(rules, /-P OUTPUT DROP/);
       assert.match(rules, /-P INPUT DROP/);
     }
-    const bridge = execFileSync("ip", ["-6", "addr", "show", "dev", state.net.bridge], { encoding: "utf8" });
+    const bridge = execFileSync("ip", ["-6", "addr", "show", "dev", shop.state.net.bridge], {
+      encoding: "utf8",
+    });
     assert.doesNotMatch(bridge, /inet6/, "the host's bridge answers IPv6");
   });
 
   it("UDP around the sidecar: dropped (nothing captures it, so nothing may leave)", async () => {
-    const payments = findInstance(state, "payments");
-    const listening = listener(state, "payments", "udp", 9097, 3_000);
+    const payments = findInstance(shop.state, "payments");
+    const listening = listener(shop.state, "payments", "udp", 9097, 3_000);
     await new Promise((r) => setTimeout(r, 800));
     const r = await node(
-      state,
+      shop.state,
       "frontend",
       `const s=require("dgram").createSocket("udp4");let e=0;const send=i=>s.send("probe","9097","${payments.address}",err=>{if(err)e++;if(i<4)send(i+1);else setTimeout(()=>{console.log("errors "+e);process.exit(0)},200)});send(0)`,
     );
@@ -215,16 +193,16 @@ describe("attack: bypassing the sidecars in network namespaces", {
 
   it("loopback tricks: the app dials its proxy's admin, outbound and inbound listeners directly and is refused", async () => {
     assert.equal(
-      (await proxyAdmin(state, "frontend", "/ready")).status,
+      (await proxyAdmin(shop.state, "frontend", "/ready")).status,
       200,
       "the control: root reaches the admin",
     );
-    const quit = await curl(state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/quitquitquit"]);
+    const quit = await curlIn(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/quitquitquit"]);
     assert.equal(quit.status, "000", "the app could reach its proxy's admin");
-    const drain = await curl(state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/drain"]);
+    const drain = await curlIn(shop.state, "frontend", ["-X", "POST", "http://127.0.0.1:15000/drain"]);
     assert.equal(drain.status, "000");
     for (const port of [15001, 15006]) {
-      const r = await curl(state, "frontend", [
+      const r = await curlIn(shop.state, "frontend", [
         "-H",
         "host: payments",
         "-X",
@@ -234,25 +212,28 @@ describe("attack: bypassing the sidecars in network namespaces", {
       assert.equal(r.status, "000", `127.0.0.1:${port}`);
     }
     for (const addr of ["127.0.0.2", "127.255.255.254"]) {
-      const r = await curl(state, "frontend", ["-X", "POST", `http://${addr}:15000/quitquitquit`]);
+      const r = await curlIn(shop.state, "frontend", ["-X", "POST", `http://${addr}:15000/quitquitquit`]);
       assert.equal(r.status, "000", `${addr}:15000`);
     }
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=loop/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=loop/);
     // Still served, still enforced, by a proxy that is still running.
-    assert.equal((await proxyAdmin(state, "frontend", "/ready")).status, 200);
-    assert.equal((await curl(state, "frontend", ["http://catalog/items"])).status, "200");
-    assert.equal((await curl(state, "frontend", ["-X", "POST", "http://payments/charge"])).status, "403");
+    assert.equal((await proxyAdmin(shop.state, "frontend", "/ready")).status, 200);
+    assert.equal((await curlIn(shop.state, "frontend", ["http://catalog/items"])).status, "200");
+    assert.equal(
+      (await curlIn(shop.state, "frontend", ["-X", "POST", "http://payments/charge"])).status,
+      "403",
+    );
     // The app's own port on loopback is its own business: still reachable (the control).
-    assert.equal((await curl(state, "frontend", ["http://127.0.0.1:8080/"])).status, "200");
+    assert.equal((await curlIn(shop.state, "frontend", ["http://127.0.0.1:8080/"])).status, "200");
   });
 
   it("the app's uid cannot steal a bootstrap token, the CA store or its proxy's key from memory", async () => {
     const live = await loadState(MESH);
     const frontend = findInstance(live, "frontend");
     const targets = [
-      join(state.stateDir, "secrets", "tokens.json"),
-      join(state.stateDir, "secrets", "payments.shop.token"),
-      join(state.stateDir, "secrets", "frontend.shop.token"),
+      join(shop.state.stateDir, "secrets", "tokens.json"),
+      join(shop.state.stateDir, "secrets", "payments.shop.token"),
+      join(shop.state.stateDir, "secrets", "frontend.shop.token"),
       `/proc/${frontend.proxyPid}/environ`,
       `/proc/${frontend.proxyPid}/mem`,
       `/proc/${frontend.proxyPid}/maps`,
@@ -261,27 +242,29 @@ describe("attack: bypassing the sidecars in network namespaces", {
       live.controlPlane.kekFile,
     ];
     for (const file of targets) {
-      const r = await exec(state, "frontend", ["head", "-c", "64", file]);
+      const r = await exec(shop.state, "frontend", ["head", "-c", "64", file]);
       assert.notEqual(r.code, 0, `the app read ${file}`);
       assert.equal(r.stdout, "", `the app read ${file}`);
     }
-    const cmdline = await exec(state, "frontend", ["cat", `/proc/${frontend.proxyPid}/cmdline`]);
-    const token = (await readFile(join(state.stateDir, "secrets", "frontend.shop.token"), "utf8")).trim();
+    const cmdline = await exec(shop.state, "frontend", ["cat", `/proc/${frontend.proxyPid}/cmdline`]);
+    const token = (
+      await readFile(join(shop.state.stateDir, "secrets", "frontend.shop.token"), "utf8")
+    ).trim();
     assert.ok(cmdline.stdout.includes("--token-file"), "the control: the app can read the command line");
     assert.ok(!cmdline.stdout.includes(token), "the bootstrap token is on the proxy's command line");
   });
 
   it("the health and metrics ports, which capture leaves open, do not lead to the app", async () => {
-    const payments = findInstance(state, "payments");
+    const payments = findInstance(shop.state, "payments");
     for (const port of [15020, 15021]) {
-      const r = await curl(state, "intruder", [
+      const r = await curlIn(shop.state, "intruder", [
         "-X",
         "POST",
         `http://${payments.address}:${port}/charge?probe=side-port`,
       ]);
       assert.notEqual(r.status, "200", `${port}`);
     }
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=side-port/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=side-port/);
   });
   it("under PERMISSIVE with an allow-all policy, a stranger cannot reach the proxy's own ports through the inbound", async () => {
     const dir = await mkdtemp(join(tmpdir(), "zmatk-"));
@@ -304,12 +287,12 @@ spec:
 `,
     );
     try {
-      await applyResources(state, [file]);
+      await applyResources(shop.state, [file]);
       const catalog = findInstance(await loadState(MESH), "catalog");
       const at = (port: number, path: string) => `http://${catalog.address}:${port}${path}`;
       let control = "";
       for (let i = 0; i < 20 && control !== "200"; i++) {
-        control = (await curl(state, "intruder", [at(8080, "/items")])).status;
+        control = (await curlIn(shop.state, "intruder", [at(8080, "/items")])).status;
         if (control !== "200") await new Promise((r) => setTimeout(r, 100));
       }
       assert.equal(control, "200", "the control: PERMISSIVE lets the stranger reach the app port");
@@ -320,14 +303,14 @@ spec:
         [15001, "GET", "/items"],
         [15006, "GET", "/items"],
       ] as const) {
-        const r = await curl(state, "intruder", ["-X", method, at(port, path)]);
+        const r = await curlIn(shop.state, "intruder", ["-X", method, at(port, path)]);
         assert.notEqual(r.status, "200", `${port} ${method} ${path}: ${r.body.slice(0, 80)}`);
       }
       const after = findInstance(await loadState(MESH), "catalog");
       assert.equal(after.proxyPid, catalog.proxyPid, "the stranger made the proxy quit");
-      assert.equal((await proxyAdmin(state, "catalog", "/ready")).status, 200);
+      assert.equal((await proxyAdmin(shop.state, "catalog", "/ready")).status, 200);
     } finally {
-      await deleteResources(state, [file]);
+      await deleteResources(shop.state, [file]);
       await rm(dir, { recursive: true, force: true });
     }
   });

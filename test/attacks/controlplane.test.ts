@@ -287,6 +287,23 @@ describe("attack: the control plane", { timeout: 60_000 }, () => {
     assert.ok(names.includes("deny-admin"), JSON.stringify(names));
   });
   /** A rogue control plane: a real gRPC server with the mesh's API, recording every credential sent to it. */
+  /** The frontend's proxy (its real bootstrap token, the mesh's trust bundle) told to use the control plane on `port`. */
+  async function frontendProxy(port: number): Promise<Sidecar> {
+    return new Sidecar({
+      controlPlane: `127.0.0.1:${port}`,
+      trustBundlePem: m.mesh.cp.ca.trustBundlePem(),
+      credential: m.mesh.tokens.get("shop/frontend")!,
+      controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
+      inbound: { host: "127.0.0.1", port: await freePort() },
+      outbound: { host: "127.0.0.1", port: 0 },
+      admin: { host: "127.0.0.1", port: 0 },
+      health: { host: "127.0.0.1", port: 0 },
+      metrics: { host: "127.0.0.1", port: 0 },
+      originalDst: () => ({ address: "127.0.0.1", port: 1 }),
+      log: quiet,
+    });
+  }
+
   async function rogue(creds: { key: string; cert: string }) {
     const seen: string[] = [];
     const server = new grpc.Server();
@@ -319,19 +336,7 @@ describe("attack: the control plane", { timeout: 60_000 }, () => {
       "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
     );
     const r = await rogue({ key: keyPem, cert: svid.chainPem.join("") });
-    const p = new Sidecar({
-      controlPlane: `127.0.0.1:${r.port}`,
-      trustBundlePem: m.mesh.cp.ca.trustBundlePem(),
-      credential: m.mesh.tokens.get("shop/frontend")!,
-      controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
-      inbound: { host: "127.0.0.1", port: await freePort() },
-      outbound: { host: "127.0.0.1", port: 0 },
-      admin: { host: "127.0.0.1", port: 0 },
-      health: { host: "127.0.0.1", port: 0 },
-      metrics: { host: "127.0.0.1", port: 0 },
-      originalDst: () => ({ address: "127.0.0.1", port: 1 }),
-      log: quiet,
-    });
+    const p = await frontendProxy(r.port);
     try {
       await p.start();
       for (let i = 0; i < 30 && r.seen.length === 0; i++) await new Promise((res) => setTimeout(res, 100));
@@ -366,20 +371,7 @@ describe("attack: the control plane", { timeout: 60_000 }, () => {
   ] as const) {
     it(`a rogue control plane with ${what}: the proxy sends it no credential and never takes traffic`, async () => {
       const r = await rogue(await make());
-      const inboundPort = await freePort();
-      const p = new Sidecar({
-        controlPlane: `127.0.0.1:${r.port}`,
-        trustBundlePem: m.mesh.cp.ca.trustBundlePem(),
-        credential: m.mesh.tokens.get("shop/frontend")!,
-        controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
-        inbound: { host: "127.0.0.1", port: inboundPort },
-        outbound: { host: "127.0.0.1", port: 0 },
-        admin: { host: "127.0.0.1", port: 0 },
-        health: { host: "127.0.0.1", port: 0 },
-        metrics: { host: "127.0.0.1", port: 0 },
-        originalDst: () => ({ address: "127.0.0.1", port: 1 }),
-        log: quiet,
-      });
+      const p = await frontendProxy(r.port);
       try {
         await p.start();
         await new Promise((res) => setTimeout(res, 1_500));

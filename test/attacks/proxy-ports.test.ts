@@ -18,20 +18,22 @@ import {
 } from "../harness/index.js";
 import { CATALOG_VIP, FRONTEND_ID } from "./lib.js";
 
-describe("attack: the proxy's own ports through its inbound", { timeout: 30_000 }, () => {
-  let mesh: MeshFixture;
-  const inbound: Record<number, number> = {};
-  let creds: { key: string; cert: string };
-
-  before(async () => {
-    const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}
-apiVersion: security.istio.io/v1
+/** The catalog open to every caller: what this file probes is the proxy, not the policy. */
+const ALLOW_ALL = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: allow-all, namespace: shop }
 spec:
   selector: { matchLabels: { app: catalog } }
   rules: [{}]
 `;
+
+describe("attack: the proxy's own ports through its inbound", { timeout: 30_000 }, () => {
+  let mesh: MeshFixture;
+  const inbound: Record<number, number> = {};
+  let creds: { key: string; cert: string };
+
+  before(async () => {
+    const yaml = `${entryYaml("frontend")}${entryYaml("catalog")}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}${ALLOW_ALL}`;
     mesh = await controlPlane(yaml, [{ namespace: "shop", name: "catalog" }]);
     // As if iptables had redirected a connection to <pod>:15000 (or 15001, 15006) to the inbound.
     for (const port of [15000, 15001, 15006]) {
@@ -87,14 +89,7 @@ describe("attack: a loopback-only app port through the inbound", { timeout: 30_0
 
   before(async () => {
     // The workload's address is 127.0.0.2 (all of 127/8 is loopback on Linux).
-    const yaml = `${entryYaml("frontend")}${entryYaml("catalog", { address: "127.0.0.2" })}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: { name: allow-all, namespace: shop }
-spec:
-  selector: { matchLabels: { app: catalog } }
-  rules: [{}]
-`;
+    const yaml = `${entryYaml("frontend")}${entryYaml("catalog", { address: "127.0.0.2" })}${serviceYaml("catalog", CATALOG_VIP.address, [[80, 8080]])}${ALLOW_ALL}`;
     mesh = await controlPlane(yaml, [{ namespace: "shop", name: "catalog" }]);
     for (const kind of ["private", "public"] as const) {
       const server = createServer((_req, res) => {

@@ -5,11 +5,9 @@
 // plaintext) until the supervisor brings it back, then resumes. Skips, visibly, when not root.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import {
-  addUnmeshed,
   appLog,
-  down,
   exec,
   findInstance,
   loadState,
@@ -17,12 +15,10 @@ import {
   readProcesses,
   startCapture,
   stateRoot,
-  up,
 } from "../../src/runtime/index.js";
+import { NEEDS_ROOT, shopWithIntruder } from "../harness/netns.js";
 
-const ROOT = process.getuid?.() === 0;
 const MESH = "zmres";
-const SHOP = new URL("../../../examples/shop", import.meta.url).pathname;
 
 async function code(state: MeshState, who: string, method: string, url: string): Promise<string> {
   const r = await exec(
@@ -62,27 +58,19 @@ async function supervisorPid(): Promise<number> {
 }
 
 describe("attack: killing parts of the mesh does not open it", {
-  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
   timeout: 240_000,
 }, () => {
-  let state: MeshState;
-
-  before(async () => {
-    state = await up(SHOP, { name: MESH });
-    await addUnmeshed(state, "intruder");
-  });
-  after(async () => {
-    if (state) await down(MESH, { quiet: true, purge: true });
-  });
+  const shop = shopWithIntruder(MESH);
 
   it("the control plane killed under traffic: allowed stays allowed, denied stays denied, strangers get nothing", async () => {
-    const payments = findInstance(state, "payments");
+    const payments = findInstance(shop.state, "payments");
     const procs = (await readProcesses(join(stateRoot(), MESH)))!.procs;
     const supervisor = await supervisorPid();
-    const allowed = loop(state, "frontend", "GET", "http://catalog/items", 30);
-    const denied = loop(state, "frontend", "POST", "http://payments/charge?probe=cp-down", 30);
+    const allowed = loop(shop.state, "frontend", "GET", "http://catalog/items", 30);
+    const denied = loop(shop.state, "frontend", "POST", "http://payments/charge?probe=cp-down", 30);
     const stranger = loop(
-      state,
+      shop.state,
       "intruder",
       "POST",
       `http://${payments.address}:8080/charge?probe=cp-down-stranger`,
@@ -100,26 +88,26 @@ describe("attack: killing parts of the mesh does not open it", {
     assert.deepEqual([...new Set(a)], ["200"], "allowed calls failed while the control plane was down");
     assert.deepEqual([...new Set(d)], ["403"], "a denied call got through while the control plane was down");
     assert.deepEqual([...new Set(s)], ["000"], "a stranger got an answer");
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=cp-down/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=cp-down/);
     await eventually(
       "the control plane back",
-      async () => (await code(state, "frontend", "GET", "http://catalog/items")) === "200",
+      async () => (await code(shop.state, "frontend", "GET", "http://catalog/items")) === "200",
     );
   });
 
   it("a destination's sidecar killed: calls to it fail closed, strangers and the caller never reach the app, then it resumes", async () => {
     const catalog = findInstance(await loadState(MESH), "catalog");
     const supervisor = await supervisorPid();
-    const capture = await startCapture(state, [state.unmeshed[0]!.address]);
+    const capture = await startCapture(shop.state, [shop.state.unmeshed[0]!.address]);
     process.kill(supervisor, "SIGSTOP");
     let during: string[] = [];
     let stranger = "";
     try {
       process.kill(catalog.proxyPid, "SIGKILL");
       await new Promise((r) => setTimeout(r, 300));
-      during = await loop(state, "frontend", "GET", "http://catalog/items?probe=proxy-down", 8);
+      during = await loop(shop.state, "frontend", "GET", "http://catalog/items?probe=proxy-down", 8);
       stranger = await code(
-        state,
+        shop.state,
         "intruder",
         "GET",
         `http://${catalog.address}:8080/items?probe=proxy-down-stranger`,
@@ -129,29 +117,38 @@ describe("attack: killing parts of the mesh does not open it", {
     }
     assert.ok(!during.includes("200"), `a call reached catalog without its sidecar: ${during}`);
     assert.equal(stranger, "000");
-    assert.doesNotMatch(await appLog(state, "catalog"), /probe=proxy-down/);
+    assert.doesNotMatch(await appLog(shop.state, "catalog"), /probe=proxy-down/);
     const report = await capture();
     assert.deepEqual(report.plaintextHttp, [], "plaintext on the wire while the sidecar was down");
     await eventually(
       "catalog served again",
-      async () => (await code(state, "frontend", "GET", "http://catalog/items")) === "200",
+      async () => (await code(shop.state, "frontend", "GET", "http://catalog/items")) === "200",
     );
-    assert.equal(await code(state, "frontend", "POST", "http://payments/charge"), "403", "still enforced");
+    assert.equal(
+      await code(shop.state, "frontend", "POST", "http://payments/charge"),
+      "403",
+      "still enforced",
+    );
   });
 
   it("a caller's own sidecar killed: its app's calls fail closed instead of leaving in plaintext, then resume", async () => {
     const frontend = findInstance(await loadState(MESH), "frontend");
     const supervisor = await supervisorPid();
-    const capture = await startCapture(state);
+    const capture = await startCapture(shop.state);
     process.kill(supervisor, "SIGSTOP");
     let during: string[] = [];
     try {
       process.kill(frontend.proxyPid, "SIGKILL");
       await new Promise((r) => setTimeout(r, 300));
-      during = await loop(state, "frontend", "POST", "http://payments/charge?probe=own-proxy-down", 6);
-      const payments = findInstance(state, "payments");
+      during = await loop(shop.state, "frontend", "POST", "http://payments/charge?probe=own-proxy-down", 6);
+      const payments = findInstance(shop.state, "payments");
       during.push(
-        await code(state, "frontend", "POST", `http://${payments.address}:8080/charge?probe=own-proxy-down`),
+        await code(
+          shop.state,
+          "frontend",
+          "POST",
+          `http://${payments.address}:8080/charge?probe=own-proxy-down`,
+        ),
       );
     } finally {
       process.kill(supervisor, "SIGCONT");
@@ -159,13 +156,13 @@ describe("attack: killing parts of the mesh does not open it", {
     assert.deepEqual([...new Set(during)], ["000"], `calls without a sidecar: ${during}`);
     const report = await capture();
     assert.deepEqual(report.plaintextHttp, [], "the app's calls left in plaintext");
-    assert.doesNotMatch(await appLog(state, "payments"), /probe=own-proxy-down/);
+    assert.doesNotMatch(await appLog(shop.state, "payments"), /probe=own-proxy-down/);
     await eventually(
       "frontend's calls resume",
-      async () => (await code(state, "frontend", "GET", "http://catalog/items")) === "200",
+      async () => (await code(shop.state, "frontend", "GET", "http://catalog/items")) === "200",
     );
     assert.equal(
-      await code(state, "frontend", "POST", "http://payments/charge"),
+      await code(shop.state, "frontend", "POST", "http://payments/charge"),
       "403",
       "and are still enforced",
     );

@@ -143,6 +143,18 @@ export async function proxy(
   return p;
 }
 
+/** The Prometheus text a proxy serves on its metrics port. */
+export async function scrapeMetrics(p: Sidecar): Promise<string> {
+  return (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();
+}
+
+/** The istio_requests_total series of a scrape that carries every one of `parts`, if there is one. */
+export function requestsTotal(text: string, ...parts: string[]): string | undefined {
+  return text
+    .split("\n")
+    .find((l) => l.startsWith("istio_requests_total{") && parts.every((x) => l.includes(x)));
+}
+
 export interface Reply {
   status: number;
   headers: Record<string, string>;

@@ -16,8 +16,8 @@ import {
   proxyLog,
   up,
 } from "../../src/runtime/index.js";
+import { NEEDS_ROOT } from "../harness/netns.js";
 
-const ROOT = process.getuid?.() === 0;
 const MESH = "zmegress";
 
 const WORKLOADS = `apiVersion: zmesh.dev/v1
@@ -36,7 +36,7 @@ spec:
 `;
 
 describe("outbound traffic policy in network namespaces", {
-  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
 }, () => {
   let state: MeshState;
   let dir: string;

@@ -9,8 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { down, exec, type MeshState, proxyLog, up } from "../../src/runtime/index.js";
+import { NEEDS_ROOT } from "../harness/netns.js";
 
-const ROOT = process.getuid?.() === 0;
 const MESH = "zmh2";
 
 const APP = `// greeter: an h2c server (node:http2, prior knowledge) that answers with what it saw and a
@@ -76,7 +76,7 @@ async function curl(state: MeshState, args: string[]): Promise<{ code: number; o
 }
 
 describe("HTTP/2 in network namespaces", {
-  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
 }, () => {
   let state: MeshState;
   let dir: string;

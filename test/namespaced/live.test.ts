@@ -7,9 +7,7 @@
 // Skips, visibly, when not root.
 
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -23,13 +21,17 @@ import {
   meshStatus,
   readProcesses,
   stateRoot,
-  up,
 } from "../../src/runtime/index.js";
+import {
+  downScratchShop,
+  eventually,
+  NEEDS_ROOT,
+  SHOP_EXAMPLE,
+  upScratchShop,
+  zmeshCli,
+} from "../harness/netns.js";
 
-const ROOT_USER = process.getuid?.() === 0;
 const MESH = "zmlive";
-const REPO = join(import.meta.dirname ?? ".", "..", "..", "..");
-const SHOP = join(REPO, "examples", "shop");
 
 const INVENTORY = `apiVersion: zmesh.dev/v1
 kind: Workload
@@ -55,36 +57,6 @@ spec:
   ports: [{ name: http, port: 81, targetPort: 8080 }]
 `;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function zmesh(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(REPO, "bin", "zmesh.js"), ...args],
-      { cwd: REPO, timeout: 120_000 },
-      (err, stdout, stderr) => {
-        resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
-      },
-    );
-  });
-}
-
-async function eventually<T>(what: string, f: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  while (Date.now() < deadline) {
-    last = await f().catch(() => undefined as T);
-    if (last !== undefined && ok(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
-}
-
 /** curl from a workload: the HTTP code, or "000" with curl's exit code when it got no answer. */
 async function curl(state: MeshState, from: string, url: string): Promise<string> {
   const r = await exec(
@@ -99,28 +71,24 @@ async function curl(state: MeshState, from: string, url: string): Promise<string
 const procs = async () => (await readProcesses(join(stateRoot(), MESH)))!.procs;
 
 describe("Workloads and Services changed live", {
-  skip: ROOT_USER ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
 }, () => {
   let dir: string;
   let state: MeshState;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "zmesh-live-"));
-    await cp(SHOP, dir, { recursive: true });
-    await rm(join(stateRoot(), MESH), { recursive: true, force: true }).catch(() => {});
-    state = await up(dir, { name: MESH });
+    ({ dir, state } = await upScratchShop(MESH, "zmesh-live-"));
   });
 
   after(async () => {
-    await down(MESH, { quiet: true, purge: true }).catch(() => {});
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await downScratchShop(dir, MESH);
   });
 
   it("apply of a new Workload and Service starts it; the others reach it by every name, over mTLS", async () => {
     const file = join(dir, "..", `zmlive-inventory-${process.pid}.yaml`);
     await writeFile(file, INVENTORY);
     try {
-      const r = await zmesh(["apply", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["apply", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /Workload shop\/inventory created/);
       assert.match(r.stdout, /Service shop\/inventory created/);
@@ -153,7 +121,7 @@ describe("Workloads and Services changed live", {
     const file = join(dir, "..", `zmlive-svc-${process.pid}.yaml`);
     await writeFile(file, INVENTORY_SERVICE_81);
     try {
-      const r = await zmesh(["apply", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["apply", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /Service shop\/inventory configured/);
     } finally {
@@ -176,7 +144,7 @@ describe("Workloads and Services changed live", {
       ),
     );
     try {
-      const r = await zmesh(["apply", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["apply", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /Workload shop\/inventory configured/);
       assert.match(r.stdout, /instance shop\/inventory stopped and removed/);
@@ -211,7 +179,7 @@ describe("Workloads and Services changed live", {
     };
     const bad = join(dir, "..", `zmlive-bad-${process.pid}`);
     await rm(bad, { recursive: true, force: true });
-    await cp(SHOP, bad, { recursive: true });
+    await cp(SHOP_EXAMPLE, bad, { recursive: true });
     const badPolicy = join(bad, "restart.yaml");
     await writeFile(
       badPolicy,
@@ -245,7 +213,7 @@ describe("Workloads and Services changed live", {
     ];
     try {
       for (const [args, msg, code] of cases) {
-        const r = await zmesh(args);
+        const r = await zmeshCli(args);
         const what = `zmesh ${args.join(" ")}`;
         assert.equal(r.code, 1, `${what}: exit ${r.code}\n${r.stdout}${r.stderr}`);
         assert.equal(r.stdout, "", what);
@@ -256,9 +224,9 @@ describe("Workloads and Services changed live", {
       // Deleting every Workload would leave an empty mesh: refused as a whole.
       await writeFile(
         join(bad, "all.yaml"),
-        `${await readFile(join(SHOP, "workloads.yaml"), "utf8")}---\n${INVENTORY.split("---")[0]}`,
+        `${await readFile(join(SHOP_EXAMPLE, "workloads.yaml"), "utf8")}---\n${INVENTORY.split("---")[0]}`,
       );
-      const r = await zmesh(["delete", "--name", MESH, "-f", join(bad, "all.yaml")]);
+      const r = await zmeshCli(["delete", "--name", MESH, "-f", join(bad, "all.yaml")]);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /would leave mesh zmlive without Workloads; nothing was changed/);
     } finally {
@@ -281,7 +249,7 @@ describe("Workloads and Services changed live", {
     const file = join(dir, "..", `zmlive-del-${process.pid}.yaml`);
     await writeFile(file, INVENTORY.split("---")[0]!);
     try {
-      const r = await zmesh(["delete", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["delete", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /Workload shop\/inventory deleted/);
       assert.match(r.stdout, /instance shop\/inventory-1 stopped and removed/);
@@ -307,7 +275,7 @@ describe("Workloads and Services changed live", {
     assert.notEqual(await curl(state, "catalog", "http://inventory:81/x"), "404");
     await writeFile(file, INVENTORY_SERVICE_81);
     try {
-      const r = await zmesh(["delete", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["delete", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
     } finally {
       await rm(file, { force: true });
@@ -332,7 +300,7 @@ spec:
 `,
     );
     try {
-      const r = await zmesh(["apply", "--name", MESH, "-f", file]);
+      const r = await zmeshCli(["apply", "--name", MESH, "-f", file]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /instance batch\/job running/);
     } finally {
@@ -351,7 +319,7 @@ spec:
     assert.equal(later["batch/job:app"]!.restarts, 0);
     const w = (await meshStatus(MESH)).workloads.find((x) => x.workload === "batch/job")!;
     assert.deepEqual(w.completed?.code, 0);
-    const text = await zmesh(["status", "--name", MESH]);
+    const text = await zmeshCli(["status", "--name", MESH]);
     assert.match(text.stdout, /batch\/job .*\(completed, exit 0\)/);
   });
 

@@ -6,10 +6,8 @@
 // nothing. Skips, visibly, when not root.
 
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
-import { cp, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -31,12 +29,17 @@ import {
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
+import {
+  downScratchShop,
+  eventually,
+  NEEDS_ROOT,
+  SHOP_EXAMPLE,
+  upScratchShop,
+  zmeshCli,
+} from "../harness/netns.js";
 
-const ROOT_USER = process.getuid?.() === 0;
 const MESH = "zmops";
 const SIDE = "zmops2";
-const REPO = join(import.meta.dirname ?? ".", "..", "..", "..");
-const SHOP = join(REPO, "examples", "shop");
 
 const ALLOW_FRONTEND_TO_PAYMENTS = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -48,25 +51,6 @@ spec:
       to: [{ operation: { methods: ["POST"], paths: ["/charge"] } }]
 `;
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function zmesh(args: string[], opts: { asUid?: number } = {}): Promise<Run> {
-  const argv = [process.execPath, join(REPO, "bin", "zmesh.js"), ...args];
-  const [cmd, ...rest] = opts.asUid
-    ? ["setpriv", `--reuid=${opts.asUid}`, `--regid=${opts.asUid}`, "--clear-groups", ...argv]
-    : argv;
-  return new Promise((resolve) => {
-    execFile(cmd!, rest, { cwd: REPO, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
 async function status(state: MeshState, who: string, method: string, url: string): Promise<string> {
   const r = await exec(
     state,
@@ -75,17 +59,6 @@ async function status(state: MeshState, who: string, method: string, url: string
     { timeoutMs: 10_000 },
   );
   return r.stdout.trim();
-}
-
-async function eventually<T>(what: string, f: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  while (Date.now() < deadline) {
-    last = await f().catch(() => undefined as T);
-    if (last !== undefined && ok(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
 }
 
 async function procs(mesh: string) {
@@ -105,22 +78,17 @@ async function settled(mesh: string): Promise<void> {
 }
 
 describe("operating a mesh", {
-  skip: ROOT_USER ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
 }, () => {
   let dir: string;
   let state: MeshState;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "zmesh-ops-"));
-    await cp(SHOP, dir, { recursive: true });
-    await rm(join(stateRoot(), MESH), { recursive: true, force: true }).catch(() => {});
-    state = await up(dir, { name: MESH });
+    ({ dir, state } = await upScratchShop(MESH, "zmesh-ops-"));
   });
 
   after(async () => {
-    await down(SIDE, { quiet: true, purge: true }).catch(() => {});
-    await down(MESH, { quiet: true, purge: true }).catch(() => {});
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await downScratchShop(dir, SIDE, MESH);
   });
 
   it("up brings every workload up with its proxy first, all supervised", async () => {
@@ -220,7 +188,7 @@ describe("operating a mesh", {
   });
 
   it("status shows each workload's identity, certificate, mTLS mode, readiness, config version and restarts", async () => {
-    const text = await zmesh(["status", "--name", MESH]);
+    const text = await zmeshCli(["status", "--name", MESH]);
     assert.equal(text.code, 0, text.stderr);
     for (const w of ["frontend", "catalog", "orders", "payments"]) {
       const row = text.stdout.split("\n").find((l) => l.startsWith(`shop/${w} `));
@@ -233,7 +201,7 @@ describe("operating a mesh", {
       );
     }
     assert.match(text.stdout, /config generation \d+ .* 4\/4 proxies in sync/);
-    const json = JSON.parse((await zmesh(["status", "--name", MESH, "-o", "json"])).stdout) as Awaited<
+    const json = JSON.parse((await zmeshCli(["status", "--name", MESH, "-o", "json"])).stdout) as Awaited<
       ReturnType<typeof meshStatus>
     >;
     assert.equal(json.workloads.length, 4);
@@ -248,7 +216,7 @@ describe("operating a mesh", {
     try {
       const shown = await eventually(
         "the rejection in zmesh status",
-        async () => (await zmesh(["status", "--name", MESH])).stdout,
+        async () => (await zmeshCli(["status", "--name", MESH])).stdout,
         (out) => out.includes("REJECTED"),
         3_000,
       );
@@ -262,7 +230,7 @@ describe("operating a mesh", {
     }
     await eventually(
       "the rejection cleared",
-      async () => (await zmesh(["status", "--name", MESH])).stdout,
+      async () => (await zmeshCli(["status", "--name", MESH])).stdout,
       (out) => !out.includes("REJECTED"),
       3_000,
     );
@@ -287,15 +255,17 @@ describe("operating a mesh", {
   });
 
   it("get lists and shows resources from the store", async () => {
-    const policies = await zmesh(["get", "policies", "--name", MESH]);
+    const policies = await zmeshCli(["get", "policies", "--name", MESH]);
     assert.equal(policies.code, 0, policies.stderr);
     assert.match(policies.stdout, /^NAMESPACE\s+NAME\s+ACTION\s+SELECTOR\s+RULES$/m);
     assert.match(policies.stdout, /^shop\s+payments-from-orders\s+ALLOW\s+app=payments\s+1$/m);
-    const svc = JSON.parse((await zmesh(["get", "svc", "catalog", "-o", "json", "--name", MESH])).stdout) as {
+    const svc = JSON.parse(
+      (await zmeshCli(["get", "svc", "catalog", "-o", "json", "--name", MESH])).stdout,
+    ) as {
       spec: { clusterIP: string };
     };
     assert.equal(svc.spec.clusterIP, state.services.find((s) => s.name === "catalog")?.vip);
-    const yaml = await zmesh([
+    const yaml = await zmeshCli([
       "get",
       "authorizationpolicy",
       "shop/catalog-readers",
@@ -306,10 +276,10 @@ describe("operating a mesh", {
     ]);
     assert.match(yaml.stdout, /kind: AuthorizationPolicy\n/);
     assert.match(yaml.stdout, /name: catalog-readers/);
-    const all = await zmesh(["get", "all", "--name", MESH]);
+    const all = await zmeshCli(["get", "all", "--name", MESH]);
     for (const k of ["Workload:", "Service:", "AuthorizationPolicy:", "WorkloadEntry:"])
       assert.ok(all.stdout.includes(k), k);
-    const logs = await zmesh(["logs", "payments", "--proxy", "--tail", "3", "--name", MESH]);
+    const logs = await zmeshCli(["logs", "payments", "--proxy", "--tail", "3", "--name", MESH]);
     assert.equal(logs.stdout.trim().split("\n").length, 3);
   });
 
@@ -449,7 +419,7 @@ describe("operating a mesh", {
     await writeFile(absent, ALLOW_FRONTEND_TO_PAYMENTS.replace("payments-from-frontend", "never-applied"));
     const cases: [string[], RegExp, string][] = [
       [["up", missing], /nope\.yaml: no such file or directory/, "ZMESH_CONFIG_PARSE"],
-      [["up", SHOP, "--name", MESH], /already up from/, "ZMESH_USAGE"],
+      [["up", SHOP_EXAMPLE, "--name", MESH], /already up from/, "ZMESH_USAGE"],
       [["up", dir, "--name", "Bad!"], /mesh name "Bad!" is not valid/, "ZMESH_USAGE"],
       [["down", "--name", "Bad!"], /is not valid/, "ZMESH_USAGE"],
       [["exec", "--name", MESH, "nobody", "--", "true"], /no workload "nobody"/, "ZMESH_WORKLOAD_NOT_FOUND"],
@@ -493,7 +463,7 @@ describe("operating a mesh", {
     ];
     try {
       for (const [args, msg, code] of cases) {
-        const r = await zmesh(args);
+        const r = await zmeshCli(args);
         const what = `zmesh ${args.join(" ")}`;
         assert.equal(r.code, 1, `${what}: exit ${r.code}\n${r.stdout}${r.stderr}`);
         assert.equal(r.stdout, "", `${what}: nothing on stdout`);
@@ -502,7 +472,7 @@ describe("operating a mesh", {
         assert.match(r.stderr, msg, what);
         assert.ok(r.stderr.includes(`[${code}]`), `${what}: ${r.stderr}`);
       }
-      const asNobody = await zmesh(["status", "--name", MESH], { asUid: 65534 });
+      const asNobody = await zmeshCli(["status", "--name", MESH], { asUid: 65534 });
       assert.match(asNobody.stderr, /^zmesh: .*needs root.*\[ZMESH_NOT_ROOT\]\n$/);
       for (const cmd of [
         ["up", dir],
@@ -513,7 +483,7 @@ describe("operating a mesh", {
         ["logs", "x"],
         ["exec", "x", "--", "true"],
       ]) {
-        const r = await zmesh([...cmd, "--name", MESH], { asUid: 65534 });
+        const r = await zmeshCli([...cmd, "--name", MESH], { asUid: 65534 });
         assert.match(r.stderr, /\[ZMESH_NOT_ROOT\]/, cmd.join(" "));
       }
     } finally {

@@ -25,30 +25,17 @@ import {
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
+import { curlIn, NEEDS_ROOT, SHOP_EXAMPLE } from "../harness/netns.js";
 
-const ROOT = process.getuid?.() === 0;
 const MESH = "zmtest";
-const SHOP = join(import.meta.dirname ?? ".", "..", "..", "..", "examples", "shop");
-
-async function curl(
-  state: MeshState,
-  who: string,
-  args: string[],
-): Promise<{ status: string; body: string }> {
-  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
-    timeoutMs: 10_000,
-  });
-  const lines = r.stdout.split("\n");
-  return { status: lines.pop() ?? "", body: lines.join("\n") };
-}
 
 describe("the shop in network namespaces", {
-  skip: ROOT ? false : "needs root (network namespaces, iptables): run as root, as CI does",
+  skip: NEEDS_ROOT,
 }, () => {
   let state: MeshState;
 
   before(async () => {
-    state = await up(SHOP, { name: MESH });
+    state = await up(SHOP_EXAMPLE, { name: MESH });
   });
 
   after(async () => {
@@ -57,7 +44,7 @@ describe("the shop in network namespaces", {
 
   it("an allowed call succeeds: frontend GETs the catalog through both sidecars", async () => {
     const id = `allowed-${process.pid}`;
-    const r = await curl(state, "frontend", ["-H", `x-request-id: ${id}`, "http://catalog/items"]);
+    const r = await curlIn(state, "frontend", ["-H", `x-request-id: ${id}`, "http://catalog/items"]);
     assert.equal(r.status, "200");
     assert.match(r.body, /"tea"/);
     // The access log is written asynchronously: find this request's line by its id.
@@ -73,19 +60,19 @@ describe("the shop in network namespaces", {
 
   it("service names resolve in every form inside a workload", async () => {
     for (const host of ["catalog", "catalog.shop", "catalog.shop.svc.cluster.local"]) {
-      assert.equal((await curl(state, "frontend", [`http://${host}/items`])).status, "200", host);
+      assert.equal((await curlIn(state, "frontend", [`http://${host}/items`])).status, "200", host);
     }
   });
 
   it("a call the policies do not allow (frontend -> payments) gets 403 and the app never sees it", async () => {
-    const r = await curl(state, "frontend", ["-X", "POST", "http://payments/charge?probe=lateral-1"]);
+    const r = await curlIn(state, "frontend", ["-X", "POST", "http://payments/charge?probe=lateral-1"]);
     assert.equal(r.status, "403");
     assert.match(r.body, /RBAC: access denied/);
     assert.doesNotMatch(await appLog(state, "payments"), /lateral-1/);
   });
 
   it("the whole chain works: frontend -> orders -> payments", async () => {
-    const r = await curl(state, "frontend", ["http://localhost:8080/"]);
+    const r = await curlIn(state, "frontend", ["http://localhost:8080/"]);
     assert.equal(r.status, "200");
     assert.deepEqual(JSON.parse(r.body).orderBody, { order: "created", charge: 200 });
   });
@@ -93,7 +80,7 @@ describe("the shop in network namespaces", {
   it("a plaintext connection from an unmeshed namespace to an app port does not reach the app", async () => {
     const intruder = await addUnmeshed(state, "intruder");
     const payments = findInstance(state, "payments");
-    const r = await curl(state, "intruder", [
+    const r = await curlIn(state, "intruder", [
       "-X",
       "POST",
       `http://${payments.address}:8080/charge?probe=intruder-1`,
@@ -106,10 +93,10 @@ describe("the shop in network namespaces", {
   it("the bytes crossing the bridge are TLS, with no plaintext HTTP in a capture", async () => {
     const stop = await startCapture(state);
     for (let i = 0; i < 3; i++)
-      assert.equal((await curl(state, "frontend", ["http://localhost:8080/"])).status, "200");
+      assert.equal((await curlIn(state, "frontend", ["http://localhost:8080/"])).status, "200");
     // The detector must see plaintext when there is some: the intruder's probe is the control.
     const payments = findInstance(state, "payments");
-    await curl(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=wire`]);
+    await curlIn(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=wire`]);
     const report = await stop();
     assert.ok(
       report.tlsRecords >= 6,

@@ -1,0 +1,106 @@
+// The namespaced tier's shared setup (tests that run the real runtime as root: network namespaces,
+// iptables capture, supervised processes): whether this process may run them, the skip reason
+// shown when it may not, the example shop they bring up, the `zmesh` CLI run as a child process,
+// curl run inside a workload, a bounded wait for a condition, the shop copied to a scratch
+// directory and brought up (for files that edit it), and the one mesh-plus-intruder fixture the attack files share
+// (the shop up under a mesh name of the file's own, an unmeshed namespace "intruder" beside it,
+// everything purged after).
+
+import { execFile } from "node:child_process";
+import { cp, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before } from "node:test";
+import { addUnmeshed, down, exec, type MeshState, stateRoot, up } from "../../src/runtime/index.js";
+
+export const AS_ROOT = process.getuid?.() === 0;
+/** The describe `skip` option of a namespaced suite: false as root, else the visible reason. */
+export const NEEDS_ROOT: false | string = AS_ROOT
+  ? false
+  : "needs root (network namespaces, iptables): run as root, as CI does";
+/** The repository root (this file runs from dist/test/harness). */
+export const REPO = join(import.meta.dirname ?? ".", "..", "..", "..");
+export const SHOP_EXAMPLE = join(REPO, "examples", "shop");
+
+export interface ZmeshRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs bin/zmesh.js with `args` from the repository root (as `asUid` via setpriv when given); never rejects. */
+export function zmeshCli(args: string[], opts: { asUid?: number } = {}): Promise<ZmeshRun> {
+  const argv = [process.execPath, join(REPO, "bin", "zmesh.js"), ...args];
+  const [cmd, ...rest] = opts.asUid
+    ? ["setpriv", `--reuid=${opts.asUid}`, `--regid=${opts.asUid}`, "--clear-groups", ...argv]
+    : argv;
+  return new Promise((resolve) => {
+    execFile(cmd!, rest, { cwd: REPO, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** curl `args` from inside workload `who` (3 s limit): the HTTP status ("000" when no answer) and the body. */
+export async function curlIn(
+  state: MeshState,
+  who: string,
+  args: string[],
+): Promise<{ status: string; body: string }> {
+  const r = await exec(state, who, ["curl", "-s", "--max-time", "3", "-w", "\n%{http_code}", ...args], {
+    timeoutMs: 10_000,
+  });
+  const lines = r.stdout.split("\n");
+  return { status: lines.pop() ?? "", body: lines.join("\n") };
+}
+
+/** Polls `f` every 100 ms until `ok` holds for its value (rejections count as not yet); throws after `timeoutMs`. */
+export async function eventually<T>(
+  what: string,
+  f: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs = 20_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  while (Date.now() < deadline) {
+    last = await f().catch(() => undefined as T);
+    if (last !== undefined && ok(last)) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
+}
+
+/** Copies the example shop to a new scratch directory and brings it up as mesh `name` (any old state of that name removed first). */
+export async function upScratchShop(
+  name: string,
+  prefix: string,
+): Promise<{ dir: string; state: MeshState }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  await cp(SHOP_EXAMPLE, dir, { recursive: true });
+  await rm(join(stateRoot(), name), { recursive: true, force: true }).catch(() => {});
+  return { dir, state: await up(dir, { name }) };
+}
+
+/** Takes the meshes down (purged, errors ignored), in order, then removes the scratch directory. */
+export async function downScratchShop(dir: string | undefined, ...names: string[]): Promise<void> {
+  for (const name of names) await down(name, { quiet: true, purge: true }).catch(() => {});
+  if (dir) await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * Registers the enclosing suite's before/after hooks: `up` of the example shop as mesh `name`, an
+ * unmeshed namespace "intruder", and `down --purge` after. `state` is set once before() has run.
+ */
+export function shopWithIntruder(name: string): { state: MeshState } {
+  const shop = { state: undefined as unknown as MeshState };
+  before(async () => {
+    shop.state = await up(SHOP_EXAMPLE, { name });
+    await addUnmeshed(shop.state, "intruder");
+  });
+  after(async () => {
+    if (shop.state) await down(name, { quiet: true, purge: true });
+  });
+  return shop;
+}
