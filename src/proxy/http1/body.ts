@@ -33,6 +33,8 @@ export class Framer {
   payload = 0;
   done = false;
   error: string | undefined;
+  /** When set, chunked payload ranges of each `feed` are handed here (to de-chunk for an HTTP/1.0 client). */
+  data: ((b: Buffer, start: number, end: number) => void) | undefined;
   private remaining: number;
   private s = S.Size;
   private size = 0;
@@ -120,6 +122,7 @@ export class Framer {
           const take = Math.min(avail, this.remaining);
           this.remaining -= take;
           this.payload += take;
+          if (this.data && take > 0) this.data(b, i, i + take);
           i += take;
           if (this.remaining === 0) this.s = S.DataCR;
           break;
