@@ -1,6 +1,7 @@
 // Body framing without decoding: tells how many of the bytes that follow a head belong to its
 // message, so bodies are spliced as they came (chunked stays chunked) and the next message on
-// the connection starts at the right byte. Chunked framing is checked as strictly as heads are
+// the connection starts at the right byte (the one exception: `data` hands chunk payloads out, to
+// de-chunk a response for an HTTP/1.0 client). Chunked framing is checked as strictly as heads are
 // (hex sizes, CRLF only, bounded size lines and trailers), since it is where smuggling hides.
 
 const CR = 13;
