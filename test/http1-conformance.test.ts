@@ -1,7 +1,8 @@
 // HTTP/1.1 conformance through both sidecars (outbound, mTLS, inbound, app): bodies in both
 // framings and of several MiB both ways, 100-continue, keep-alive with pooled upstreams,
-// pipelining, bodiless responses, responses framed by close, and the request-smuggling shapes
-// of issue 7 refused on the wire before anything reaches the app.
+// pipelining, bodiless responses, responses framed by close, chunked responses de-chunked for
+// HTTP/1.0 clients, and the request-smuggling shapes of issue 7 refused on the wire before
+// anything reaches the app.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, request, type Server } from "node:http";
@@ -41,6 +42,14 @@ describe("HTTP/1.1 conformance through the mesh", { timeout: 60_000 }, () => {
         // No content-length: Node answers chunked, streaming the request body back.
         res.writeHead(200, { "x-request-te": req.headers["transfer-encoding"] ?? "none" });
         req.pipe(res);
+      } else if (url === "/chunks") {
+        // Several writes without a length: chunked to an HTTP/1.1 request, in three chunks.
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.write("one ");
+        setImmediate(() => {
+          res.write("two ");
+          setImmediate(() => res.end("three"));
+        });
       } else if (url === "/big") {
         res.writeHead(200, { "content-length": BIG });
         res.end(bigBody);
@@ -239,6 +248,26 @@ describe("HTTP/1.1 conformance through the mesh", { timeout: 60_000 }, () => {
     assert.match(all, /^HTTP\/1.1 200 /);
     assert.match(all, /connection: close/i);
     assert.match(all, /\r\n\r\nuntil the end$/);
+  });
+
+  it("gives an HTTP/1.0 client a chunked response de-chunked and ended by the close", async () => {
+    const c = await open(vip);
+    c.write("GET /chunks HTTP/1.0\r\nhost: web\r\n\r\n");
+    const all = await c.closed;
+    const [head, body] = all.split("\r\n\r\n", 2) as [string, string];
+    assert.match(head, /^HTTP\/1.1 200 /);
+    assert.doesNotMatch(head, /transfer-encoding/i);
+    assert.match(head, /connection: close/i);
+    assert.equal(body, "one two three");
+    assert.equal(all.indexOf("\r\n\r\n"), all.lastIndexOf("\r\n\r\n"), "no chunk framing left");
+  });
+
+  it("still gives an HTTP/1.1 client the chunked framing", async () => {
+    const c = await open(vip);
+    c.write("GET /chunks HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n");
+    const all = await c.closed;
+    assert.match(all, /transfer-encoding: chunked/i);
+    assert.match(all, /\r\n0\r\n\r\n$/);
   });
 
   describe("refuses request smuggling on the wire (400, connection closed, app never asked)", () => {

@@ -14,12 +14,14 @@ export const PORTS = {
 export const PROXY_UID = 1337;
 /**
  * Node flags the proxy process is started with (by the runtime's supervisor and by the chain
- * bench): a 1 MiB young generation instead of 16 MiB, collected on the main thread. The data path
- * keeps little alive per request, so scavenges stay cheap; without the parallel GC helpers the
- * inbound proxy's RSS under load stays near 78 MB instead of 91-99 (bench/README.md, round 2),
- * at the same CPU per request.
+ * bench): a 4 MiB young generation instead of 16 MiB, collected on the main thread. Without the
+ * parallel GC helpers (which fight the proxy for its core) the inbound proxy's RSS under load
+ * stays near 80-90 MB instead of 91-99 (bench/README.md, round 2). 4 MiB rather than 1: with 1 a
+ * scavenge ran every ~60 ms at 1,000 rps and promoted enough to force a main-thread mark-compact
+ * in the inbound proxy every few seconds; 4 MiB scavenges a third as often for half the GC time,
+ * less CPU per request and a lower p99, for 6-10 MB more RSS (bench/README.md, round 3).
  */
-export const PROXY_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=1", "--single-threaded-gc"];
+export const PROXY_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=4", "--single-threaded-gc"];
 export const DEFAULT_APP_UID = 1001;
 export const DEFAULT_ROOT_NAMESPACE = "zmesh-system";
 export const CONTROL_PLANE_SPIFFE_PATH = "/ns/zmesh-system/sa/zmesh-controlplane";

@@ -1,6 +1,7 @@
 // Body framing without decoding: tells how many of the bytes that follow a head belong to its
 // message, so bodies are spliced as they came (chunked stays chunked) and the next message on
-// the connection starts at the right byte. Chunked framing is checked as strictly as heads are
+// the connection starts at the right byte (the one exception: `data` hands chunk payloads out, to
+// de-chunk a response for an HTTP/1.0 client). Chunked framing is checked as strictly as heads are
 // (hex sizes, CRLF only, bounded size lines and trailers), since it is where smuggling hides.
 
 const CR = 13;
@@ -33,6 +34,8 @@ export class Framer {
   payload = 0;
   done = false;
   error: string | undefined;
+  /** When set, chunked payload ranges of each `feed` are handed here (to de-chunk for an HTTP/1.0 client). */
+  data: ((b: Buffer, start: number, end: number) => void) | undefined;
   private remaining: number;
   private s = S.Size;
   private size = 0;
@@ -120,6 +123,7 @@ export class Framer {
           const take = Math.min(avail, this.remaining);
           this.remaining -= take;
           this.payload += take;
+          if (this.data && take > 0) this.data(b, i, i + take);
           i += take;
           if (this.remaining === 0) this.s = S.DataCR;
           break;

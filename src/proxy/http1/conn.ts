@@ -318,6 +318,9 @@ class Exchange implements UpstreamUser {
   private status = 0;
   private upKeep = true;
   private clientClose = false;
+  /** The client speaks HTTP/1.0 and the response is chunked: its payload goes out bare, delimited by close. */
+  private dechunk = false;
+  private parts: Buffer[] = [];
   private staleRetried = false;
   private reqHead: string | undefined;
   private respHead: string | undefined;
@@ -420,12 +423,20 @@ class Exchange implements UpstreamUser {
     else length = -2;
     this.status = h.status;
     this.upKeep = keepAlive(h) && length !== -2;
-    this.clientClose = this.conn.closing() || length === -2;
+    // An HTTP/1.0 client cannot read chunked framing: it gets the payload, ended by the close.
+    this.dechunk = length === -1 && this.conn.head!.minor === 0;
+    this.clientClose = this.conn.closing() || length === -2 || this.dechunk;
     this.rframer = new Framer(length);
+    if (this.dechunk) this.rframer.data = (b, start, end) => this.parts.push(b.subarray(start, end));
     this.r = R.Body;
     this.started = true;
     // Written with the first body bytes (see body) unless there are none.
-    this.respHead = responseHeadFor(h, this.clientClose, this.conn.head!.minor === 0 && !this.clientClose);
+    this.respHead = responseHeadFor(
+      h,
+      this.clientClose,
+      this.conn.head!.minor === 0 && !this.clientClose,
+      this.dechunk,
+    );
     if (this.rframer.done) {
       this.flushResponseHead();
       this.complete(false);
@@ -446,7 +457,15 @@ class Exchange implements UpstreamUser {
       this.conn.sock.destroy();
       return this.fail(new Error(`invalid response body: ${f.error}`));
     }
-    if (n > 0) {
+    if (n > 0 && this.dechunk) {
+      const parts = this.parts;
+      this.parts = [];
+      const head = this.respHead;
+      this.respHead = undefined;
+      if (head !== undefined) parts.unshift(Buffer.from(head, "latin1"));
+      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+      if (out.length > 0 && !this.conn.sock.write(out)) this.up!.sock.pause();
+    } else if (n > 0) {
       const chunk = from === 0 && n === d.length ? d : d.subarray(from, from + n);
       const head = this.respHead;
       this.respHead = undefined;

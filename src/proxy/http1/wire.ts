@@ -44,12 +44,22 @@ export function requestHeadFor(
   return `${s}\r\n`;
 }
 
-/** The response head for the downstream: hop-by-hop fields dropped, `connection: close` when closing. */
-export function responseHeadFor(h: ResponseHead, close: boolean, http10KeepAlive: boolean): string {
+/**
+ * The response head for the downstream: hop-by-hop fields dropped, `connection: close` when
+ * closing. `dechunked`: the body goes out without its chunked framing (to an HTTP/1.0 client,
+ * which cannot read it), so `transfer-encoding` and `trailer` are dropped and `close` is set.
+ */
+export function responseHeadFor(
+  h: ResponseHead,
+  close: boolean,
+  http10KeepAlive: boolean,
+  dechunked = false,
+): string {
   let s = `HTTP/1.1 ${h.status} ${h.reason}\r\n`;
   const { names, rawNames, values } = h;
   for (let i = 0; i < names.length; i++) {
     if (hop(h, names[i]!)) continue;
+    if (dechunked && (names[i] === "transfer-encoding" || names[i] === "trailer")) continue;
     s += `${rawNames[i]}: ${values[i]}\r\n`;
   }
   if (close) s += "connection: close\r\n";
