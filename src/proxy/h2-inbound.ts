@@ -6,7 +6,6 @@
 // grpc-status (PERMISSION_DENIED, UNAUTHENTICATED, UNAVAILABLE), others the HTTP status.
 
 import {
-  createServer,
   type Http2Session,
   connect as h2connect,
   type IncomingHttpHeaders,
@@ -24,13 +23,12 @@ import {
 } from "../policy/index.js";
 import {
   H2_MAX_SESSION_MEMORY,
-  H2_SERVED_IDLE_MS,
-  H2_SESSION_WINDOW,
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
   relayStream,
   requestIdOf,
+  ServedSessions,
   SessionPool,
   splitPath,
   streamEnd,
@@ -71,14 +69,8 @@ export function peerRequest(
 }
 
 export class H2Inbound {
-  private readonly server = createServer({
-    settings: H2_SETTINGS,
-    maxSessionMemory: H2_MAX_SESSION_MEMORY,
-  });
   private readonly apps = new SessionPool();
-  private readonly peers = new WeakMap<Http2Session, H2Peer>();
-  private readonly served = new Set<Http2Session>();
-  private accepting: H2Peer | undefined;
+  private readonly sessions: ServedSessions<H2Peer>;
 
   constructor(
     private readonly state: ProxyState,
@@ -87,26 +79,15 @@ export class H2Inbound {
     /** Where the app listens (the inbound's choice, see `Inbound.appAddress`). */
     private readonly appHost: () => string,
   ) {
-    // `connection` creates the session synchronously, so the peer is known right here.
-    this.server.on("session", (s: Http2Session) => {
-      if (this.accepting) this.peers.set(s, this.accepting);
-      this.served.add(s);
-      s.once("close", () => this.served.delete(s));
-      s.on("error", (e: Error) => this.log.debug({ err: e.message }, "inbound HTTP/2 session error"));
-      s.setLocalWindowSize(H2_SESSION_WINDOW);
-      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
-    });
-    this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
+    this.sessions = new ServedSessions<H2Peer>(
+      (s, h) => this.stream(s, h),
+      (e: Error) => this.log.debug({ err: e.message }, "inbound HTTP/2 session error"),
+    );
   }
 
   /** Serves a connection whose peer is established (mTLS with ALPN h2, or plaintext h2c) as HTTP/2. */
   serve(sock: Socket, peer: H2Peer): void {
-    this.accepting = peer;
-    try {
-      this.server.emit("connection", sock);
-    } finally {
-      this.accepting = undefined;
-    }
+    this.sessions.serve(sock, peer);
   }
 
   private app(port: number) {
@@ -124,7 +105,7 @@ export class H2Inbound {
     const start = process.hrtime.bigint();
     const requestId = requestIdOf(headers);
     const grpc = isGrpc(headers);
-    const peer = this.peers.get(down.session as Http2Session);
+    const peer = this.sessions.contextOf(down.session as Http2Session);
     const snap = this.state.snapshot;
     const policies = this.state.policies;
     down.on("error", () => {});
@@ -266,7 +247,7 @@ export class H2Inbound {
   }
 
   close(): void {
-    for (const s of this.served) s.destroy();
+    this.sessions.close();
     this.apps.close();
   }
 }

@@ -5,7 +5,6 @@
 // HTTP/1.1. A connect failure is retried once on another endpoint: no byte of the stream left yet.
 
 import {
-  createServer,
   type Http2Session,
   connect as h2connect,
   type IncomingHttpHeaders,
@@ -20,13 +19,12 @@ import { principalOf } from "../identity/index.js";
 import type { Balancer } from "./balancer.js";
 import {
   H2_MAX_SESSION_MEMORY,
-  H2_SERVED_IDLE_MS,
-  H2_SESSION_WINDOW,
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
   relayStream,
   requestIdOf,
+  ServedSessions,
   SessionPool,
   streamEnd,
   whenConnected,
@@ -47,15 +45,8 @@ export type Dial = (
 ) => void;
 
 export class H2Outbound {
-  private readonly server = createServer({
-    settings: H2_SETTINGS,
-    maxSessionMemory: H2_MAX_SESSION_MEMORY,
-  });
   private readonly pool = new SessionPool();
-  /** The original destination of each app connection, by its server session. */
-  private readonly dsts = new WeakMap<Http2Session, Destination>();
-  private accepting: Destination | undefined;
-  private readonly served = new Set<Http2Session>();
+  private readonly sessions: ServedSessions<Destination>;
 
   constructor(
     private readonly state: ProxyState,
@@ -64,26 +55,15 @@ export class H2Outbound {
     private readonly balancer: Balancer,
     private readonly dial: Dial,
   ) {
-    // `connection` creates the session synchronously, so the destination is known right here.
-    this.server.on("session", (s: Http2Session) => {
-      if (this.accepting) this.dsts.set(s, this.accepting);
-      this.served.add(s);
-      s.once("close", () => this.served.delete(s));
-      s.on("error", () => {});
-      s.setLocalWindowSize(H2_SESSION_WINDOW);
-      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
-    });
-    this.server.on("stream", (s: ServerHttp2Stream, h: IncomingHttpHeaders) => this.stream(s, h));
+    this.sessions = new ServedSessions<Destination>(
+      (s, h) => this.stream(s, h),
+      () => {},
+    );
   }
 
   /** Serves an app connection (already told to be h2c) as an HTTP/2 server session. */
   accept(sock: Socket, dst: Destination): void {
-    this.accepting = dst;
-    try {
-      this.server.emit("connection", sock);
-    } finally {
-      this.accepting = undefined;
-    }
+    this.sessions.serve(sock, dst);
   }
 
   private key(route: Route, ep: SnapshotEndpoint): string {
@@ -123,7 +103,7 @@ export class H2Outbound {
     const start = process.hrtime.bigint();
     const requestId = requestIdOf(headers);
     const grpc = isGrpc(headers);
-    const dst = this.dsts.get(down.session as Http2Session);
+    const dst = this.sessions.contextOf(down.session as Http2Session);
     const self = this.state.snapshot?.workload;
     down.on("error", () => {});
     const record: HttpRecord = {
@@ -212,7 +192,7 @@ export class H2Outbound {
   }
 
   close(): void {
-    for (const s of this.served) s.destroy();
+    this.sessions.close();
     this.pool.close();
   }
 }

@@ -8,10 +8,13 @@ import {
   type ClientHttp2Session,
   type ClientHttp2Stream,
   constants,
+  createServer,
+  type Http2Session,
   type IncomingHttpHeaders,
   type OutgoingHttpHeaders,
   type ServerHttp2Stream,
 } from "node:http2";
+import type { Socket } from "node:net";
 import type { Logger } from "../diag/index.js";
 import { spoofable } from "./headers.js";
 import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
@@ -335,4 +338,48 @@ export function streamEnd(
     finish({ err: (e as Error).message }, "UPSTREAM_FAILURE");
   };
   return { finish, bug };
+}
+
+/**
+ * The HTTP/2 server side of one listener, shared by both directions: serves the sockets handed to
+ * it, remembers what each connection was accepted with (the inbound's peer, the outbound's original
+ * destination) and destroys them all on close.
+ */
+export class ServedSessions<T> {
+  private readonly server = createServer({ settings: H2_SETTINGS, maxSessionMemory: H2_MAX_SESSION_MEMORY });
+  private readonly contexts = new WeakMap<Http2Session, T>();
+  private readonly served = new Set<Http2Session>();
+  private accepting: T | undefined;
+
+  constructor(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void, onError: (e: Error) => void) {
+    // `connection` creates the session synchronously, so its context is known right here.
+    this.server.on("session", (s: Http2Session) => {
+      if (this.accepting !== undefined) this.contexts.set(s, this.accepting);
+      this.served.add(s);
+      s.once("close", () => this.served.delete(s));
+      s.on("error", onError);
+      s.setLocalWindowSize(H2_SESSION_WINDOW);
+      s.setTimeout(H2_SERVED_IDLE_MS, () => s.close());
+    });
+    this.server.on("stream", onStream);
+  }
+
+  /** Serves `sock` (already known to speak HTTP/2) as a server session accepted with `context`. */
+  serve(sock: Socket, context: T): void {
+    this.accepting = context;
+    try {
+      this.server.emit("connection", sock);
+    } finally {
+      this.accepting = undefined;
+    }
+  }
+
+  /** What the session of a stream was accepted with. */
+  contextOf(session: Http2Session | undefined): T | undefined {
+    return session ? this.contexts.get(session) : undefined;
+  }
+
+  close(): void {
+    for (const s of this.served) s.destroy();
+  }
 }
