@@ -34,6 +34,12 @@ export function spoofable(name: string): boolean {
   );
 }
 
+/**
+ * Fields a sidecar drops from the head it forwards because it writes its own (identity fields are
+ * dropped anyway: `spoofable`). One set for both directions.
+ */
+export const REWRITTEN = new Set(["x-request-id"]);
+
 export type OutHeaders = Record<string, string | string[]>;
 
 export function forwardable(headers: IncomingHttpHeaders, stripIdentity: boolean): OutHeaders {

@@ -12,7 +12,7 @@ import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
-import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { fieldRecord, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
@@ -35,9 +35,6 @@ const PROXY_PORTS = new Set<number>([PORTS.proxyAdmin, PORTS.outboundCapture, PO
 function xfcc(self: string, peer: Peer): string {
   return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
 }
-
-/** Fields of the caller the app never sees (the mesh sets its own). */
-const DROP = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER, "x-request-id"]);
 
 const TICKET_KEY_MS = 3_600_000;
 

@@ -12,7 +12,7 @@ import { ZmeshError } from "../errors/index.js";
 import { Balancer } from "./balancer.js";
 import { dialMtls } from "./dial.js";
 import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
-import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { field, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
@@ -28,8 +28,6 @@ import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
-/** Fields of the app the next sidecar must not trust (the mesh sets its own). */
-const DROP = new Set(["x-forwarded-client-cert", SOURCE_WORKLOAD_HEADER, "x-request-id"]);
 
 export class Outbound implements Http1Listener {
   /** Accepts captured connections and routes each: HTTP to `h1`, TCP to a mutual-TLS pipe. */
