@@ -36,7 +36,8 @@ const PROTO = join(
 );
 
 let loaded: grpc.GrpcObject | undefined;
-function pkg(): grpc.GrpcObject {
+/** Reads mesh.proto (once); a process that drops privileges calls it before the drop. */
+export function pkg(): grpc.GrpcObject {
   if (!loaded) {
     const def = protoLoader.loadSync(PROTO, { keepCase: false, longs: Number, defaults: true });
     loaded = grpc.loadPackageDefinition(def);

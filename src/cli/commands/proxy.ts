@@ -3,6 +3,7 @@
 
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
+import { pkg as loadMeshApi } from "../../api/index.js";
 import { PROXY_UID } from "../../config/index.js";
 import { preloadX509 } from "../../identity/index.js";
 import { loadAddon, Sidecar } from "../../proxy/index.js";
@@ -25,7 +26,9 @@ export function proxyCommand(): Command {
     .option("--mesh <name>", "the local mesh this belongs to (for clean-up)")
     .action(async (o: Record<string, string>) => {
       loadAddon();
-      preloadX509(); // everything is loaded before the drop to uid 1337 (the checkout may be root-only)
+      // Everything read from the checkout is read before the drop to uid 1337 (it may be root-only).
+      preloadX509();
+      loadMeshApi();
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
       dropPrivileges(Number(o["uid"]));
