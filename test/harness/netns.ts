@@ -7,6 +7,7 @@
 // everything purged after).
 
 import { execFile } from "node:child_process";
+import { chmodSync, cpSync, mkdtempSync, rmSync } from "node:fs";
 import { cp, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,8 +30,26 @@ export interface ZmeshRun {
 }
 
 /** Runs bin/zmesh.js with `args` from the repository root (as `asUid` via setpriv when given); never rejects. */
+let readableCopy: string | undefined;
+/**
+ * The CLI's files, copied where any uid may read them: a checkout can be root-only (a clone under
+ * `mktemp -d` is mode 0700), and a run as another uid must still reach the code to be refused by it.
+ */
+function cliForAnyUid(): string {
+  if (!readableCopy) {
+    const dir = mkdtempSync(join(tmpdir(), "zmesh-cli-"));
+    chmodSync(dir, 0o755);
+    for (const part of ["package.json", "bin", "dist", "node_modules", "native", "proto"])
+      cpSync(join(REPO, part), join(dir, part), { recursive: true });
+    readableCopy = dir;
+    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return readableCopy;
+}
+
 export function zmeshCli(args: string[], opts: { asUid?: number } = {}): Promise<ZmeshRun> {
-  const argv = [process.execPath, join(REPO, "bin", "zmesh.js"), ...args];
+  const root = opts.asUid ? cliForAnyUid() : REPO;
+  const argv = [process.execPath, join(root, "bin", "zmesh.js"), ...args];
   const [cmd, ...rest] = opts.asUid
     ? ["setpriv", `--reuid=${opts.asUid}`, `--regid=${opts.asUid}`, "--clear-groups", ...argv]
     : argv;
