@@ -4,6 +4,8 @@
 // captured socket, is fixed per process: an outbound sidecar sends everything to the service
 // VIP, an inbound one to the app's port.
 
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector";
 import type { Socket } from "node:net";
 import pino from "pino";
 import { logger } from "../src/diag/index.js";
@@ -33,12 +35,41 @@ const STOP_TIMEOUT_MS = 3_000;
 let sidecar: Sidecar | undefined;
 let stopping = false;
 
+/**
+ * `BENCH_HEAP_SAMPLE=dir`: a sampling heap profile of what survives young-generation GCs (objects
+ * still alive at the end or freed by a mark-compact, not those a scavenge freed), that is, what the
+ * sidecar promotes to the old generation; written to `dir/<role>.heapprofile` at stop.
+ */
+const HEAP_SAMPLE = process.env["BENCH_HEAP_SAMPLE"];
+let heap: { session: Session; file: string } | undefined;
+
+function startHeapSampling(role: string): void {
+  if (!HEAP_SAMPLE) return;
+  const session = new Session();
+  session.connect();
+  session.post("HeapProfiler.startSampling", {
+    samplingInterval: 1024,
+    includeObjectsCollectedByMajorGC: true,
+    includeObjectsCollectedByMinorGC: process.env["BENCH_HEAP_MINOR"] === "1",
+  } as never);
+  heap = { session, file: `${HEAP_SAMPLE}/${role}.heapprofile` };
+}
+
+function stopHeapSampling(done: () => void): void {
+  if (!heap) return done();
+  const { session, file } = heap;
+  session.post("HeapProfiler.stopSampling", (err, r) => {
+    if (!err) writeFileSync(file, JSON.stringify((r as { profile: unknown }).profile));
+    done();
+  });
+}
+
 /** Closes the sidecar and exits normally, so that `node --cpu-prof` writes its profile. */
 function stop(): void {
   if (stopping) return;
   stopping = true;
   setTimeout(() => process.exit(0), STOP_TIMEOUT_MS).unref();
-  void (sidecar?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+  stopHeapSampling(() => void (sidecar?.close() ?? Promise.resolve()).finally(() => process.exit(0)));
 }
 
 async function start(job: SidecarJob): Promise<void> {
@@ -62,6 +93,7 @@ async function start(job: SidecarJob): Promise<void> {
   });
   await sidecar.start();
   await sidecar.ready();
+  startHeapSampling(job.role);
   process.send?.({ ready: true, ports: { ...sidecar.ports } } satisfies SidecarMessage);
 }
 
@@ -73,4 +105,10 @@ process.on("message", (m: SidecarJob | "stop") => {
   });
 });
 process.on("SIGTERM", stop);
+// A heap snapshot on demand (a diagnostic: `kill -USR2 <pid>` during a run), into BENCH_HEAP_SAMPLE or the cwd.
+process.on("SIGUSR2", () => {
+  void import("node:v8").then((v8) =>
+    v8.writeHeapSnapshot(`${HEAP_SAMPLE ?? "."}/sidecar-${process.pid}.heapsnapshot`),
+  );
+});
 process.on("disconnect", stop);

@@ -8,7 +8,7 @@
 // Method and results: bench/README.md, "Data plane chain". Last line: one JSON object.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { connect } from "node:net";
@@ -37,6 +37,12 @@ const { values: opt } = parseArgs({
     "no-pin": { type: "boolean", default: false },
     "no-install": { type: "boolean", default: false },
     profile: { type: "string" },
+    /** Like --profile, but the kernel's view: `perf record` on the chain's core (real CPU, kernel included). */
+    perf: { type: "string" },
+    /** With --perf: the job perf watches, `max` (closed loop) or `rate` (the fixed rate). */
+    "perf-job": { type: "string", default: "max" },
+    /** With --perf: also count each sidecar's syscalls (strace -c) during the job. */
+    "perf-strace": { type: "boolean", default: false },
     /** Extra node flags for the sidecar processes, space-separated, e.g. "--max-semi-space-size=4". */
     // The proxy's own launch flags unless told otherwise (--sidecar-flags="" runs bare node).
     "sidecar-flags": { type: "string", default: PROXY_NODE_FLAGS.join(" ") },
@@ -108,10 +114,16 @@ function tail(c: Child): string {
   return [...(first && !last.includes(first) ? [first] : []), ...last].join(" | ");
 }
 
+/** `BENCH_STDOUT_DIR=dir`: each child's stdout goes to `dir/<name>.out` (e.g. with --trace-gc), not /dev/null. */
+const STDOUT_DIR = process.env["BENCH_STDOUT_DIR"];
+
 function spawnNode(name: string, script: string, args: string[] = [], execArgv: string[] = []): Child {
+  if (STDOUT_DIR) mkdirSync(STDOUT_DIR, { recursive: true });
+  const out = STDOUT_DIR ? openSync(join(STDOUT_DIR, `${name}.out`), "w") : "ignore";
   const proc = spawn(process.execPath, [...execArgv, join(here, script), ...args], {
-    stdio: ["ignore", "ignore", "pipe", "ipc"],
+    stdio: ["ignore", out, "pipe", "ipc"],
   });
+  if (typeof out === "number") closeSync(out);
   return track(name, proc);
 }
 
@@ -862,6 +874,66 @@ async function profileRun(dir: string): Promise<void> {
   );
 }
 
+// `--perf DIR`: V8's profiler samples wall time, so on a shared core a sidecar blocked in a write
+// (while the woken reader runs) looks busy. perf samples the CPU instead: every process on the
+// chain's core, kernel stacks included, JS frames named through `--perf-basic-prof` maps.
+async function perfRun(dir: string): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const data = join(dir, "perf.data");
+  const job = opt["perf-job"];
+  if (job !== "max" && job !== "rate") throw new Error("--perf-job must be max or rate");
+  const app = await startApp();
+  const lg = await Loadgen.start();
+  const chain = await zmeshChain(app.port, () => ["--perf-basic-prof"]);
+  await check(chain);
+  say(`perf on cpu ${REST_CPU}: warm-up, then the ${job} job`);
+  await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: WARM_MAX_MS });
+  const tools = [
+    spawn("perf", ["record", "-q", "-o", data, "-C", String(REST_CPU), "-F", "997", "-g"], {
+      stdio: "ignore",
+    }),
+  ];
+  const straced: Promise<string>[] = [];
+  if (opt["perf-strace"])
+    for (const p of chain.proxies) {
+      const st = spawn("strace", ["-c", "-f", "-p", String(p.pid)], { stdio: ["ignore", "ignore", "pipe"] });
+      let text = "";
+      st.stderr.setEncoding("utf8").on("data", (d: string) => (text += d));
+      straced.push(new Promise((r) => st.once("exit", () => r(`${p.name}:\n${text}`))));
+      tools.push(st);
+    }
+  await sleep(300);
+  const result =
+    job === "max"
+      ? await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: MAX_MS })
+      : await lg.run({
+          kind: "rate",
+          target: target(chain),
+          connections: RATE_CONNECTIONS,
+          durationMs: RATE_MS,
+          rps: RATE,
+        });
+  for (const t of tools) t.kill("SIGINT");
+  await Promise.all(tools.map((t) => new Promise((r) => (t.exitCode !== null ? r(0) : t.once("exit", r)))));
+  for (const s of await Promise.all(straced)) say(`syscalls of the ${s}`);
+  const report = (sort: string) =>
+    spawnSync("perf", ["report", "-i", data, "--no-children", "--stdio", "-g", "none", "--sort", sort], {
+      encoding: "utf8",
+      maxBuffer: 64 << 20,
+    })
+      .stdout.split("\n")
+      .filter((l) => /^\s+\d/.test(l))
+      .slice(0, 40)
+      .join("\n");
+  say(`by process and object:\n${report("pid,dso")}`);
+  for (const p of chain.proxies) say(`pid ${p.pid} is the ${p.name} sidecar`);
+  say(`hottest symbols:\n${report("pid,sym")}`);
+  await chain.close();
+  console.log(
+    JSON.stringify({ bench: "chain-perf", job, completed: result.completed, pids: chain.proxies, data }),
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run.
 
@@ -875,6 +947,10 @@ async function main(): Promise<number> {
   );
   if (opt.profile) {
     await profileRun(resolve(opt.profile));
+    return 0;
+  }
+  if (opt.perf) {
+    await perfRun(resolve(opt.perf));
     return 0;
   }
   const app = await startApp();
