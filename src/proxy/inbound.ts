@@ -14,7 +14,7 @@ import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
 import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
-import { fieldRecord, type RequestHead } from "./http1/head.js";
+import { field, fieldRecord, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
@@ -34,6 +34,40 @@ const PROXY_PORTS = new Set<number>([PORTS.proxyAdmin, PORTS.outboundCapture, PO
 /** X-Forwarded-Client-Cert as Envoy writes it: who we are, the peer certificate's hash and its URI. */
 function xfcc(self: string, peer: Peer): string {
   return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
+}
+
+/**
+ * What the policy engine reads of an HTTP/1.1 request. The fields become a record only when read
+ * (a header rule, a JWT): most requests are decided on identity, method and path alone. A class,
+ * not an object literal with a getter: a literal's getter is a new closure per request, which
+ * gave each request a hidden class of its own in the old generation, and with it kept the
+ * request's young objects alive until a mark-compact (bench/README.md, "Round 4").
+ */
+class HttpAttributes {
+  readonly method: string;
+  private fields: Record<string, string> | undefined;
+
+  constructor(
+    private readonly head: RequestHead,
+    readonly path: string,
+    readonly host: string,
+  ) {
+    this.method = head.method;
+  }
+
+  get headers(): Record<string, string> {
+    this.fields ??= fieldRecord(this.head);
+    return this.fields;
+  }
+}
+
+/** destination_service from a Host value: without its port (`svc:8080` is `svc`), absent when empty. */
+function serviceOf(host: string): string | undefined {
+  let end = host.length;
+  while (end > 0 && host.charCodeAt(end - 1) >= 48 && host.charCodeAt(end - 1) <= 57) end--;
+  if (end < host.length && end > 0 && host.charCodeAt(end - 1) === 58)
+    return host.slice(0, end - 1) || undefined;
+  return host || undefined;
 }
 
 const TICKET_KEY_MS = 3_600_000;
@@ -64,6 +98,10 @@ export class Inbound implements Http1Listener {
   /** Original destination port of each accepted connection, by its remote address and port. */
   private readonly dstPorts = new Map<string, number>();
   private readonly peers = new WeakMap<Duplex, Peer>();
+  /** Per connection: its XFCC value, made once (it depends on our SPIFFE ID and the peer's certificate). */
+  private readonly xfccs = new WeakMap<Peer, { self: string; value: string }>();
+  /** The destination side of every record, made once per workload (snapshot) rather than per request. */
+  private selfPeer: { of: unknown; value: HttpRecord["destination"] } | undefined;
   private readonly apps = new Map<number, UpstreamPool>();
   /** HTTP/2 hook: h2 (ALPN) and plaintext h2c connections are served by h2-inbound.ts. */
   private readonly h2: H2Inbound;
@@ -304,27 +342,24 @@ export class Inbound implements Http1Listener {
   request(conn: Http1Conn, head: RequestHead): void {
     const start = performance.now();
     const peer = this.peers.get(conn.sock);
-    const headers = fieldRecord(head);
-    const requestId = headers["x-request-id"] || randomUUID();
+    const requestId = field(head, "x-request-id") || randomUUID();
     const snap = this.state.snapshot;
     const policies = this.state.policies;
     if (!peer || !policies || !snap) return conn.reject("NOT_READY", requestId);
-    const sourceWorkload = headers[SOURCE_WORKLOAD_HEADER];
+    const host = field(head, "host") ?? "";
     const norm = normalizePath(head.target);
+    // Every record has the same shape (no spread of optional parts), so building and reading it
+    // stays on one hidden class.
     const record: HttpRecord = {
       reporter: "destination",
       requestId,
       source: {
-        ...(peer.principal ? { principal: peer.principal } : {}),
-        ...(peer.namespace ? { namespace: peer.namespace } : {}),
-        ...(typeof sourceWorkload === "string" ? { workload: sourceWorkload } : {}),
+        principal: peer.principal || undefined,
+        namespace: peer.namespace || undefined,
+        workload: field(head, SOURCE_WORKLOAD_HEADER),
       },
-      destination: {
-        principal: principalOf(snap.workload.spiffeId),
-        workload: snap.workload.name,
-        namespace: snap.workload.namespace,
-      },
-      service: (headers.host ?? "").replace(/:\d+$/, "") || undefined,
+      destination: this.self(snap.workload),
+      service: serviceOf(host),
       method: head.method,
       path: norm.ok ? norm.path : head.target,
       protocol: "http",
@@ -347,15 +382,13 @@ export class Inbound implements Http1Listener {
       this.telemetry.http(record);
     };
     if (!norm.ok) return finish({ decision: "deny", reason: norm.reason }, "BAD_REQUEST");
+    const http = new HttpAttributes(head, norm.path, host);
     const authorize = (
       auth?: RequestAuth,
       drop: ReadonlySet<string> = DROP,
       set?: Record<string, string>,
     ) => {
-      const decision = evaluate(
-        policies,
-        peerRequest(peer, auth, { method: head.method, path: norm.path, host: headers.host ?? "", headers }),
-      );
+      const decision = evaluate(policies, peerRequest(peer, auth, http));
       record.decision = decision.allowed ? "allow" : "deny";
       record.reason = decision.reason;
       if (decision.policy !== undefined) record.policy = decision.policy;
@@ -364,7 +397,7 @@ export class Inbound implements Http1Listener {
       if (decision.dryRun?.length) record.dryRun = decision.dryRun;
       if (!decision.allowed) return finish({}, "RBAC_DENIED");
       const extra = ["x-request-id", requestId];
-      if (peer.mtls) extra.push("x-forwarded-client-cert", xfcc(snap.workload.spiffeId, peer));
+      if (peer.mtls) extra.push("x-forwarded-client-cert", this.xfcc(snap.workload.spiffeId, peer));
       if (set) for (const k of Object.keys(set)) extra.push(k, set[k]!);
       const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
       conn.forward(this.app(peer.port), requestHeadFor(head, path, drop, extra), (r) => {
@@ -375,7 +408,8 @@ export class Inbound implements Http1Listener {
     const jwtRules = snap.requestAuthentications;
     if (jwtRules.length === 0) return authorize();
     // A present but invalid token is 401; a missing one gives no request principal.
-    authenticateJwt(jwtRules, { headers, query: norm.query }, new Date()).then(
+    const jwtHeaders = http.headers;
+    authenticateJwt(jwtRules, { headers: jwtHeaders, query: norm.query }, new Date()).then(
       (r) => {
         if (!r.ok)
           return finish(
@@ -384,11 +418,11 @@ export class Inbound implements Http1Listener {
           );
         const drop = new Set(DROP);
         for (const h of r.headersToRemove) {
-          delete headers[h];
+          delete jwtHeaders[h];
           drop.add(h);
         }
         for (const h of Object.keys(r.headersToSet)) drop.add(h);
-        Object.assign(headers, r.headersToSet);
+        Object.assign(jwtHeaders, r.headersToSet);
         authorize(
           {
             ...(r.principal !== undefined ? { principal: r.principal } : {}),
@@ -447,6 +481,23 @@ export class Inbound implements Http1Listener {
       splice(sock, app, () => {});
     });
     app.once("error", () => refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId));
+  }
+
+  private xfcc(self: string, peer: Peer): string {
+    const hit = this.xfccs.get(peer);
+    if (hit !== undefined && hit.self === self) return hit.value;
+    const value = xfcc(self, peer);
+    this.xfccs.set(peer, { self, value });
+    return value;
+  }
+
+  private self(w: { spiffeId: string; name: string; namespace: string }): HttpRecord["destination"] {
+    if (this.selfPeer?.of !== w)
+      this.selfPeer = {
+        of: w,
+        value: { principal: principalOf(w.spiffeId), workload: w.name, namespace: w.namespace },
+      };
+    return this.selfPeer.value;
   }
 
   async close(): Promise<void> {

@@ -323,7 +323,7 @@ export class Outbound implements Http1Listener {
     record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
-    const headText = requestHeadFor(head, head.target, DROP, [
+    const headBytes = requestHeadFor(head, head.target, DROP, [
       "x-request-id",
       requestId,
       SOURCE_WORKLOAD_HEADER,
@@ -340,7 +340,7 @@ export class Outbound implements Http1Listener {
         namespace: route.service.namespace,
       };
       this.balancer.started(ep.address);
-      conn.forward(this.pool(route, ep.address), headText, (r) => {
+      conn.forward(this.pool(route, ep.address), headBytes, (r) => {
         const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
         this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
         if (r.error) {

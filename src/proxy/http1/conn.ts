@@ -10,6 +10,7 @@ import { type Flag, rescueWire } from "../rescue.js";
 import { Framer } from "./body.js";
 import {
   field,
+  fieldRecord,
   keepAlive,
   parseRequestHead,
   parseResponseHead,
@@ -162,7 +163,7 @@ export class Http1Conn {
           this.detach();
           this.listener.upgrade(
             this.sock,
-            { method: head.method, url: head.target, headers: recordOf(head) },
+            { method: head.method, url: head.target, headers: fieldRecord(head) },
             rest ?? Buffer.alloc(0),
           );
           return;
@@ -190,7 +191,7 @@ export class Http1Conn {
   }
 
   /** Sends the request upstream over a connection of `pool`, then relays the response. */
-  forward(pool: UpstreamPool, headText: string, done: (r: ForwardResult) => void): void {
+  forward(pool: UpstreamPool, headBytes: Buffer, done: (r: ForwardResult) => void): void {
     if (this.state !== C.Held) {
       done({
         status: 0,
@@ -200,7 +201,7 @@ export class Http1Conn {
       });
       return;
     }
-    const ex = new Exchange(this, pool, headText, done);
+    const ex = new Exchange(this, pool, headBytes, done);
     this.ex = ex;
     ex.acquire();
   }
@@ -283,22 +284,8 @@ export class Http1Conn {
 }
 
 /** A head and the body bytes after it as one buffer, so they leave in one write. */
-function joined(head: string, body: Buffer): Buffer {
-  const n = head.length;
-  const out = Buffer.allocUnsafe(n + body.length);
-  out.write(head, 0, n, "latin1");
-  body.copy(out, n);
-  return out;
-}
-
-function recordOf(h: RequestHead): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i < h.names.length; i++) {
-    const n = h.names[i]!;
-    const prev = out[n];
-    out[n] = prev === undefined ? h.values[i]! : `${prev}, ${h.values[i]}`;
-  }
-  return out;
+function joined(head: Buffer, body: Buffer): Buffer {
+  return Buffer.concat([head, body], head.length + body.length);
 }
 
 enum R {
@@ -322,14 +309,14 @@ class Exchange implements UpstreamUser {
   private dechunk = false;
   private parts: Buffer[] = [];
   private staleRetried = false;
-  private reqHead: string | undefined;
-  private respHead: string | undefined;
+  private reqHead: Buffer | undefined;
+  private respHead: Buffer | undefined;
   private finished = false;
 
   constructor(
     private readonly conn: Http1Conn,
     private readonly pool: UpstreamPool,
-    private readonly headText: string,
+    private readonly headBytes: Buffer,
     private readonly done: (r: ForwardResult) => void,
   ) {}
 
@@ -348,9 +335,9 @@ class Exchange implements UpstreamUser {
       up.user = this;
       this.r = R.Head;
       // The head goes out with the first body bytes already read, in one write (one TLS record).
-      this.reqHead = this.headText;
+      this.reqHead = this.headBytes;
       this.conn.startBody();
-      if (this.reqHead !== undefined && (this.r as R) !== R.Done) up.sock.write(this.reqHead, "latin1");
+      if (this.reqHead !== undefined && (this.r as R) !== R.Done) up.sock.write(this.reqHead);
       this.reqHead = undefined;
     });
   }
@@ -402,7 +389,7 @@ class Exchange implements UpstreamUser {
       }
       if (h.status < 200) {
         // 100 Continue and other interim responses go to the client as they are.
-        this.conn.sock.write(interimHeadFor(h), "latin1");
+        this.conn.sock.write(interimHeadFor(h));
         if (!rest) return;
         buf = rest;
         continue;
@@ -446,7 +433,7 @@ class Exchange implements UpstreamUser {
   private flushResponseHead(): void {
     const head = this.respHead;
     this.respHead = undefined;
-    if (head !== undefined) this.conn.sock.write(head, "latin1");
+    if (head !== undefined) this.conn.sock.write(head);
   }
 
   private body(d: Buffer, from: number): void {
@@ -462,7 +449,7 @@ class Exchange implements UpstreamUser {
       this.parts = [];
       const head = this.respHead;
       this.respHead = undefined;
-      if (head !== undefined) parts.unshift(Buffer.from(head, "latin1"));
+      if (head !== undefined) parts.unshift(head);
       const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
       if (out.length > 0 && !this.conn.sock.write(out)) this.up!.sock.pause();
     } else if (n > 0) {

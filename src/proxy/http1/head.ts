@@ -14,11 +14,18 @@ export const MAX_HEADERS = 200;
 export type BodyKind = "none" | "length" | "chunked" | "close";
 
 export interface Head {
-  /** Lower-cased names and their values, in order (duplicates kept). */
+  /** Lower-cased names, in order (duplicates kept). */
   names: string[];
-  /** Names as sent (re-emitted upstream unchanged). */
-  rawNames: string[];
-  values: string[];
+  /**
+   * Where each field is in `buf`, four numbers per field: line start, value start, value end
+   * (trailing blanks excluded), line end (after its CRLF). Values are read on demand (`value`) and
+   * forwarded lines are copied as bytes (./wire.ts), so a relayed head makes no string per field.
+   */
+  at: number[];
+  /** The bytes the head was parsed from (it starts at 0); never written to. */
+  buf: Buffer;
+  /** End of the start line, after its CRLF. */
+  lineEnd: number;
   /** HTTP/1.<minor> */
   minor: 0 | 1;
   /** Content-Length if present, else -1. */
@@ -74,6 +81,7 @@ function fail(reason: string): { ok: false; reason: string } {
 /** Parses header lines from `pos` (just after the start line's CRLF) to `end` (after CRLF CRLF). */
 function fields(buf: Buffer, pos: number, end: number, h: Head): string | undefined {
   let teSeen = false;
+  const at = h.at;
   while (pos < end - 2) {
     if (h.names.length >= MAX_HEADERS) return "too many header fields";
     const c0 = buf[pos]!;
@@ -81,29 +89,28 @@ function fields(buf: Buffer, pos: number, end: number, h: Head): string | undefi
     let i = pos;
     while (i < end && TCHAR[buf[i]!] === 1) i++;
     if (i === pos || buf[i] !== 58) return "invalid character in a header field name";
-    const rawName = buf.toString("latin1", pos, i);
-    const name = rawName.toLowerCase();
+    const nameEnd = i;
     i++;
     while (buf[i] === 32 || buf[i] === 9) i++;
     const vStart = i;
     while (i < end && VALUE[buf[i]!] === 1) i++;
     if (buf[i] !== CR || buf[i + 1] !== LF)
-      return `invalid character or line ending in header field ${rawName}`;
+      return `invalid character or line ending in header field ${buf.toString("latin1", pos, nameEnd)}`;
     let vEnd = i;
     while (vEnd > vStart && (buf[vEnd - 1] === 32 || buf[vEnd - 1] === 9)) vEnd--;
-    const value = buf.toString("latin1", vStart, vEnd);
+    const name = lowerName(buf, pos, nameEnd);
+    at.push(pos, vStart, vEnd, i + 2);
     pos = i + 2;
     h.names.push(name);
-    h.rawNames.push(rawName);
-    h.values.push(value);
     if (name === "content-length") {
       if (h.contentLength >= 0) return "more than one Content-Length";
+      const value = buf.toString("latin1", vStart, vEnd);
       if (!/^[0-9]{1,15}$/.test(value)) return "Content-Length is not a decimal number";
       h.contentLength = Number(value);
     } else if (name === "transfer-encoding") {
       if (teSeen) return "more than one Transfer-Encoding field";
       teSeen = true;
-      const codings = value.toLowerCase().split(",");
+      const codings = buf.toString("latin1", vStart, vEnd).toLowerCase().split(",");
       for (let k = 0; k < codings.length; k++) {
         const c = codings[k]!.trim();
         if (!/^[a-z0-9!#$%&'*+\-.^_`|~]+$/.test(c)) return "invalid Transfer-Encoding";
@@ -113,7 +120,7 @@ function fields(buf: Buffer, pos: number, end: number, h: Head): string | undefi
       }
       h.chunked = true;
     } else if (name === "connection") {
-      for (const t of value.toLowerCase().split(",")) {
+      for (const t of buf.toString("latin1", vStart, vEnd).toLowerCase().split(",")) {
         const tok = t.trim();
         if (tok) h.connection.push(tok);
       }
@@ -123,11 +130,66 @@ function fields(buf: Buffer, pos: number, end: number, h: Head): string | undefi
   return undefined;
 }
 
-function blank(size: number): Head {
+/**
+ * Names the proxy meets on most requests, interned once: a field name is compared to these before
+ * a new string is cut for it (most heads then allocate no name strings at all).
+ */
+const COMMON = [
+  "host",
+  "user-agent",
+  "accept",
+  "accept-encoding",
+  "accept-language",
+  "content-length",
+  "content-type",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "date",
+  "server",
+  "cache-control",
+  "authorization",
+  "cookie",
+  "x-request-id",
+  "traceparent",
+  "tracestate",
+  "x-forwarded-client-cert",
+  "x-zmesh-source-workload",
+  "upgrade",
+  "te",
+  "trailer",
+  "etag",
+  "vary",
+  "location",
+  "set-cookie",
+  "grpc-status",
+];
+const COMMON_BY_LENGTH: string[][] = [];
+for (const n of COMMON) (COMMON_BY_LENGTH[n.length] ??= []).push(n);
+
+/** The lower-cased name at `buf[start, end)`: a known one without allocating, else a new string. */
+function lowerName(buf: Buffer, start: number, end: number): string {
+  const candidates = COMMON_BY_LENGTH[end - start];
+  if (candidates !== undefined) {
+    outer: for (let k = 0; k < candidates.length; k++) {
+      const c = candidates[k]!;
+      for (let j = 0; j < c.length; j++) {
+        let b = buf[start + j]!;
+        if (b >= 65 && b <= 90) b += 32;
+        if (b !== c.charCodeAt(j)) continue outer;
+      }
+      return c;
+    }
+  }
+  return buf.toString("latin1", start, end).toLowerCase();
+}
+
+function blank(buf: Buffer, size: number, lineEnd: number): Head {
   return {
     names: [],
-    rawNames: [],
-    values: [],
+    at: [],
+    buf,
+    lineEnd,
     minor: 1,
     contentLength: -1,
     chunked: false,
@@ -178,7 +240,7 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
   const minor = version(buf, i + 1);
   if (minor < 0) return fail("unsupported HTTP version");
   if (buf[i + 9] !== CR || buf[i + 10] !== LF) return fail("invalid request line ending");
-  const h = blank(end) as RequestHead;
+  const h = blank(buf, end, i + 11) as RequestHead;
   h.method = method;
   h.target = target;
   h.minor = minor as 0 | 1;
@@ -218,7 +280,7 @@ export function parseResponseHead(buf: Buffer): Parsed<ResponseHead> {
     reason = buf.toString("latin1", r0, i);
   }
   if (buf[i] !== CR || buf[i + 1] !== LF) return fail("invalid status line ending");
-  const h = blank(end) as ResponseHead;
+  const h = blank(buf, end, i + 2) as ResponseHead;
   h.status = d0 * 100 + d1 * 10 + d2;
   h.reason = reason;
   h.minor = minor as 0 | 1;
@@ -227,10 +289,15 @@ export function parseResponseHead(buf: Buffer): Parsed<ResponseHead> {
   return { ok: true, head: h };
 }
 
+/** The value of field `i` (trailing blanks excluded). */
+export function value(h: Head, i: number): string {
+  return h.buf.toString("latin1", h.at[i * 4 + 1], h.at[i * 4 + 2]);
+}
+
 /** The value of the first field named `name` (lower-case), if any. */
 export function field(h: Head, name: string): string | undefined {
   const i = h.names.indexOf(name);
-  return i < 0 ? undefined : h.values[i];
+  return i < 0 ? undefined : value(h, i);
 }
 
 /** Fields as a record (duplicates joined with ", ", as Node's IncomingMessage does), for policy and JWT. */
@@ -239,7 +306,7 @@ export function fieldRecord(h: Head): Record<string, string> {
   for (let i = 0; i < h.names.length; i++) {
     const n = h.names[i]!;
     const prev = out[n];
-    out[n] = prev === undefined ? h.values[i]! : `${prev}, ${h.values[i]}`;
+    out[n] = prev === undefined ? value(h, i) : `${prev}, ${value(h, i)}`;
   }
   return out;
 }
