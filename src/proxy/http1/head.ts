@@ -165,7 +165,11 @@ const COMMON = [
   "grpc-status",
 ];
 const COMMON_BY_LENGTH: string[][] = [];
-for (const n of COMMON) (COMMON_BY_LENGTH[n.length] ??= []).push(n);
+for (const n of COMMON) {
+  const same = COMMON_BY_LENGTH[n.length] ?? [];
+  same.push(n);
+  COMMON_BY_LENGTH[n.length] = same;
+}
 
 /** The lower-cased name at `buf[start, end)`: a known one without allocating, else a new string. */
 function lowerName(buf: Buffer, start: number, end: number): string {
