@@ -120,10 +120,11 @@ export class H2Inbound {
     const record: HttpRecord = {
       reporter: "destination",
       requestId,
+      // One shape for every record: no spread of optional parts (see peerRequest).
       source: {
-        ...(peer?.principal ? { principal: peer.principal } : {}),
-        ...(peer?.namespace ? { namespace: peer.namespace } : {}),
-        ...(typeof sourceWorkload === "string" ? { workload: sourceWorkload } : {}),
+        principal: peer?.principal || undefined,
+        namespace: peer?.namespace || undefined,
+        workload: typeof sourceWorkload === "string" ? sourceWorkload : undefined,
       },
       destination: snap
         ? {
@@ -204,7 +205,7 @@ export class H2Inbound {
                   status: r.status,
                   requestBytes: r.requestBytes,
                   responseBytes: r.responseBytes,
-                  ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+                  grpcStatus: r.grpcStatus,
                 };
                 if (r.clientReset !== undefined)
                   return finish({

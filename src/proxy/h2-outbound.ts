@@ -122,7 +122,7 @@ export class H2Outbound {
       durationMs: 0,
       requestBytes: 0,
       responseBytes: 0,
-      ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
+      upstream: dst ? `${dst.address}:${dst.port}` : undefined,
     };
     this.state.inflight++;
     // Draining: this stream is served, then the session ends with GOAWAY (the app reconnects elsewhere).
@@ -165,7 +165,7 @@ export class H2Outbound {
                 status: r.status,
                 requestBytes: r.requestBytes,
                 responseBytes: r.responseBytes,
-                ...(r.grpcStatus !== undefined ? { grpcStatus: r.grpcStatus } : {}),
+                grpcStatus: r.grpcStatus,
               };
               if (r.clientReset !== undefined)
                 return finish({ ...result, err: `the app reset the stream (HTTP/2 code ${r.clientReset})` });

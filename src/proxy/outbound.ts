@@ -97,11 +97,18 @@ export class Outbound implements Http1Listener {
     });
   }
 
+  /** The source side of every record, made once per workload (snapshot) rather than per request. */
+  private selfCache: { of: unknown; value: TcpRecord["source"] } | undefined;
+
   private selfPeer(): TcpRecord["source"] {
     const self = this.state.snapshot?.workload;
-    return self
-      ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
-      : {};
+    if (!self) return {};
+    if (this.selfCache?.of !== self)
+      this.selfCache = {
+        of: self,
+        value: { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace },
+      };
+    return this.selfCache.value;
   }
 
   private noRoute(s: Socket, dst: Destination): void {
@@ -288,13 +295,13 @@ export class Outbound implements Http1Listener {
     const requestId = field(head, "x-request-id") || randomUUID();
     const dst = this.destination(conn.sock);
     const self = this.state.snapshot?.workload;
+    // One shape for every record (see inbound.ts): no spread of optional parts.
     const record: HttpRecord = {
       reporter: "source",
       requestId,
-      source: self
-        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
-        : {},
+      source: this.selfPeer(),
       destination: {},
+      service: undefined,
       method: head.method,
       path: head.target,
       protocol: "http",
@@ -303,7 +310,7 @@ export class Outbound implements Http1Listener {
       durationMs: 0,
       requestBytes: 0,
       responseBytes: 0,
-      ...(dst ? { upstream: `${dst.address}:${dst.port}` } : {}),
+      upstream: dst ? `${dst.address}:${dst.port}` : undefined,
     };
     this.state.inflight++;
     const finish = (r: Partial<HttpRecord>, flag?: Flag) => {
