@@ -6,7 +6,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
-import { PORTS } from "../config/index.js";
+import { PORTS, type ProxyTimeouts } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
 import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
@@ -89,6 +89,10 @@ export class Inbound implements Http1Listener {
 
   draining(): boolean {
     return this.state.draining;
+  }
+
+  get timeouts(): ProxyTimeouts {
+    return this.state.timeouts;
   }
 
   malformed(conn: Http1Conn, reason: string): void {
@@ -368,7 +372,7 @@ export class Inbound implements Http1Listener {
       if (set) for (const k of Object.keys(set)) extra.push(k, set[k]!);
       const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
       conn.forward(this.app(peer.port), requestHeadFor(head, path, drop, extra), (r) => {
-        if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
+        if (r.error) return finish({ err: r.error.message }, r.flag ?? "UPSTREAM_FAILURE");
         finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
       });
     };
