@@ -9,7 +9,13 @@ import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { PORTS, type ProxyTimeouts } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
-import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import {
+  authenticateJwt,
+  evaluate,
+  type NormalizeResult,
+  normalizePath,
+  type RequestAuth,
+} from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
 import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
@@ -37,6 +43,8 @@ function xfcc(self: string, peer: Peer): string {
 }
 
 const TICKET_KEY_MS = 3_600_000;
+/** `OPTIONS *` (asterisk-form): policies see the path `*`, which no path rule but `*` matches. */
+const ASTERISK: NormalizeResult = { ok: true, path: "*", query: "" };
 
 export class Inbound implements Http1Listener {
   readonly server: Server;
@@ -314,7 +322,7 @@ export class Inbound implements Http1Listener {
     const policies = this.state.policies;
     if (!peer || !policies || !snap) return conn.reject("NOT_READY", requestId);
     const sourceWorkload = headers[SOURCE_WORKLOAD_HEADER];
-    const norm = normalizePath(head.target);
+    const norm = head.target === "*" ? ASTERISK : normalizePath(head.target);
     const record: HttpRecord = {
       reporter: "destination",
       requestId,

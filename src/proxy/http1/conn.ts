@@ -179,6 +179,7 @@ export class Http1Conn {
           return;
         }
         const head = r.head;
+        if (head.method === "CONNECT") return this.refuseConnect();
         const rest = this.pending.length > head.size ? this.pending.subarray(head.size) : undefined;
         this.pending = rest;
         this.head = head;
@@ -199,6 +200,17 @@ export class Http1Conn {
     } finally {
       this.looping = false;
     }
+  }
+
+  /**
+   * CONNECT is refused (501), whatever its target: the connection was captured for one
+   * destination (the outbound routes by the original destination, the inbound serves one app
+   * port), and a tunnel to a destination the caller names would carry bytes that neither routing
+   * nor per-request authorization ever see, and would make the outbound an open proxy.
+   */
+  private refuseConnect(): void {
+    this.listener.malformed(this, "CONNECT (a tunnel) is not proxied by the sidecar");
+    this.endWith(rescueWire("CONNECT_REFUSED", randomUUID(), true));
   }
 
   private detach(): void {

@@ -5,7 +5,11 @@
 // It is strict on purpose (request smuggling, issue 7): it refuses what two parsers could read
 // differently — Content-Length with Transfer-Encoding, several Content-Lengths, a
 // Transfer-Encoding not ending in one `chunked`, obs-fold, bare LF or CR, non-token names, control
-// characters in values, over-long heads, and request targets other than origin-form.
+// characters in values, over-long heads. Targets other than origin-form are read by ./target.ts
+// into origin-form (absolute-form's authority becomes Host; `OPTIONS *`; CONNECT for the engine
+// to refuse).
+
+import { otherForm, useAuthority } from "./target.js";
 
 /** Longest head accepted (request line or status line, and header lines). */
 export const MAX_HEAD_BYTES = 64 * 1024;
@@ -173,8 +177,14 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
   const t0 = ++i;
   while (i < end && TARGET[buf[i]!] === 1) i++;
   if (buf[i] !== 32 || i === t0) return fail("invalid request target");
-  if (buf[t0] !== 47) return fail("request target is not in origin-form (a path starting with /)");
-  const target = buf.toString("latin1", t0, i);
+  let target = buf.toString("latin1", t0, i);
+  let authority: string | undefined;
+  if (buf[t0] !== 47) {
+    const t = otherForm(method, target);
+    if (!t.ok) return fail(t.reason);
+    target = t.target;
+    authority = t.authority;
+  }
   const minor = version(buf, i + 1);
   if (minor < 0) return fail("unsupported HTTP version");
   if (buf[i + 9] !== CR || buf[i + 10] !== LF) return fail("invalid request line ending");
@@ -190,6 +200,7 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
     for (const n of h.names) if (n === "host") hosts++;
     if (hosts !== 1) return fail(hosts === 0 ? "no Host header" : "more than one Host header");
   }
+  if (authority !== undefined) useAuthority(h, authority);
   return { ok: true, head: h };
 }
 
