@@ -461,6 +461,12 @@ export class Inbound implements Http1Listener {
     app.once("error", () => refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId));
   }
 
+  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  drain(): void {
+    this.server.close();
+    this.h2.drain(); // HTTP/2 hook
+  }
+
   async close(): Promise<void> {
     this.server.close();
     this.h1.close();

@@ -391,6 +391,12 @@ export class Outbound implements Http1Listener {
     );
   }
 
+  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  drain(): void {
+    this.server.close();
+    this.h2.drain(); // HTTP/2 hook
+  }
+
   async close(): Promise<void> {
     this.server.close();
     this.h1.close();

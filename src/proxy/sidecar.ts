@@ -218,8 +218,8 @@ export class Sidecar {
   async drain(timeoutMs = 5_000): Promise<void> {
     if (!this.state.draining) {
       this.state.draining = true;
-      this.inbound.server.close();
-      this.outbound.server.close();
+      this.inbound.drain();
+      this.outbound.drain();
       this.log.info({ inflight: this.state.inflight }, "draining");
     }
     this.log.flush();
