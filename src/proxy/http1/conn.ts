@@ -76,11 +76,11 @@ export class Http1Server {
     return new Http1Conn(sock, this);
   }
 
-  /** Every quarter of the shortest bound (10 ms to 1 s), so each is met at most that late. */
+  /** Every quarter of the shortest bound (10 ms to 1 s): each bound holds to within that. */
   private startSweep(): NodeJS.Timeout {
     const t = this.listener.timeouts;
     const every = Math.min(1_000, Math.max(10, Math.min(t.requestHeadersMs, t.idleMs, t.streamIdleMs) / 4));
-    tickClock(); // the coarse clock may be a second old: the first connection's stamps must not be
+    tickClock(); // the coarse clock may be a second old; the first connection's stamps must be fresh
     const timer = setInterval(() => {
       const now = tickClock();
       const bounds = this.listener.timeouts;
