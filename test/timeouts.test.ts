@@ -9,7 +9,16 @@ import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import type { Sidecar } from "../src/proxy/index.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./harness/index.js";
+import {
+  controlPlane,
+  entryYaml,
+  freePort,
+  type MeshFixture,
+  proxy,
+  requestsTotal,
+  scrapeMetrics,
+  serviceYaml,
+} from "./harness/index.js";
 
 const TIMEOUTS = { requestHeadersMs: 400, idleMs: 700, streamIdleMs: 600 };
 const vip = { address: "198.19.0.90", port: 80 };
@@ -58,6 +67,7 @@ const trickle = (n: number, every: number): Step[] =>
 describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
   let mesh: MeshFixture;
   let client: Sidecar;
+  let web: Sidecar;
   let app: Server;
   let inbound: number;
   let creds: { key: string; cert: string; ca: string };
@@ -89,7 +99,7 @@ describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
       ],
     );
     client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), timeouts: TIMEOUTS });
-    await proxy(mesh, "shop/web", {
+    web = await proxy(mesh, "shop/web", {
       inboundPort: inbound,
       appPort: (app.address() as { port: number }).port,
       timeouts: TIMEOUTS,
@@ -130,11 +140,11 @@ describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
       waitMs,
     );
   const directions = [
-    ["outbound", viaOutbound],
-    ["inbound", viaInbound],
+    ["outbound", viaOutbound, () => client],
+    ["inbound", viaInbound, () => web],
   ] as const;
 
-  for (const [name, via] of directions) {
+  for (const [name, via, sidecar] of directions) {
     it(`${name}: a head trickled a byte at a time gets 408 and close after requestHeadersMs`, async () => {
       const r = await via(["GET / HTTP/1.1\r\nhost: web\r\nx-slow: ", ...trickle(80, 50)]);
       assert.match(r.data, /^HTTP\/1\.1 408 Request Timeout\r\n/);
@@ -161,6 +171,8 @@ describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
       assert.match(r.data, /^HTTP\/1\.1 504 Gateway Timeout\r\n/);
       assert.match(r.data, /UPSTREAM_TIMEOUT/);
       assert.ok(r.ms >= 450 && r.ms < 2_500, `answered after ${r.ms} ms`);
+      const text = await scrapeMetrics(sidecar());
+      assert.ok(requestsTotal(text, 'response_code="504"'), "the 504 is in the sidecar's metrics");
     });
 
     it(`${name}: an upstream that stops mid-body is cut and the client's connection closed`, async () => {
