@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { it } from "node:test";
-import { ENV } from "../src/config/index.js";
+import { ENV, PROXY_TIMEOUTS } from "../src/config/index.js";
 import { ErrorCodes } from "../src/errors/index.js";
 import { FLAGS } from "../src/proxy/index.js";
 
@@ -34,4 +34,9 @@ it("docs/errors.md gives each proxy response flag the gRPC status it answers wit
 it("docs/configuration.md lists exactly the environment variables zmesh reads", () => {
   const documented = firstCells(doc("configuration.md"), /^\| (ZMESH_[A-Z_]+)\s*\|/gm);
   assert.deepEqual(documented.sort(), Object.values(ENV).sort());
+});
+
+it("docs/configuration.md lists exactly the proxy timeouts, with their defaults", () => {
+  const rows = [...doc("configuration.md").matchAll(/^\| ([a-z][A-Za-z]+Ms)\s*\| (\d+)\s*\|/gm)];
+  assert.deepEqual(Object.fromEntries(rows.map((r) => [r[1], Number(r[2])])), { ...PROXY_TIMEOUTS });
 });

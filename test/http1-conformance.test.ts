@@ -270,6 +270,18 @@ describe("HTTP/1.1 conformance through the mesh", { timeout: 60_000 }, () => {
     assert.match(all, /\r\n0\r\n\r\n$/);
   });
 
+  it("takes absolute-form (RFC 9112 3.2.2): forwarded in origin-form, the authority as Host", async () => {
+    const n = seen.length;
+    const c = await open(vip);
+    c.write("GET http://web:80/abs?q=1 HTTP/1.1\r\nhost: stale\r\nconnection: close\r\n\r\n");
+    const all = await c.closed;
+    assert.match(all, /^HTTP\/1.1 200 /);
+    assert.deepEqual(
+      seen.slice(n).map((s) => [s.url, s.headers.host]),
+      [["/abs?q=1", "web:80"]],
+    );
+  });
+
   describe("refuses request smuggling on the wire (400, connection closed, app never asked)", () => {
     const shapes: [string, string][] = [
       [
@@ -287,7 +299,7 @@ describe("HTTP/1.1 conformance through the mesh", { timeout: 60_000 }, () => {
       ],
       ["obs-fold", "GET /s HTTP/1.1\r\nhost: web\r\nx-a: 1\r\n transfer-encoding: chunked\r\n\r\n"],
       ["bare LF", "GET /s HTTP/1.1\nhost: web\n\n"],
-      ["absolute-form target", "GET http://web/s HTTP/1.1\r\nhost: web\r\n\r\n"],
+      ["absolute-form target with userinfo", "GET http://web@other/s HTTP/1.1\r\nhost: web\r\n\r\n"],
     ];
     for (const [name, bytes] of shapes) {
       it(name, async () => {

@@ -22,6 +22,25 @@ export const PROXY_UID = 1337;
  * less CPU per request and a lower p99, for 6-10 MB more RSS (bench/README.md, round 3).
  */
 export const PROXY_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=4", "--single-threaded-gc"];
+/**
+ * Time bounds of the sidecar's HTTP/1.1 connections, both directions (docs/configuration.md,
+ * "Proxy timeouts"). Enforced by one coarse sweep per listener (src/proxy/http1/conn.ts), so a
+ * bound holds to within a quarter of the shortest one (at most a second).
+ */
+export interface ProxyTimeouts {
+  /** A request head must be complete this long after its first byte (Envoy's request_headers_timeout): else 408 and close. */
+  requestHeadersMs: number;
+  /** A keep-alive connection with no request for this long is closed (Envoy's idle_timeout). */
+  idleMs: number;
+  /** No byte of a request's body or of its response, either way, for this long ends the exchange (Envoy's stream_idle_timeout). */
+  streamIdleMs: number;
+}
+
+export const PROXY_TIMEOUTS: Readonly<ProxyTimeouts> = {
+  requestHeadersMs: 10_000,
+  idleMs: 60_000,
+  streamIdleMs: 300_000,
+};
 export const DEFAULT_APP_UID = 1001;
 export const DEFAULT_ROOT_NAMESPACE = "zmesh-system";
 export const CONTROL_PLANE_SPIFFE_PATH = "/ns/zmesh-system/sa/zmesh-controlplane";

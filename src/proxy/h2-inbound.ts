@@ -26,6 +26,8 @@ import {
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
+  type Replay,
+  refuseStream,
   relayStream,
   requestIdOf,
   ServedSessions,
@@ -191,32 +193,49 @@ export class H2Inbound {
       if (peer.mtls)
         out["x-forwarded-client-cert"] =
           `By=${snap.workload.spiffeId};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
-      const toApp = (retried: boolean) =>
+      const toApp = (retried: boolean, replay?: Replay) =>
         this.app(peer.port)
           .then(
             (session) =>
-              relayStream(down, session, out, (r) => {
-                if (r.notSent && !retried) {
-                  // The pooled session to the app was closing: open a new one, once.
-                  this.apps.drop(String(peer.port), session);
-                  return void toApp(true);
-                }
-                const result = {
-                  status: r.status,
-                  requestBytes: r.requestBytes,
-                  responseBytes: r.responseBytes,
-                  grpcStatus: r.grpcStatus,
-                };
-                if (r.clientReset !== undefined)
-                  return finish({
-                    ...result,
-                    err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
-                  });
-                if (r.error && r.status === 0)
-                  return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-                if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-                finish(result);
-              }),
+              relayStream(
+                down,
+                session,
+                out,
+                (r) => {
+                  if (r.notSent && !retried) {
+                    // The pooled session to the app was closing: open a new one, once.
+                    this.apps.drop(String(peer.port), session);
+                    return void toApp(true);
+                  }
+                  if (r.refused && !retried) {
+                    // The app refused the stream, so never processed it (RFC 9113 section 8.7):
+                    // once more on a new session, whatever the method.
+                    this.apps.drop(String(peer.port), session);
+                    return void toApp(true, r.refused);
+                  }
+                  const result = {
+                    status: r.status,
+                    requestBytes: r.requestBytes,
+                    responseBytes: r.responseBytes,
+                    grpcStatus: r.grpcStatus,
+                  };
+                  if (r.clientReset !== undefined)
+                    return finish({
+                      ...result,
+                      err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
+                    });
+                  if (r.refused) {
+                    // Refused again: passed on as refused, so the calling sidecar tries elsewhere.
+                    refuseStream(down);
+                    return finish({ ...result, err: r.error!.message, flag: "UPSTREAM_FAILURE" });
+                  }
+                  if (r.error && r.status === 0)
+                    return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+                  if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+                  finish(result);
+                },
+                replay,
+              ),
             (e: Error) => finish({ err: `app: ${e.message}` }, "UPSTREAM_FAILURE"),
           )
           .catch(bug);
@@ -248,6 +267,11 @@ export class H2Inbound {
         (e: Error) => finish({ decision: "deny", reason: `JWT check failed: ${e.message}` }, "JWT_INVALID"),
       )
       .catch(bug);
+  }
+
+  /** A drain: GOAWAY to every served session now (ServedSessions.drain). */
+  drain(): void {
+    this.sessions.drain();
   }
 
   close(): void {

@@ -22,6 +22,8 @@ import {
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
+  type Replay,
+  refuseStream,
   relayStream,
   requestIdOf,
   ServedSessions,
@@ -143,7 +145,7 @@ export class H2Outbound {
     const out = h2RequestHeaders(headers, true);
     out["x-request-id"] = requestId;
     out[SOURCE_WORKLOAD_HEADER] = self.name;
-    const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
+    const attempt = (ep: SnapshotEndpoint, retried: boolean, replay?: Replay) => {
       record.upstream = `${ep.address}:${route.targetPort}`;
       record.destination = {
         principal: principalOf(ep.spiffeId),
@@ -154,26 +156,47 @@ export class H2Outbound {
       this.session(route, ep)
         .then(
           (session) =>
-            relayStream(down, session, out, (r) => {
-              this.balancer.finished(ep.address, false);
-              if (r.notSent && !retried) {
-                // The pooled session was closing (GOAWAY, idle close): open a new one, once.
-                this.pool.drop(this.key(route, ep), session);
-                return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
-              }
-              const result = {
-                status: r.status,
-                requestBytes: r.requestBytes,
-                responseBytes: r.responseBytes,
-                grpcStatus: r.grpcStatus,
-              };
-              if (r.clientReset !== undefined)
-                return finish({ ...result, err: `the app reset the stream (HTTP/2 code ${r.clientReset})` });
-              if (r.error && r.status === 0)
-                return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-              if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-              finish(result);
-            }),
+            relayStream(
+              down,
+              session,
+              out,
+              (r) => {
+                this.balancer.finished(ep.address, false);
+                if (r.notSent && !retried) {
+                  // The pooled session was closing (GOAWAY, idle close): open a new one, once.
+                  this.pool.drop(this.key(route, ep), session);
+                  return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
+                }
+                if (r.refused && !retried) {
+                  // Refused, so never processed (RFC 9113 section 8.7): once more, whatever the
+                  // method, on another endpoint if there is one, else on a new session.
+                  this.pool.drop(this.key(route, ep), session);
+                  const other = this.balancer.pick(route.service.endpoints, ep.address) ?? ep;
+                  return attempt(other, true, r.refused);
+                }
+                const result = {
+                  status: r.status,
+                  requestBytes: r.requestBytes,
+                  responseBytes: r.responseBytes,
+                  grpcStatus: r.grpcStatus,
+                };
+                if (r.clientReset !== undefined)
+                  return finish({
+                    ...result,
+                    err: `the app reset the stream (HTTP/2 code ${r.clientReset})`,
+                  });
+                if (r.refused) {
+                  // Refused again: the app is told so (REFUSED_STREAM), and may try again itself.
+                  refuseStream(down);
+                  return finish({ ...result, err: r.error!.message, flag: "UPSTREAM_FAILURE" });
+                }
+                if (r.error && r.status === 0)
+                  return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+                if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+                finish(result);
+              },
+              replay,
+            ),
           (e: Error) => {
             // The session could not be opened: nothing of this stream was sent anywhere yet.
             const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
@@ -189,6 +212,11 @@ export class H2Outbound {
         .catch(bug);
     };
     attempt(first, false);
+  }
+
+  /** A drain: GOAWAY to every served session now (ServedSessions.drain). */
+  drain(): void {
+    this.sessions.drain();
   }
 
   close(): void {

@@ -2,9 +2,27 @@
 // connection to HTTP/2, the h2c upgrade the inbound refuses, and the headers passed on (what is
 // dropped, what identity headers can never come from a caller).
 import assert from "node:assert/strict";
+import {
+  constants,
+  createServer,
+  type Http2Session,
+  connect as h2connect,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from "node:http2";
+import { createServer as createNetServer } from "node:net";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { h2RequestHeaders, h2ResponseHeaders, isGrpc, isH2cUpgrade } from "./h2.js";
+import {
+  h2RequestHeaders,
+  h2ResponseHeaders,
+  isGrpc,
+  isH2cUpgrade,
+  relayStream,
+  SessionPool,
+  type StreamResult,
+  whenConnected,
+} from "./h2.js";
 import { looksLikeH2, looksLikeHttp } from "./sniff.js";
 
 const PREFACE = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -119,5 +137,124 @@ describe("HTTP/2 headers", () => {
     assert.ok(!isH2cUpgrade("websocket"));
     assert.ok(!isH2cUpgrade("h2cx"));
     assert.ok(!isH2cUpgrade(undefined));
+  });
+});
+
+/** An h2c server on loopback whose streams go to `onStream`; resolves with its port. */
+async function h2cServer(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void) {
+  const server = createServer();
+  server.on("stream", onStream);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return { server, port: (server.address() as { port: number }).port };
+}
+
+describe("SessionPool", () => {
+  it("hands out a new session once the pooled one got GOAWAY (idle: no stream needed to notice)", async () => {
+    const up = await h2cServer((s) => {
+      s.respond({ ":status": 200 });
+      s.end();
+    });
+    const served: Http2Session[] = [];
+    up.server.on("session", (s) => served.push(s));
+    const pool = new SessionPool();
+    let opened = 0;
+    const open = () => {
+      opened++;
+      return whenConnected(h2connect(`http://127.0.0.1:${up.port}`));
+    };
+    try {
+      const first = await pool.get("k", open);
+      assert.equal(await pool.get("k", open), first, "reused while healthy");
+      const gone = new Promise((r) => first.once("goaway", r));
+      for (const s of served) s.goaway(constants.NGHTTP2_NO_ERROR, 0);
+      await gone;
+      const second = await pool.get("k", open);
+      assert.notEqual(second, first);
+      assert.equal(opened, 2);
+    } finally {
+      pool.close();
+      for (const s of served) s.destroy();
+      up.server.close();
+    }
+  });
+});
+
+describe("relayStream", () => {
+  it("hands back a stream refused above a GOAWAY's last stream id with its body, to send again on another session", async () => {
+    // The refusing upstream speaks raw frames (node:http2 will not send a last stream id below
+    // the streams it took): SETTINGS, then on the first stream's frames GOAWAY(last stream id 0).
+    const refusing = createNetServer((sock) => {
+      sock.on("error", () => {});
+      sock.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0]));
+      let seen = 0;
+      sock.on("data", (d: Buffer) => {
+        const before = seen;
+        seen += d.length;
+        if (before <= 24 + 9 && seen > 24 + 9)
+          sock.write(
+            Buffer.from([0, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+          );
+      });
+    });
+    await new Promise<void>((r) => refusing.listen(0, "127.0.0.1", r));
+    const refusingPort = (refusing.address() as { port: number }).port;
+    const bodies: string[] = [];
+    const good = await h2cServer((s, h) => {
+      const chunks: Buffer[] = [];
+      s.on("data", (c: Buffer) => chunks.push(c));
+      s.on("end", () => {
+        bodies.push(Buffer.concat(chunks).toString());
+        s.respond({ ":status": 200 });
+        s.end(`${h[":method"]} ${Buffer.concat(chunks).toString()}`);
+      });
+    });
+    const results: StreamResult[] = [];
+    const front = await h2cServer((down, h) => {
+      const headers = h2RequestHeaders(h, true);
+      void whenConnected(h2connect(`http://127.0.0.1:${refusingPort}`)).then((first) =>
+        relayStream(down, first, headers, (r) => {
+          results.push(r);
+          first.destroy();
+          if (!r.refused) return;
+          void whenConnected(h2connect(`http://127.0.0.1:${good.port}`)).then((second) =>
+            relayStream(
+              down,
+              second,
+              headers,
+              (r2) => {
+                results.push(r2);
+                second.close();
+              },
+              r.refused,
+            ),
+          );
+        }),
+      );
+    });
+    const client = await whenConnected(h2connect(`http://127.0.0.1:${front.port}`));
+    try {
+      const answer = await new Promise<string>((resolve, reject) => {
+        const req = client.request({ ":method": "PUT", ":path": "/x" });
+        let text = "";
+        req.setEncoding("utf8");
+        req.on("data", (c: string) => {
+          text += c;
+        });
+        req.on("end", () => resolve(text));
+        req.on("error", reject);
+        req.end("the body");
+      });
+      assert.equal(answer, "PUT the body");
+      assert.deepEqual(bodies, ["the body"]);
+      assert.equal(results.length, 2);
+      assert.ok(results[0]!.refused, "the first try was refused, not failed");
+      assert.equal(results[0]!.status, 0);
+      assert.equal(results[1]!.status, 200);
+      assert.equal(results[1]!.requestBytes, "the body".length);
+    } finally {
+      client.close();
+      refusing.close();
+      for (const s of [good, front]) s.server.close();
+    }
   });
 });

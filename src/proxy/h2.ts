@@ -21,7 +21,13 @@ import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
 import type { ProxyState } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
-const { NGHTTP2_NO_ERROR, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_FLAG_END_STREAM } = constants;
+const {
+  NGHTTP2_NO_ERROR,
+  NGHTTP2_CANCEL,
+  NGHTTP2_INTERNAL_ERROR,
+  NGHTTP2_REFUSED_STREAM,
+  NGHTTP2_FLAG_END_STREAM,
+} = constants;
 
 /** Larger windows than HTTP/2's 64 KiB default, so a single large body is not paced by round trips. */
 export const H2_SETTINGS = { initialWindowSize: 1 << 20 };
@@ -33,6 +39,12 @@ export const H2_MAX_SESSION_MEMORY = 64;
 const IDLE_MS = 60_000;
 /** The same for sessions we serve, longer, so that the client side usually closes first. */
 export const H2_SERVED_IDLE_MS = 120_000;
+
+/**
+ * Request body bytes kept until the answer begins, so that a refused stream can be sent again
+ * (RFC 9113 section 8.7); a stream that sent more is not retried.
+ */
+const REPLAY_MAX = 64 * 1024;
 
 /** Connection-specific headers HTTP/2 forbids (RFC 9113 section 8.2.2); `te` may only say "trailers". */
 const CONNECTION_SPECIFIC = new Set([
@@ -97,16 +109,27 @@ export function splitPath(path: string): { path: string; query: string } {
  */
 export class SessionPool {
   private readonly sessions = new Map<string, Promise<ClientHttp2Session>>();
+  /** The session each settled entry of `sessions` holds, checked before it is handed out again. */
+  private readonly settled = new Map<string, ClientHttp2Session>();
   private readonly live = new Set<ClientHttp2Session>();
 
   get(key: string, open: () => Promise<ClientHttp2Session>): Promise<ClientHttp2Session> {
     const have = this.sessions.get(key);
-    if (have) return have;
+    if (have) {
+      // A session that got GOAWAY (node:http2 then closes it) or closed takes no new stream.
+      const s = this.settled.get(key);
+      if (s === undefined || !(s.closed || s.destroyed)) return have;
+      this.sessions.delete(key);
+      this.settled.delete(key);
+    }
     const p = open().then(
       (s) => {
         this.live.add(s);
         const evict = () => {
-          if (this.sessions.get(key) === p) this.sessions.delete(key);
+          if (this.sessions.get(key) === p) {
+            this.sessions.delete(key);
+            this.settled.delete(key);
+          }
         };
         s.once("close", () => {
           evict();
@@ -119,6 +142,7 @@ export class SessionPool {
           s.close();
         });
         if (s.closed || s.destroyed) evict();
+        else if (this.sessions.get(key) === p) this.settled.set(key, s);
         return s;
       },
       (e: Error) => {
@@ -136,7 +160,10 @@ export class SessionPool {
     if (!have) return;
     have.then(
       (s) => {
-        if (s === session && this.sessions.get(key) === have) this.sessions.delete(key);
+        if (s === session && this.sessions.get(key) === have) {
+          this.sessions.delete(key);
+          this.settled.delete(key);
+        }
       },
       () => {},
     );
@@ -144,6 +171,7 @@ export class SessionPool {
 
   close(): void {
     this.sessions.clear();
+    this.settled.clear();
     for (const s of this.live) s.destroy();
     this.live.clear();
   }
@@ -182,6 +210,22 @@ export interface StreamResult {
   clientReset?: number;
   /** The session refused to open the stream (it is closing): nothing was sent, a retry is safe. */
   notSent?: boolean;
+  /**
+   * The upstream refused the stream (REFUSED_STREAM, which is also how streams above a GOAWAY's
+   * last stream id end): it processed none of it (RFC 9113 section 8.7), so any method may be
+   * sent again, on another session, with this (relayStream's `replay`). The client's stream is
+   * untouched and no longer listened to.
+   */
+  refused?: Replay;
+}
+
+/** What a refused stream had sent, to send again first on the next try. */
+export interface Replay {
+  bodyless: boolean;
+  chunks: Buffer[];
+  /** The client had ended its request (body and trailers are all in here). */
+  ended: boolean;
+  trailers: OutgoingHttpHeaders | undefined;
 }
 
 /**
@@ -195,6 +239,7 @@ export function relayStream(
   session: ClientHttp2Session,
   headers: OutgoingHttpHeaders,
   done: (r: StreamResult) => void,
+  replay?: Replay,
 ): void {
   const r: StreamResult = { status: 0, requestBytes: 0, responseBytes: 0 };
   let settled = false;
@@ -207,7 +252,9 @@ export function relayStream(
     r.clientReset = down.rstCode ?? NGHTTP2_CANCEL;
     return settle();
   }
-  const bodyless = down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
+  const bodyless = replay
+    ? replay.bodyless
+    : down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
   let up: ClientHttp2Stream;
   try {
     up = session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
@@ -227,29 +274,60 @@ export function relayStream(
       if (!up.closed) up.close(NGHTTP2_INTERNAL_ERROR);
     }
   };
-  let requestTrailers: OutgoingHttpHeaders | undefined;
+  let requestTrailers: OutgoingHttpHeaders | undefined = replay?.trailers;
   let responseTrailers: OutgoingHttpHeaders | undefined;
+  // What went upstream before an answer, kept to send again if the stream is refused.
+  let held: Buffer[] | undefined = replay?.chunks;
+  let heldBytes = 0;
+  let replayable = true;
+  let requestEnded = bodyless || replay?.ended === true;
 
   // Request: client → upstream.
+  const onData = (c: Buffer) => {
+    r.requestBytes += c.length;
+    if (replayable && r.status === 0) {
+      heldBytes += c.length;
+      if (heldBytes <= REPLAY_MAX) {
+        if (held === undefined) held = [c];
+        else held.push(c);
+      } else {
+        replayable = false;
+        held = undefined;
+      }
+    }
+    if (!up.destroyed && !up.write(c)) down.pause();
+  };
+  const onTrailers = (t: IncomingHttpHeaders) => {
+    // Request trailers are headers too: identity headers are no more trusted there.
+    requestTrailers = h2RequestHeaders(t, true);
+  };
+  const onEnd = () => {
+    requestEnded = true;
+    if (!up.destroyed && !up.writableEnded) up.end();
+  };
   if (!bodyless) {
-    down.on("data", (c: Buffer) => {
-      r.requestBytes += c.length;
-      if (!up.destroyed && !up.write(c)) down.pause();
-    });
+    if (replay) {
+      for (const c of replay.chunks) {
+        heldBytes += c.length;
+        r.requestBytes += c.length;
+        up.write(c);
+      }
+    }
+    if (replay?.ended) up.end();
+    else {
+      down.on("data", onData);
+      down.on("trailers", onTrailers);
+      down.once("end", onEnd);
+      if (replay && down.isPaused()) down.resume();
+    }
     up.on("drain", () => down.resume());
-    down.on("trailers", (t: IncomingHttpHeaders) => {
-      // Request trailers are headers too: identity headers are no more trusted there.
-      requestTrailers = h2RequestHeaders(t, true);
-    });
-    down.once("end", () => {
-      if (!up.destroyed && !up.writableEnded) up.end();
-    });
     up.once("wantTrailers", () => guarded(() => up.sendTrailers(requestTrailers ?? {})));
   }
 
   // Response: upstream → client.
   up.once("response", (h: IncomingHttpHeaders, flags: number) => {
     r.status = Number(h[":status"]);
+    held = undefined;
     if (down.closed || down.destroyed) return;
     const out = h2ResponseHeaders(h);
     if (flags & NGHTTP2_FLAG_END_STREAM) {
@@ -265,7 +343,8 @@ export function relayStream(
     r.responseBytes += c.length;
     if (!down.destroyed && !down.write(c)) up.pause();
   });
-  down.on("drain", () => up.resume());
+  const onDownDrain = () => up.resume();
+  down.on("drain", onDownDrain);
   up.on("trailers", (t: IncomingHttpHeaders) => {
     if (typeof t["grpc-status"] === "string") r.grpcStatus = t["grpc-status"];
     responseTrailers = h2ResponseHeaders(t);
@@ -274,7 +353,8 @@ export function relayStream(
     responseEnded = true;
     if (r.status !== 0 && down.headersSent && !down.destroyed && !down.writableEnded) down.end();
   });
-  down.once("wantTrailers", () => guarded(() => down.sendTrailers(responseTrailers ?? {})));
+  const onWantTrailers = () => guarded(() => down.sendTrailers(responseTrailers ?? {}));
+  down.once("wantTrailers", onWantTrailers);
 
   up.on("error", (e: Error) => {
     r.error ??= e;
@@ -282,6 +362,19 @@ export function relayStream(
   up.once("close", () => {
     const code = up.rstCode ?? NGHTTP2_NO_ERROR;
     if (r.status === 0) {
+      if (code === NGHTTP2_REFUSED_STREAM && replayable && !down.closed && !down.destroyed) {
+        // Never processed upstream: handed back whole, for one more try on another session.
+        down.off("data", onData);
+        down.off("trailers", onTrailers);
+        down.off("end", onEnd);
+        down.off("drain", onDownDrain);
+        down.off("wantTrailers", onWantTrailers);
+        down.off("close", onDownClose);
+        down.pause(); // what arrives meanwhile waits for the next try
+        r.refused = { bodyless, chunks: held ?? [], ended: requestEnded, trailers: requestTrailers };
+        r.error ??= new Error("upstream refused the stream (REFUSED_STREAM)");
+        return settle();
+      }
       // No answer at all: the caller answers the client (it may still be sending; that is dropped).
       r.error ??= new Error(`upstream closed the stream before answering (HTTP/2 code ${code})`);
       return settle();
@@ -293,7 +386,7 @@ export function relayStream(
     if (down.closed) settle();
   });
   down.on("error", () => {});
-  down.once("close", () => {
+  const onDownClose = () => {
     const code = down.rstCode ?? NGHTTP2_NO_ERROR;
     if (code !== NGHTTP2_NO_ERROR || !responseEnded) {
       if (code !== NGHTTP2_NO_ERROR && r.error === undefined) r.clientReset = code;
@@ -301,7 +394,13 @@ export function relayStream(
     }
     // Otherwise the upstream's close settles (it was just asked to close, if it was open).
     if (r.status !== 0 || r.clientReset !== undefined || up.closed) settle();
-  });
+  };
+  down.once("close", onDownClose);
+}
+
+/** Resets a client's stream as refused (never processed), so that the client may send it again. */
+export function refuseStream(down: ServerHttp2Stream): void {
+  if (!down.closed && !down.destroyed) down.close(NGHTTP2_REFUSED_STREAM);
 }
 
 /**
@@ -377,6 +476,15 @@ export class ServedSessions<T> {
   /** What the session of a stream was accepted with. */
   contextOf(session: Http2Session | undefined): T | undefined {
     return session ? this.contexts.get(session) : undefined;
+  }
+
+  /**
+   * A drain: every session gets GOAWAY now, idle or busy (`close` sends it with the last stream
+   * id it took), so clients open new streams elsewhere while the streams in flight finish. One
+   * accepted later (its connection was already in) gets it after its first stream.
+   */
+  drain(): void {
+    for (const s of this.served) s.close();
   }
 
   close(): void {

@@ -6,10 +6,16 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { connect, createServer as createNetServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
-import { PORTS } from "../config/index.js";
+import { PORTS, type ProxyTimeouts } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { peerSpiffeId } from "../identity/index.js";
-import { authenticateJwt, evaluate, normalizePath, type RequestAuth } from "../policy/index.js";
+import {
+  authenticateJwt,
+  evaluate,
+  type NormalizeResult,
+  normalizePath,
+  type RequestAuth,
+} from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
 import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
@@ -71,6 +77,8 @@ function serviceOf(host: string): string | undefined {
 }
 
 const TICKET_KEY_MS = 3_600_000;
+/** `OPTIONS *` (asterisk-form): policies see the path `*`, which no path rule but `*` matches. */
+const ASTERISK: NormalizeResult = { ok: true, path: "*", query: "" };
 
 export class Inbound implements Http1Listener {
   readonly server: Server;
@@ -127,6 +135,10 @@ export class Inbound implements Http1Listener {
 
   draining(): boolean {
     return this.state.draining;
+  }
+
+  get timeouts(): ProxyTimeouts {
+    return this.state.timeouts;
   }
 
   malformed(conn: Http1Conn, reason: string): void {
@@ -347,7 +359,7 @@ export class Inbound implements Http1Listener {
     const policies = this.state.policies;
     if (!peer || !policies || !snap) return conn.reject("NOT_READY", requestId);
     const host = field(head, "host") ?? "";
-    const norm = normalizePath(head.target);
+    const norm = head.target === "*" ? ASTERISK : normalizePath(head.target);
     // Every record has the same shape (no spread of optional parts), so building and reading it
     // stays on one hidden class.
     const record: HttpRecord = {
@@ -401,7 +413,7 @@ export class Inbound implements Http1Listener {
       if (set) for (const k of Object.keys(set)) extra.push(k, set[k]!);
       const path = norm.query ? `${norm.path}?${norm.query}` : norm.path;
       conn.forward(this.app(peer.port), requestHeadFor(head, path, drop, extra), (r) => {
-        if (r.error) return finish({ err: r.error.message }, "UPSTREAM_FAILURE");
+        if (r.error) return finish({ err: r.error.message }, r.flag ?? "UPSTREAM_FAILURE");
         finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
       });
     };
@@ -498,6 +510,12 @@ export class Inbound implements Http1Listener {
         value: { principal: principalOf(w.spiffeId), workload: w.name, namespace: w.namespace },
       };
     return this.selfPeer.value;
+  }
+
+  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  drain(): void {
+    this.server.close();
+    this.h2.drain(); // HTTP/2 hook
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,7 @@ import { createServer as createNetServer, connect as netConnect, type Server, ty
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
+import type { ProxyTimeouts } from "../config/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
 import { Balancer } from "./balancer.js";
@@ -53,6 +54,10 @@ export class Outbound implements Http1Listener {
 
   draining(): boolean {
     return this.state.draining;
+  }
+
+  get timeouts(): ProxyTimeouts {
+    return this.state.timeouts;
   }
 
   malformed(_conn: Http1Conn, reason: string): void {
@@ -352,9 +357,11 @@ export class Outbound implements Http1Listener {
         this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
         if (r.error) {
           const next =
-            retryable && !retried && !naming && r.status === 0 ? this.pick(route, ep.address) : undefined;
+            retryable && !retried && !naming && r.status === 0 && !r.flag
+              ? this.pick(route, ep.address)
+              : undefined;
           if (next) return attempt(next, true);
-          return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
+          return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : (r.flag ?? "UPSTREAM_FAILURE"));
         }
         finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
       });
@@ -389,6 +396,12 @@ export class Outbound implements Http1Listener {
         splice(sock, up, () => {});
       },
     );
+  }
+
+  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  drain(): void {
+    this.server.close();
+    this.h2.drain(); // HTTP/2 hook
   }
 
   async close(): Promise<void> {

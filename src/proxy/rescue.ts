@@ -7,7 +7,8 @@ import { constants as h2, type ServerHttp2Stream } from "node:http2";
 
 /**
  * `grpc`: the status a gRPC caller gets instead (codes from grpc/doc/statuscodes.md): 7
- * PERMISSION_DENIED, 13 INTERNAL (what gRPC maps HTTP 400 to), 16 UNAUTHENTICATED, 14 UNAVAILABLE.
+ * PERMISSION_DENIED, 13 INTERNAL (what gRPC maps HTTP 400 to), 16 UNAUTHENTICATED, 14 UNAVAILABLE,
+ * 4 DEADLINE_EXCEEDED, 12 UNIMPLEMENTED.
  */
 export const FLAGS = {
   RBAC_DENIED: { status: 403, grpc: 7, body: "RBAC: access denied" },
@@ -17,6 +18,13 @@ export const FLAGS = {
   SECURE_NAMING: { status: 503, grpc: 14, body: "upstream presented an identity the service may not run as" },
   UPSTREAM_FAILURE: { status: 503, grpc: 14, body: "upstream connect error or disconnect" },
   NOT_READY: { status: 503, grpc: 14, body: "proxy not ready" },
+  REQUEST_TIMEOUT: { status: 408, grpc: 4, body: "request timeout" },
+  UPSTREAM_TIMEOUT: { status: 504, grpc: 4, body: "upstream request timeout" },
+  CONNECT_REFUSED: {
+    status: 501,
+    grpc: 12,
+    body: "CONNECT is not proxied by the mesh: the connection already goes to the service it was opened to",
+  },
 } as const;
 
 export type Flag = keyof typeof FLAGS;
@@ -53,8 +61,11 @@ const REASONS: Record<number, string> = {
   400: "Bad Request",
   401: "Unauthorized",
   403: "Forbidden",
+  408: "Request Timeout",
+  501: "Not Implemented",
   502: "Bad Gateway",
   503: "Service Unavailable",
+  504: "Gateway Timeout",
 };
 
 /** grpc-message is percent-encoded outside printable ASCII, and `%` itself (gRPC over HTTP/2 spec). */

@@ -6,7 +6,7 @@ import { X509Certificate } from "node:crypto";
 import type { Server as HttpServer } from "node:http";
 import type { Server } from "node:net";
 import { parseSnapshot } from "../api/index.js";
-import { PORTS } from "../config/index.js";
+import { PORTS, type ProxyTimeouts } from "../config/index.js";
 import { type Logger, logger } from "../diag/index.js";
 import { generateCsr, issuerIdOf } from "../identity/index.js";
 import { adminEndpoints, adminServer, healthServer } from "./admin.js";
@@ -31,6 +31,8 @@ export interface SidecarOptions {
   appHost?: string;
   originalDst?: OriginalDst;
   certTtlSeconds?: number;
+  /** Overrides of the HTTP/1.1 time bounds (PROXY_TIMEOUTS); tests shorten them. */
+  timeouts?: Partial<ProxyTimeouts>;
   log?: Logger;
   /** Called after POST /quitquitquit has drained and closed the proxy (the process exits). */
   onQuit?: () => void;
@@ -66,6 +68,7 @@ export class Sidecar {
 
   constructor(private readonly opts: SidecarOptions) {
     this.log = opts.log ?? logger("proxy");
+    if (opts.timeouts) Object.assign(this.state.timeouts, opts.timeouts);
     const od = opts.originalDst ?? originalDst;
     this.client = new ControlPlaneClient({
       address: opts.controlPlane,
@@ -215,8 +218,8 @@ export class Sidecar {
   async drain(timeoutMs = 5_000): Promise<void> {
     if (!this.state.draining) {
       this.state.draining = true;
-      this.inbound.server.close();
-      this.outbound.server.close();
+      this.inbound.drain();
+      this.outbound.drain();
       this.log.info({ inflight: this.state.inflight }, "draining");
     }
     this.log.flush();

@@ -3,6 +3,7 @@
 // Listeners read from here on each new connection, so a swap never drops an open one.
 
 import type { OutboundMode, ProxySnapshot, SnapshotService } from "../api/index.js";
+import { PROXY_TIMEOUTS, type ProxyTimeouts } from "../config/index.js";
 import {
   type CompiledPolicies,
   compilePolicies,
@@ -42,6 +43,8 @@ export class ProxyState {
   inflight = 0;
   /** Set by a drain: no new connections; responses ask clients to close theirs. */
   draining = false;
+  /** Time bounds of HTTP/1.1 connections (the defaults, or the Sidecar's `timeouts` option). */
+  timeouts: ProxyTimeouts = { ...PROXY_TIMEOUTS };
   private routes = new Map<string, Route>();
   /** Addresses of the mesh (VIPs, endpoints, this workload): never passed through in plaintext. */
   private meshAddresses = new Set<string>();

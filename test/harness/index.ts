@@ -9,6 +9,7 @@ import { connect, createServer as createNetServer, type Socket } from "node:net"
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
+import type { ProxyTimeouts } from "../../src/config/index.js";
 import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
 import type { CertificateAuthority } from "../../src/identity/index.js";
 import { Sidecar } from "../../src/proxy/index.js";
@@ -114,7 +115,12 @@ export async function controlPlane(
 export async function proxy(
   mesh: MeshFixture,
   entry: string,
-  opts: { inboundPort: number; appPort?: number; certTtlSeconds?: number },
+  opts: {
+    inboundPort: number;
+    appPort?: number;
+    certTtlSeconds?: number;
+    timeouts?: Partial<ProxyTimeouts>;
+  },
 ): Promise<Sidecar> {
   const credential = mesh.tokens.get(entry);
   if (!credential) throw new Error(`no token for ${entry}`);
@@ -136,6 +142,7 @@ export async function proxy(
     },
     log: captured,
     ...(opts.certTtlSeconds ? { certTtlSeconds: opts.certTtlSeconds } : {}),
+    ...(opts.timeouts ? { timeouts: opts.timeouts } : {}),
   });
   mesh.proxies.push(p);
   await p.start();

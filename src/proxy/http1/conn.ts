@@ -6,6 +6,7 @@
 
 import { randomUUID } from "node:crypto";
 import type { Duplex } from "node:stream";
+import type { ProxyTimeouts } from "../../config/index.js";
 import { type Flag, rescueWire } from "../rescue.js";
 import { Framer } from "./body.js";
 import {
@@ -17,11 +18,9 @@ import {
   type RequestHead,
   type ResponseHead,
 } from "./head.js";
-import { coarseNow, type Upstream, type UpstreamPool, type UpstreamUser } from "./pool.js";
+import { coarseNow, tickClock, type Upstream, type UpstreamPool, type UpstreamUser } from "./pool.js";
 import { interimHeadFor, responseHeadFor } from "./wire.js";
 
-/** Idle keep-alive connections, and heads not complete this long after they began, are closed. */
-export const KEEP_ALIVE_MS = 60_000;
 /** Bytes read ahead of the request being handled (pipelined requests) before reading pauses. */
 const READ_AHEAD = 64 * 1024;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
@@ -32,6 +31,8 @@ export interface ForwardResult {
   responseBytes: number;
   /** Set when no complete response could be relayed. With `status` 0, nothing reached the client. */
   error?: Error;
+  /** The flag the engine already chose for `error` (a timeout); else the listener's. */
+  flag?: Flag;
 }
 
 export interface UpgradeRequest {
@@ -49,6 +50,8 @@ export interface Http1Listener {
   malformed(conn: Http1Conn, reason: string): void;
   /** True while the proxy drains: responses ask the client to close. */
   draining(): boolean;
+  /** The time bounds its connections are held to (read by each sweep). */
+  readonly timeouts: ProxyTimeouts;
 }
 
 enum C {
@@ -59,21 +62,33 @@ enum C {
   Closed,
 }
 
-/** The connections of one listener: a coarse sweep closes idle ones; `close` ends them all. */
+/**
+ * The connections of one listener: one coarse sweep (no timer per request) holds them to the
+ * listener's time bounds (`Http1Conn.sweep`); `close` ends them all.
+ */
 export class Http1Server {
   readonly conns = new Set<Http1Conn>();
-  private readonly timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout | undefined;
 
-  constructor(readonly listener: Http1Listener) {
-    this.timer = setInterval(() => {
-      const limit = coarseNow() - KEEP_ALIVE_MS;
-      for (const c of this.conns) if (c.idleSince(limit)) c.sock.destroy();
-    }, 5_000);
-    this.timer.unref();
-  }
+  constructor(readonly listener: Http1Listener) {}
 
   serve(sock: Duplex): Http1Conn {
+    this.timer ??= this.startSweep();
     return new Http1Conn(sock, this);
+  }
+
+  /** Every quarter of the shortest bound (10 ms to 1 s): each bound holds to within that. */
+  private startSweep(): NodeJS.Timeout {
+    const t = this.listener.timeouts;
+    const every = Math.min(1_000, Math.max(10, Math.min(t.requestHeadersMs, t.idleMs, t.streamIdleMs) / 4));
+    tickClock(); // the coarse clock may be a second old; the first connection's stamps must be fresh
+    const timer = setInterval(() => {
+      const now = tickClock();
+      const bounds = this.listener.timeouts;
+      for (const c of this.conns) c.sweep(now, bounds);
+    }, every);
+    timer.unref();
+    return timer;
   }
 
   close(): void {
@@ -87,7 +102,8 @@ export class Http1Conn {
   private state = C.Head;
   private pending: Buffer | undefined;
   private looping = false;
-  private lastActive = coarseNow();
+  /** When a byte last moved for this connection (downstream reads; the exchange's both ways). */
+  lastActive = coarseNow();
   private headStart = 0;
   /** The request being handled. */
   head: RequestHead | undefined;
@@ -119,12 +135,21 @@ export class Http1Conn {
   }
 
   /**
-   * Idle between requests since before `limit`, or sending a head that began before it (a head
-   * trickled a byte at a time must not hold the connection forever).
+   * Holds the connection to its time bounds at `now` (called by the server's sweep): idle between
+   * requests for `idleMs`, it is closed; a head not complete `requestHeadersMs` after its first
+   * byte (one trickled a byte at a time) gets 408 and close; an exchange where no byte moved
+   * either way for `streamIdleMs` is ended by `Exchange.timedOut`.
    */
-  idleSince(limit: number): boolean {
-    if (this.state !== C.Head) return false;
-    return this.pending ? this.headStart < limit : this.lastActive < limit;
+  sweep(now: number, t: ProxyTimeouts): void {
+    if (this.state === C.Head) {
+      if (!this.pending) {
+        if (now - this.lastActive >= t.idleMs) this.sock.destroy();
+      } else if (now - this.headStart >= t.requestHeadersMs) {
+        this.listener.malformed(this, `request head not complete within ${t.requestHeadersMs} ms`);
+        this.endWith(rescueWire("REQUEST_TIMEOUT", randomUUID(), true));
+      }
+    } else if (this.ex !== undefined && this.state !== C.Closed && now - this.lastActive >= t.streamIdleMs)
+      this.ex.timedOut(t.streamIdleMs);
   }
 
   /** Whether the request has a body (of any length but zero). */
@@ -155,6 +180,7 @@ export class Http1Conn {
           return;
         }
         const head = r.head;
+        if (head.method === "CONNECT") return this.refuseConnect();
         const rest = this.pending.length > head.size ? this.pending.subarray(head.size) : undefined;
         this.pending = rest;
         this.head = head;
@@ -175,6 +201,17 @@ export class Http1Conn {
     } finally {
       this.looping = false;
     }
+  }
+
+  /**
+   * CONNECT is refused (501), whatever its target: the connection was captured for one
+   * destination (the outbound routes by the original destination, the inbound serves one app
+   * port), and a tunnel to a destination the caller names would carry bytes that neither routing
+   * nor per-request authorization ever see, and would make the outbound an open proxy.
+   */
+  private refuseConnect(): void {
+    this.listener.malformed(this, "CONNECT (a tunnel) is not proxied by the sidecar");
+    this.endWith(rescueWire("CONNECT_REFUSED", randomUUID(), true));
   }
 
   private detach(): void {
@@ -268,6 +305,7 @@ export class Http1Conn {
     }
     this.state = C.Head;
     this.headStart = coarseNow();
+    this.lastActive = this.headStart;
     if (this.sock.isPaused()) this.sock.resume();
     if (this.pending) this.loop();
   }
@@ -355,11 +393,31 @@ class Exchange implements UpstreamUser {
   }
 
   upDrain(): void {
+    this.conn.lastActive = coarseNow();
     if (!this.conn.closed) this.conn.sock.resume();
   }
 
   clientDrain(): void {
+    this.conn.lastActive = coarseNow();
     if (this.up && this.r === R.Body) this.up.sock.resume();
+  }
+
+  /**
+   * No byte moved either way for `ms` (Http1Conn.sweep): both connections are given up. With no
+   * response begun, a request body still owed is the client's stall (408), else the upstream's
+   * (504); a response begun is cut by closing the downstream connection (rescue's rule).
+   */
+  timedOut(ms: number): void {
+    if (this.r === R.Done) return;
+    const clientStalled = this.up !== undefined && !this.conn.requestDone;
+    if (this.up) {
+      this.up.user = undefined;
+      this.up.sock.destroy();
+    }
+    if (this.started) this.conn.sock.destroy();
+    const flag: Flag = clientStalled ? "REQUEST_TIMEOUT" : "UPSTREAM_TIMEOUT";
+    const who = clientStalled ? "request body" : "upstream";
+    this.fail(new Error(`stream idle timeout: no byte from the ${who} for ${ms} ms`), flag);
   }
 
   /** The request body's framing is invalid: nothing more can be sent on either connection. */
@@ -369,6 +427,7 @@ class Exchange implements UpstreamUser {
   }
 
   upData(d: Buffer): void {
+    this.conn.lastActive = coarseNow();
     if (this.r === R.Body) return this.body(d, 0);
     if (this.r !== R.Head) return;
     let buf: Buffer = this.rbuf ? Buffer.concat([this.rbuf, d]) : d;
@@ -510,7 +569,7 @@ class Exchange implements UpstreamUser {
     this.fail(new Error("downstream connection closed"));
   }
 
-  private fail(err: Error): void {
+  private fail(err: Error, flag?: Flag): void {
     if (this.finished) return;
     this.r = R.Done;
     if (this.up) this.up.user = undefined;
@@ -521,6 +580,7 @@ class Exchange implements UpstreamUser {
       requestBytes: this.conn.requestBytes,
       responseBytes: this.rframer?.payload ?? 0,
       error: err,
+      ...(flag ? { flag } : {}),
     });
   }
 

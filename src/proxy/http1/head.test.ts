@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Framer } from "./body.js";
-import { MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, value } from "./head.js";
+import { field, fieldRecord, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, value } from "./head.js";
 
 const TCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~";
 const token = fc.string({ unit: fc.constantFrom(...TCHARS), minLength: 1, maxLength: 20 });
@@ -134,10 +134,58 @@ describe("parseRequestHead", () => {
     refused("GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n");
     refused("GET / HTTP/1.1\r\nHost: x\r\nX\x01: a\r\n\r\n", /name/);
   });
-  it("refuses request-target forms other than origin-form, and bad request lines", () => {
-    refused("GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", /origin-form/);
-    refused("CONNECT evil:443 HTTP/1.1\r\nHost: x\r\n\r\n", /origin-form/);
-    refused("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", /origin-form/);
+  it("reads absolute-form as its origin-form path, the authority replacing Host (RFC 9112 3.2.2)", () => {
+    const r = req("GET http://catalog:8080/a/b?q=1 HTTP/1.1\r\nHost: decoy\r\nX: y\r\n\r\n");
+    assert.ok(r?.ok);
+    assert.equal(r.head.target, "/a/b?q=1");
+    assert.deepEqual(r.head.names, ["host", "x"], "Host is not doubled");
+    assert.equal(value(r.head, 0), "catalog:8080", "the received Host is ignored");
+    assert.deepEqual(fieldRecord(r.head), { host: "catalog:8080", x: "y" });
+    const bare = req("GET HTTPS://svc HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert.ok(bare?.ok && bare.head.target === "/" && field(bare.head, "host") === "svc");
+    const query = req("GET http://svc?x=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert.ok(query?.ok && query.head.target === "/?x=1");
+    const old = req("GET http://svc/p HTTP/1.0\r\n\r\n");
+    assert.ok(old?.ok, "HTTP/1.0 needs no Host: the authority becomes it");
+    assert.equal(field(old.head, "host"), "svc");
+    assert.deepEqual(fieldRecord(old.head), { host: "svc" });
+  });
+  it("property: an absolute-form request reads exactly as its origin-form with Host = the authority", () => {
+    const host = fc.stringMatching(/^[a-z0-9][a-z0-9.-]{0,20}(:[0-9]{1,5})?$/);
+    fc.assert(
+      fc.property(token, target, host, fieldValue, (method, path, authority, decoy) => {
+        fc.pre(method !== "CONNECT");
+        const abs = req(`${method} http://${authority}${path} HTTP/1.1\r\nHost: ${decoy}\r\n\r\n`);
+        const origin = req(`${method} ${path} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
+        assert.ok(abs?.ok && origin?.ok);
+        assert.equal(abs.head.target, origin.head.target);
+        assert.deepEqual(fieldRecord(abs.head), fieldRecord(origin.head));
+      }),
+    );
+  });
+  it("refuses absolute-form targets that could be read two ways: userinfo, fragments, odd hosts, other schemes", () => {
+    refused("GET http://catalog@evil/ HTTP/1.1\r\nHost: x\r\n\r\n", /userinfo/);
+    refused("GET http://@evil/ HTTP/1.1\r\nHost: x\r\n\r\n", /userinfo/);
+    refused("GET http:///admin HTTP/1.1\r\nHost: x\r\n\r\n", /host/);
+    refused("GET http://ev%69l/ HTTP/1.1\r\nHost: x\r\n\r\n", /host/);
+    refused("GET http://evil:/ HTTP/1.1\r\nHost: x\r\n\r\n", /host/);
+    refused("GET http://evil:80x/ HTTP/1.1\r\nHost: x\r\n\r\n", /host/);
+    refused("GET http://evil/a#frag HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused("GET http:/evil/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused("GET file:///etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused("GET ftp://evil/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused("GET admin HTTP/1.1\r\nHost: x\r\n\r\n");
+    refused("GET http://evil/ HTTP/1.1\r\n\r\n", /Host/);
+  });
+  it("takes `OPTIONS *` (and * for OPTIONS only); parses CONNECT host:port for the engine to refuse", () => {
+    const star = req("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert.ok(star?.ok && star.head.target === "*");
+    refused("GET * HTTP/1.1\r\nHost: x\r\n\r\n", /OPTIONS/);
+    const connect = req("CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n");
+    assert.ok(connect?.ok && connect.head.method === "CONNECT" && connect.head.target === "evil:443");
+    refused("CONNECT evil HTTP/1.1\r\nHost: x\r\n\r\n", /host:port/);
+  });
+  it("refuses bad request lines", () => {
     refused("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n");
     refused("GET  / HTTP/1.1\r\nHost: x\r\n\r\n");
     refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n", /version/);

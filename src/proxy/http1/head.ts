@@ -5,7 +5,11 @@
 // It is strict on purpose (request smuggling, issue 7): it refuses what two parsers could read
 // differently — Content-Length with Transfer-Encoding, several Content-Lengths, a
 // Transfer-Encoding not ending in one `chunked`, obs-fold, bare LF or CR, non-token names, control
-// characters in values, over-long heads, and request targets other than origin-form.
+// characters in values, over-long heads. Targets other than origin-form are read by ./target.ts
+// into origin-form (absolute-form's authority becomes Host; `OPTIONS *`; CONNECT for the engine
+// to refuse).
+
+import { otherForm, useAuthority } from "./target.js";
 
 /** Longest head accepted (request line or status line, and header lines). */
 export const MAX_HEAD_BYTES = 64 * 1024;
@@ -26,6 +30,11 @@ export interface Head {
   buf: Buffer;
   /** End of the start line, after its CRLF. */
   lineEnd: number;
+  /**
+   * An absolute-form target's authority (./target.ts): it replaces the Host field for every reader
+   * (`field`, `value`, `fieldRecord`) and in the forwarded head (./wire.ts).
+   */
+  authority?: string;
   /** HTTP/1.<minor> */
   minor: 0 | 1;
   /** Content-Length if present, else -1. */
@@ -239,8 +248,14 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
   const t0 = ++i;
   while (i < end && TARGET[buf[i]!] === 1) i++;
   if (buf[i] !== 32 || i === t0) return fail("invalid request target");
-  if (buf[t0] !== 47) return fail("request target is not in origin-form (a path starting with /)");
-  const target = buf.toString("latin1", t0, i);
+  let target = buf.toString("latin1", t0, i);
+  let authority: string | undefined;
+  if (buf[t0] !== 47) {
+    const t = otherForm(method, target);
+    if (!t.ok) return fail(t.reason);
+    target = t.target;
+    authority = t.authority;
+  }
   const minor = version(buf, i + 1);
   if (minor < 0) return fail("unsupported HTTP version");
   if (buf[i + 9] !== CR || buf[i + 10] !== LF) return fail("invalid request line ending");
@@ -256,6 +271,7 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
     for (const n of h.names) if (n === "host") hosts++;
     if (hosts !== 1) return fail(hosts === 0 ? "no Host header" : "more than one Host header");
   }
+  if (authority !== undefined) useAuthority(h, authority);
   return { ok: true, head: h };
 }
 
@@ -295,11 +311,13 @@ export function parseResponseHead(buf: Buffer): Parsed<ResponseHead> {
 
 /** The value of field `i` (trailing blanks excluded). */
 export function value(h: Head, i: number): string {
+  if (h.authority !== undefined && h.names[i] === "host") return h.authority;
   return h.buf.toString("latin1", h.at[i * 4 + 1], h.at[i * 4 + 2]);
 }
 
 /** The value of the first field named `name` (lower-case), if any. */
 export function field(h: Head, name: string): string | undefined {
+  if (h.authority !== undefined && name === "host") return h.authority;
   const i = h.names.indexOf(name);
   return i < 0 ? undefined : value(h, i);
 }
@@ -312,6 +330,7 @@ export function fieldRecord(h: Head): Record<string, string> {
     const prev = out[n];
     out[n] = prev === undefined ? value(h, i) : `${prev}, ${value(h, i)}`;
   }
+  if (h.authority !== undefined) out["host"] = h.authority;
   return out;
 }
 

@@ -131,3 +131,9 @@ setInterval(() => {
 export function coarseNow(): number {
   return now;
 }
+
+/** Moves the coarse clock to now (for sweeps that run more often than this one) and returns it. */
+export function tickClock(): number {
+  now = Date.now();
+  return now;
+}

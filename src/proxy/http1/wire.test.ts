@@ -87,3 +87,18 @@ describe("responseHeadFor", () => {
     );
   });
 });
+
+describe("requestHeadFor, absolute-form", () => {
+  it("forwards the target's authority as the only Host, never the one the caller sent", () => {
+    const h = request("GET http://catalog:8080/a?q HTTP/1.1\r\nHost: decoy\r\nX: y\r\n\r\n");
+    assert.equal(
+      requestHeadFor(h, "/a?q", new Set(), []).toString("latin1"),
+      "GET /a?q HTTP/1.1\r\nX: y\r\nhost: catalog:8080\r\n\r\n",
+    );
+    const old = request("GET http://svc/p HTTP/1.0\r\n\r\n");
+    assert.equal(
+      requestHeadFor(old, "/p", new Set(), []).toString("latin1"),
+      "GET /p HTTP/1.1\r\nhost: svc\r\n\r\n",
+    );
+  });
+});

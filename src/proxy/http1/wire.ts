@@ -51,12 +51,14 @@ export function requestHeadFor(
   drop: ReadonlySet<string>,
   extra: readonly string[],
 ): Buffer {
-  let tail = "";
+  // An absolute-form target's authority goes on as the Host field, in place of the one sent.
+  const authority = h.authority;
+  let tail = authority === undefined ? "" : `host: ${authority}\r\n`;
   for (let i = 0; i + 1 < extra.length; i += 2) tail += `${extra[i]}: ${extra[i + 1]}\r\n`;
   return assemble(
     h,
     `${h.method} ${path} HTTP/1.1\r\n`,
-    (n) => !drop.has(n) && !hop(h, n) && !spoofable(n),
+    (n) => !drop.has(n) && !hop(h, n) && !spoofable(n) && (authority === undefined || n !== "host"),
     `${tail}\r\n`,
   );
 }
