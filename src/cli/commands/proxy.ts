@@ -3,9 +3,7 @@
 
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
-import { pkg as loadMeshApi } from "../../api/index.js";
 import { PROXY_UID } from "../../config/index.js";
-import { preloadX509 } from "../../identity/index.js";
 import { loadAddon, Sidecar } from "../../proxy/index.js";
 
 function dropPrivileges(uid: number): void {
@@ -25,10 +23,9 @@ export function proxyCommand(): Command {
     .option("--uid <uid>", "drop to this uid once started", String(PROXY_UID))
     .option("--mesh <name>", "the local mesh this belongs to (for clean-up)")
     .action(async (o: Record<string, string>) => {
+      // Everything read from the checkout is read before the drop to uid 1337 (it may be root-only):
+      // the addon here, every module by the imports above (the sidecar loads no library lazily).
       loadAddon();
-      // Everything read from the checkout is read before the drop to uid 1337 (it may be root-only).
-      preloadX509();
-      loadMeshApi();
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
       dropPrivileges(Number(o["uid"]));
