@@ -4,7 +4,10 @@
 import { readFileSync } from "node:fs";
 import { Command } from "commander";
 import { PROXY_UID } from "../../config/index.js";
+import { preloadJwt } from "../../policy/index.js";
 import { loadAddon, Sidecar } from "../../proxy/index.js";
+
+const willDrop = (uid: number) => process.getuid?.() === 0 && uid !== 0;
 
 function dropPrivileges(uid: number): void {
   if (process.getuid?.() !== 0) return;
@@ -24,8 +27,10 @@ export function proxyCommand(): Command {
     .option("--mesh <name>", "the local mesh this belongs to (for clean-up)")
     .action(async (o: Record<string, string>) => {
       // Everything read from the checkout is read before the drop to uid 1337 (it may be root-only):
-      // the addon here, every module by the imports above (the sidecar loads no library lazily).
+      // the addon, the JWT library (otherwise loaded on the first token) and, by the imports above,
+      // every other module. A process that does not drop (not root) keeps the JWT library lazy.
       loadAddon();
+      if (willDrop(Number(o["uid"]))) await preloadJwt();
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
       dropPrivileges(Number(o["uid"]));
