@@ -360,16 +360,16 @@ async function startApp(): Promise<{ port: number; child: Child }> {
   return { port, child };
 }
 
-/**
- * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
- * config and certificates), each Sidecar in a child process of its own.
- */
 /** Asks a sidecar for its V8 heap figures (answered over IPC). */
 const askHeap = (c: Child) => async (): Promise<SidecarHeap> => {
   c.proc.send("heap");
   return (await firstMessage<SidecarHeapAnswer>(c, 5_000)).heap;
 };
 
+/**
+ * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
+ * config and certificates), each Sidecar in a child process of its own.
+ */
 async function zmeshChain(appPort: number, execArgv: (role: string) => string[] = () => []): Promise<Chain> {
   const mesh = await startBenchMesh(
     { vipPort: 80, portName: "http", policyName: "server-readers", methods: ["GET"], paths: ["/api/*"] },
