@@ -6,7 +6,9 @@
 
 import { writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
+import { createRequire } from "node:module";
 import type { Socket } from "node:net";
+import { getHeapSpaceStatistics } from "node:v8";
 import pino from "pino";
 import { logger } from "../src/diag/index.js";
 import { Sidecar } from "../src/proxy/index.js";
@@ -27,9 +29,45 @@ export interface SidecarJob {
   accessLog: boolean;
 }
 
+/** V8's view of the sidecar's memory, in MB, and the npm packages it has loaded. */
+export interface SidecarHeap {
+  heap_total: number;
+  heap_used: number;
+  external: number;
+  array_buffers: number;
+  /** Per V8 heap space: reserved size and used bytes (new_space is the young generation). */
+  spaces: Record<string, { size: number; used: number }>;
+  packages: string[];
+}
+
 export type SidecarMessage =
   | { ready: true; ports: { inbound: number; outbound: number; admin: number; health: number } }
   | { error: string };
+/** The answer to "heap". */
+export type SidecarHeapAnswer = { heap: SidecarHeap };
+
+const mb = (b: number) => Math.round(b / 1024 / 102.4) / 10;
+
+function heap(): SidecarHeap {
+  const m = process.memoryUsage();
+  const spaces: SidecarHeap["spaces"] = {};
+  for (const s of getHeapSpaceStatistics())
+    if (s.space_size > 0) spaces[s.space_name] = { size: mb(s.space_size), used: mb(s.space_used_size) };
+  // CommonJS packages (imported by ESM or required) are in require's cache; the names say which.
+  const packages = new Set<string>();
+  for (const f of Object.keys(createRequire(import.meta.url).cache)) {
+    const m2 = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(f);
+    if (m2) packages.add(m2[1]!);
+  }
+  return {
+    heap_total: mb(m.heapTotal),
+    heap_used: mb(m.heapUsed),
+    external: mb(m.external),
+    array_buffers: mb(m.arrayBuffers),
+    spaces,
+    packages: [...packages].sort(),
+  };
+}
 
 const STOP_TIMEOUT_MS = 3_000;
 let sidecar: Sidecar | undefined;
@@ -41,7 +79,7 @@ let stopping = false;
  * sidecar promotes to the old generation; written to `dir/<role>.heapprofile` at stop.
  */
 const HEAP_SAMPLE = process.env["BENCH_HEAP_SAMPLE"];
-let heap: { session: Session; file: string } | undefined;
+let heapSampling: { session: Session; file: string } | undefined;
 
 function startHeapSampling(role: string): void {
   if (!HEAP_SAMPLE) return;
@@ -52,12 +90,12 @@ function startHeapSampling(role: string): void {
     includeObjectsCollectedByMajorGC: true,
     includeObjectsCollectedByMinorGC: process.env["BENCH_HEAP_MINOR"] === "1",
   } as never);
-  heap = { session, file: `${HEAP_SAMPLE}/${role}.heapprofile` };
+  heapSampling = { session, file: `${HEAP_SAMPLE}/${role}.heapprofile` };
 }
 
 function stopHeapSampling(done: () => void): void {
-  if (!heap) return done();
-  const { session, file } = heap;
+  if (!heapSampling) return done();
+  const { session, file } = heapSampling;
   session.post("HeapProfiler.stopSampling", (err, r) => {
     if (!err) writeFileSync(file, JSON.stringify((r as { profile: unknown }).profile));
     done();
@@ -97,8 +135,9 @@ async function start(job: SidecarJob): Promise<void> {
   process.send?.({ ready: true, ports: { ...sidecar.ports } } satisfies SidecarMessage);
 }
 
-process.on("message", (m: SidecarJob | "stop") => {
+process.on("message", (m: SidecarJob | "stop" | "heap") => {
   if (m === "stop") return stop();
+  if (m === "heap") return void process.send?.({ heap: heap() } satisfies SidecarHeapAnswer);
   start(m).catch((e: Error) => {
     process.send?.({ error: e.message } satisfies SidecarMessage);
     stop();

@@ -17,7 +17,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { PROXY_NODE_FLAGS } from "../src/config/index.js";
-import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import type { SidecarHeap, SidecarHeapAnswer, SidecarJob, SidecarMessage } from "./chain-sidecar.js";
 import { freePort, startBenchMesh } from "./lib/mesh.js";
 import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
 
@@ -189,7 +189,7 @@ function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 utime, 15 stime
 }
 
-function statusKb(pid: number, key: "VmRSS" | "VmHWM"): number {
+function statusKb(pid: number, key: "VmRSS" | "VmHWM" | "RssAnon" | "RssFile"): number {
   const m = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) : 0;
 }
@@ -341,6 +341,19 @@ class Loadgen {
 interface ProxyProc {
   name: string;
   pid: number;
+  /** zmesh sidecars: V8's view of their memory, asked over IPC (see chain-sidecar.ts). */
+  heap?: () => Promise<SidecarHeap>;
+}
+
+interface RssParts {
+  anon: number;
+  file: number;
+  v8_heap_total?: number;
+}
+
+/** Resident memory of a process in MB: private (anonymous: heaps, buffers) and file-backed (mapped code). */
+function rssParts(pid: number): RssParts {
+  return { anon: r1(statusKb(pid, "RssAnon") / 1024), file: r1(statusKb(pid, "RssFile") / 1024) };
 }
 
 interface Chain {
@@ -358,6 +371,12 @@ async function startApp(): Promise<{ port: number; child: Child }> {
   const { port } = await firstMessage<{ port: number }>(child, 10_000);
   return { port, child };
 }
+
+/** Asks a sidecar for its V8 heap figures (answered over IPC). */
+const askHeap = (c: Child) => async (): Promise<SidecarHeap> => {
+  c.proc.send("heap");
+  return (await firstMessage<SidecarHeapAnswer>(c, 5_000)).heap;
+};
 
 /**
  * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
@@ -390,8 +409,8 @@ async function zmeshChain(appPort: number, execArgv: (role: string) => string[] 
       name: "zmesh",
       port: outbound.ports.outbound,
       proxies: [
-        { name: "outbound", pid: outbound.c.proc.pid! },
-        { name: "inbound", pid: inbound.c.proc.pid! },
+        { name: "outbound", pid: outbound.c.proc.pid!, heap: askHeap(outbound.c) },
+        { name: "inbound", pid: inbound.c.proc.pid!, heap: askHeap(inbound.c) },
       ],
       deniedStatus: 403,
       close,
@@ -602,6 +621,8 @@ interface Sample {
   /** CPU seconds per 1,000 requests at the fixed rate = cores per 1,000 rps. */
   cpuPer1k: Record<string, number>;
   rssMb: Record<string, number>;
+  /** RssAnon and RssFile when VmRSS was at its largest. */
+  rssParts: Record<string, RssParts>;
   loadgenCoresAtMax: number;
 }
 
@@ -610,8 +631,16 @@ const target = (c: Chain) => ({ host: "127.0.0.1", port: c.port, path: PATH_ALLO
 
 async function measure(lg: Loadgen, chain: Chain, maxMs: number, rateMs: number): Promise<Sample> {
   const rss: Record<string, number> = {};
-  const sampleRss = () => {
-    for (const p of chain.proxies) rss[p.name] = Math.max(rss[p.name] ?? 0, statusKb(p.pid, "VmRSS") / 1024);
+  const parts: Record<string, RssParts> = {};
+  const sampleRss = async () => {
+    for (const p of chain.proxies) {
+      const now = statusKb(p.pid, "VmRSS") / 1024;
+      if (now < (rss[p.name] ?? 0)) continue;
+      rss[p.name] = now;
+      parts[p.name] = rssParts(p.pid);
+      // V8's heap at that moment: how much of the private memory is JavaScript's.
+      if (p.heap) parts[p.name]!.v8_heap_total = (await p.heap()).heap_total;
+    }
   };
   const a0 = cpuOf(chain.proxies);
   const l0 = cpuSeconds(lg.pid);
@@ -625,7 +654,7 @@ async function measure(lg: Loadgen, chain: Chain, maxMs: number, rateMs: number)
   const secs = (performance.now() - t0) / 1000;
   const a1 = cpuOf(chain.proxies);
   const loadgenCoresAtMax = (cpuSeconds(lg.pid) - l0) / secs;
-  sampleRss();
+  await sampleRss();
   await sleep(PAUSE_MS);
   const b0 = cpuOf(chain.proxies);
   const rate = await lg.run({
@@ -636,14 +665,14 @@ async function measure(lg: Loadgen, chain: Chain, maxMs: number, rateMs: number)
     rps: RATE,
   });
   const b1 = cpuOf(chain.proxies);
-  sampleRss();
+  await sampleRss();
   const coresAtMax: Record<string, number> = {};
   const cpuPer1k: Record<string, number> = {};
   for (const p of chain.proxies) {
     coresAtMax[p.name] = (a1[p.name]! - a0[p.name]!) / secs;
     cpuPer1k[p.name] = ((b1[p.name]! - b0[p.name]!) * 1000) / Math.max(1, rate.completed);
   }
-  return { max, rate, coresAtMax, cpuPer1k, rssMb: rss, loadgenCoresAtMax };
+  return { max, rate, coresAtMax, cpuPer1k, rssMb: rss, rssParts: parts, loadgenCoresAtMax };
 }
 
 function median(xs: number[]): number {
@@ -657,6 +686,9 @@ const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
 /** Per "chain/proxy": RSS before any load, and cores used while idle (the fixed cost of being there). */
 const idleRss = new Map<string, number>();
+const idleParts = new Map<string, RssParts>();
+/** Per "chain/proxy", zmesh only: V8's heap when idle and after the last run. */
+const heaps = new Map<string, { idle?: SidecarHeap; loaded?: SidecarHeap }>();
 const idleCores = new Map<string, number>();
 const IDLE_MS = 2_000;
 const IDLE_SETTLE_MS = 2_000;
@@ -681,6 +713,16 @@ function summarize(chain: Chain, samples: Sample[]): Record<string, unknown> {
     out["rss_idle_mb"] = Object.fromEntries(
       chain.proxies.map((p) => [p.name, idleRss.get(`${chain.name}/${p.name}`) ?? 0]),
     );
+    // What the largest RSS was made of (private vs mapped files), and the same when idle.
+    out["rss_parts_mb"] = Object.fromEntries(
+      chain.proxies.map((p) => {
+        const worst = samples.reduce((a, b) => (b.rssMb[p.name]! > a.rssMb[p.name]! ? b : a));
+        return [p.name, { ...worst.rssParts[p.name], idle: idleParts.get(`${chain.name}/${p.name}`) }];
+      }),
+    );
+    const heap = chain.proxies.filter((p) => heaps.has(`${chain.name}/${p.name}`));
+    if (heap.length)
+      out["v8_heap"] = Object.fromEntries(heap.map((p) => [p.name, heaps.get(`${chain.name}/${p.name}`)]));
     out["cores_idle"] = Object.fromEntries(
       chain.proxies.map((p) => [p.name, idleCores.get(`${chain.name}/${p.name}`) ?? 0]),
     );
@@ -973,7 +1015,11 @@ async function main(): Promise<number> {
       chains.push(c);
       await check(c);
       // Memory of each proxy before any load: what it costs to have it there at all.
-      for (const p of c.proxies) idleRss.set(`${c.name}/${p.name}`, r1(statusKb(p.pid, "VmRSS") / 1024));
+      for (const p of c.proxies) {
+        idleRss.set(`${c.name}/${p.name}`, r1(statusKb(p.pid, "VmRSS") / 1024));
+        idleParts.set(`${c.name}/${p.name}`, rssParts(p.pid));
+        if (p.heap) heaps.set(`${c.name}/${p.name}`, { idle: await p.heap() });
+      }
     } catch (e) {
       if (e instanceof Skipped) {
         say(`${name}: skipped: ${e.message}`);
@@ -1030,6 +1076,11 @@ async function main(): Promise<number> {
   const contention = { other_processes_cores: r3(others), loadavg_1m: [r1(load0), r1(loadavg()[0]!)] };
   if (others > 0.1)
     say(`warning: other processes used ${others.toFixed(2)} cores during the runs; results are skewed`);
+  for (const c of chains)
+    for (const p of c.proxies) {
+      const h = heaps.get(`${c.name}/${p.name}`);
+      if (h && p.heap) h.loaded = await p.heap();
+    }
   for (const c of chains) results[c.name] = summarize(c, samples.get(c.name)!);
   for (const c of chains) await c.close();
   const out = {

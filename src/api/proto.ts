@@ -1,9 +1,8 @@
-// Loads proto/zmesh/v1/mesh.proto for both ends of the control plane API and types its messages.
+// The gRPC services of proto/zmesh/v1/mesh.proto for both ends of the control plane API, with
+// their messages typed and encoded by ./codec.ts (no .proto file is read at run time).
 
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import { decodeMessage, encodeMessage, type MessageName } from "./codec.js";
 
 export interface SignRequest {
   csrPem: string;
@@ -24,36 +23,45 @@ export interface ConfigAck {
   error: string;
 }
 
-const PROTO = join(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "..",
-  "proto",
-  "zmesh",
-  "v1",
-  "mesh.proto",
-);
-
-let loaded: grpc.GrpcObject | undefined;
-/** Reads mesh.proto (once); a process that drops privileges calls it before the drop. */
-export function pkg(): grpc.GrpcObject {
-  if (!loaded) {
-    const def = protoLoader.loadSync(PROTO, { keepCase: false, longs: Number, defaults: true });
-    loaded = grpc.loadPackageDefinition(def);
-  }
-  return loaded;
+/** One method of a service: its path and the codec of each direction. */
+function method(
+  service: string,
+  name: string,
+  req: MessageName,
+  res: MessageName,
+  stream: boolean,
+): grpc.MethodDefinition<object, object> {
+  return {
+    path: `/zmesh.v1.${service}/${name}`,
+    requestStream: stream,
+    responseStream: stream,
+    requestSerialize: (m: object) => encodeMessage(req, m),
+    requestDeserialize: (b: Buffer) => decodeMessage(req, b),
+    responseSerialize: (m: object) => encodeMessage(res, m),
+    responseDeserialize: (b: Buffer) => decodeMessage(res, b),
+    originalName: name.charAt(0).toLowerCase() + name.slice(1),
+  };
 }
 
-type ServiceCtor = grpc.ServiceClientConstructor;
-function service(name: "MeshCA" | "MeshConfig"): ServiceCtor {
-  const v1 = (pkg()["zmesh"] as grpc.GrpcObject)["v1"] as grpc.GrpcObject;
-  return v1[name] as ServiceCtor;
+// The services of proto/zmesh/v1/mesh.proto; codec.test.ts checks these paths against the file.
+const MESH_CA: grpc.ServiceDefinition = {
+  Sign: method("MeshCA", "Sign", "SignRequest", "SignResponse", false),
+};
+const MESH_CONFIG: grpc.ServiceDefinition = {
+  Stream: method("MeshConfig", "Stream", "ConfigAck", "ConfigPush", true),
+};
+let clients: { ca: grpc.ServiceClientConstructor; config: grpc.ServiceClientConstructor } | undefined;
+function clientCtors() {
+  clients ??= {
+    ca: grpc.makeGenericClientConstructor(MESH_CA, "MeshCA"),
+    config: grpc.makeGenericClientConstructor(MESH_CONFIG, "MeshConfig"),
+  };
+  return clients;
 }
 
-export const meshCAService = (): grpc.ServiceDefinition => service("MeshCA").service;
-export const meshConfigService = (): grpc.ServiceDefinition => service("MeshConfig").service;
-export const MeshCAClient = (): ServiceCtor => service("MeshCA");
-export const MeshConfigClient = (): ServiceCtor => service("MeshConfig");
+export const meshCAService = (): grpc.ServiceDefinition => MESH_CA;
+export const meshConfigService = (): grpc.ServiceDefinition => MESH_CONFIG;
+export const MeshCAClient = (): grpc.ServiceClientConstructor => clientCtors().ca;
+export const MeshConfigClient = (): grpc.ServiceClientConstructor => clientCtors().config;
 
 export const AUTH_METADATA = "authorization";

@@ -2,8 +2,9 @@
 // file, the resource and the field path; nothing is half-loaded: any error rejects the whole set.
 
 import { readdir, readFile, stat } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { extname, join, relative } from "node:path";
-import { type Document, LineCounter, parseAllDocuments } from "yaml";
+import type { Document, LineCounter } from "yaml";
 import { ZmeshError } from "../errors/index.js";
 import type { Issue } from "../policy/index.js";
 import {
@@ -80,11 +81,23 @@ function fieldLine(doc: Document.Parsed, path: string, lc: LineCounter): number 
   return undefined;
 }
 
+type Yaml = typeof import("yaml");
+let yaml: Yaml | undefined;
+/**
+ * The yaml library, loaded on first use: the sidecar imports this folder for its settings but never
+ * parses YAML, and the library would cost each sidecar ~1-2 MB (bench/README.md, "Round 4").
+ */
+function yamlLib(): Yaml {
+  yaml ??= createRequire(import.meta.url)("yaml") as Yaml;
+  return yaml;
+}
+
 /** Parses the YAML text of one file; `file` is only used in messages. */
 export function parseYaml(
   text: string,
   file: string,
 ): { documents: MeshConfig["documents"]; problems: ConfigProblem[] } {
+  const { LineCounter, parseAllDocuments } = yamlLib();
   const lineCounter = new LineCounter();
   const docs = parseAllDocuments(text, { lineCounter, uniqueKeys: true });
   const problems: ConfigProblem[] = [];

@@ -8,7 +8,7 @@ export {
   evaluate,
   tcpWarnings,
 } from "./compile.js";
-export { authenticateJwt, JWT_ALGORITHMS, validateRequestAuthenticationSpec } from "./jwt.js";
+export { authenticateJwt, JWT_ALGORITHMS, preloadJwt, validateRequestAuthenticationSpec } from "./jwt.js";
 export { type NormalizeOptions, type NormalizeResult, normalizePath } from "./path.js";
 export { DEFAULT_MTLS_MODE, resolveMtlsMode, validatePeerAuthenticationSpec } from "./peerauth.js";
 export { selectorMatches, selectPolicies } from "./select.js";

@@ -335,6 +335,14 @@ function loadJose(): Promise<Jose> {
   return josePromise;
 }
 
+/**
+ * Loads the JWT library now. A proxy that drops privileges calls this first: a lazy load after the
+ * drop reads node_modules as uid 1337, which a root-only checkout refuses (every token would fail).
+ */
+export async function preloadJwt(): Promise<void> {
+  await loadJose();
+}
+
 function headerLocation(h: JwtHeaderLocation): Location {
   const name = h.name.toLowerCase();
   const prefix = h.prefix ?? "";
