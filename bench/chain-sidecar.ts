@@ -150,7 +150,8 @@ if (process.env["BENCH_STALLS"] === "1") {
   let last = performance.now();
   setInterval(() => {
     const now = performance.now();
-    if (now - last > 4) process.stdout.write(`stall ${(now - last - 1).toFixed(1)} ms at ${now.toFixed(0)}\n`);
+    if (now - last > 4)
+      process.stdout.write(`stall ${(now - last - 1).toFixed(1)} ms at ${now.toFixed(0)}\n`);
     last = now;
   }, 1).unref();
 }

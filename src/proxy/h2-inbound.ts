@@ -61,7 +61,7 @@ export function peerRequest(
 ): RequestAttributes {
   // One shape for every request (absent parts undefined, not left out): a literal built from
   // spreads of optional parts came out in dictionary mode, ~1 KB a request that the inbound
-  // sidecar promoted to its old generation (bench/README.md, "Round 4").
+  // sidecar promoted to its old generation (bench/README.md, "Round 4: CPU and the GC tail").
   return {
     principal: peer.principal,
     namespace: peer.namespace,

@@ -47,7 +47,7 @@ function xfcc(self: string, peer: Peer): string {
  * (a header rule, a JWT): most requests are decided on identity, method and path alone. A class,
  * not an object literal with a getter: a literal's getter is a new closure per request, which
  * gave each request a hidden class of its own in the old generation, and with it kept the
- * request's young objects alive until a mark-compact (bench/README.md, "Round 4").
+ * request's young objects alive until a mark-compact (bench/README.md, "Round 4: CPU and the GC tail").
  */
 class HttpAttributes {
   readonly method: string;

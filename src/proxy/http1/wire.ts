@@ -2,9 +2,8 @@
 // (except Transfer-Encoding and Trailer, because bodies are spliced in the framing they came in);
 // identity fields from the caller are never trusted. The fields that go on are copied as the bytes
 // the parser validated (./head.ts), not re-serialized from strings: a forwarded head costs one
-// buffer and a few copies, and makes no string per field (a string head was built by dozens of
-// concatenations, then flattened by the write; that flat copy was what the inbound sidecar
-// promoted to the old generation most, bench/README.md, "Round 4").
+// buffer and a few copies, where a string head took dozens of concatenations, a flattening copy
+// in the write, and a string per field value (bench/README.md, "Round 4: CPU and the GC tail").
 
 import { spoofable } from "../headers.js";
 import type { Head, RequestHead, ResponseHead } from "./head.js";
