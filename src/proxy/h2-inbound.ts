@@ -22,12 +22,12 @@ import {
   type RequestAuth,
 } from "../policy/index.js";
 import {
+  finishRelayed,
   H2_MAX_SESSION_MEMORY,
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
   type Replay,
-  refuseStream,
   relayStream,
   requestIdOf,
   ServedSessions,
@@ -213,26 +213,7 @@ export class H2Inbound {
                     this.apps.drop(String(peer.port), session);
                     return void toApp(true, r.refused);
                   }
-                  const result = {
-                    status: r.status,
-                    requestBytes: r.requestBytes,
-                    responseBytes: r.responseBytes,
-                    grpcStatus: r.grpcStatus,
-                  };
-                  if (r.clientReset !== undefined)
-                    return finish({
-                      ...result,
-                      err: `the caller reset the stream (HTTP/2 code ${r.clientReset})`,
-                    });
-                  if (r.refused) {
-                    // Refused again: passed on as refused, so the calling sidecar tries elsewhere.
-                    refuseStream(down);
-                    return finish({ ...result, err: r.error!.message, flag: "UPSTREAM_FAILURE" });
-                  }
-                  if (r.error && r.status === 0)
-                    return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-                  if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-                  finish(result);
+                  finishRelayed(down, r, finish, "the caller");
                 },
                 replay,
               ),

@@ -18,12 +18,12 @@ import { ZmeshError } from "../errors/index.js";
 import { principalOf } from "../identity/index.js";
 import type { Balancer } from "./balancer.js";
 import {
+  finishRelayed,
   H2_MAX_SESSION_MEMORY,
   H2_SETTINGS,
   h2RequestHeaders,
   isGrpc,
   type Replay,
-  refuseStream,
   relayStream,
   requestIdOf,
   ServedSessions,
@@ -174,26 +174,7 @@ export class H2Outbound {
                   const other = this.balancer.pick(route.service.endpoints, ep.address) ?? ep;
                   return attempt(other, true, r.refused);
                 }
-                const result = {
-                  status: r.status,
-                  requestBytes: r.requestBytes,
-                  responseBytes: r.responseBytes,
-                  grpcStatus: r.grpcStatus,
-                };
-                if (r.clientReset !== undefined)
-                  return finish({
-                    ...result,
-                    err: `the app reset the stream (HTTP/2 code ${r.clientReset})`,
-                  });
-                if (r.refused) {
-                  // Refused again: the app is told so (REFUSED_STREAM), and may try again itself.
-                  refuseStream(down);
-                  return finish({ ...result, err: r.error!.message, flag: "UPSTREAM_FAILURE" });
-                }
-                if (r.error && r.status === 0)
-                  return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
-                if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
-                finish(result);
+                finishRelayed(down, r, finish, "the app");
               },
               replay,
             ),

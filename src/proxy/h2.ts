@@ -404,6 +404,34 @@ export function refuseStream(down: ServerHttp2Stream): void {
 }
 
 /**
+ * Records a relayed stream's outcome once no retry is left to take, the same in both directions:
+ * a reset by the other side (`resetBy` says who), a stream refused again (passed on as refused, so
+ * the caller may send it elsewhere), a failure before or after the response began, or success.
+ */
+export function finishRelayed(
+  down: ServerHttp2Stream,
+  r: StreamResult,
+  finish: (r: Partial<HttpRecord>, flag?: Flag) => void,
+  resetBy: string,
+): void {
+  const result = {
+    status: r.status,
+    requestBytes: r.requestBytes,
+    responseBytes: r.responseBytes,
+    grpcStatus: r.grpcStatus,
+  };
+  if (r.clientReset !== undefined)
+    return finish({ ...result, err: `${resetBy} reset the stream (HTTP/2 code ${r.clientReset})` });
+  if (r.refused) {
+    refuseStream(down);
+    return finish({ ...result, err: r.error?.message, flag: "UPSTREAM_FAILURE" });
+  }
+  if (r.error && r.status === 0) return finish({ ...result, err: r.error.message }, "UPSTREAM_FAILURE");
+  if (r.error) return finish({ ...result, err: r.error.message, flag: "UPSTREAM_FAILURE" });
+  finish(result);
+}
+
+/**
  * The end of one served stream, the same in both directions: `finish` runs once, takes the stream
  * out of the in-flight count, writes the flag's wire response (rescue.ts) and records the stream;
  * `bug` turns a throw in a promise callback into a failed stream instead of a dead process.
