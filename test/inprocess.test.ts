@@ -1,7 +1,7 @@
 // The thin path in one process: a real control plane (CA, config stream) and real proxies on
 // loopback. What iptables does in a namespace, the harness does with a table of intents.
 import assert from "node:assert/strict";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { MeshCAClient } from "../src/api/index.js";
@@ -87,6 +87,20 @@ describe("thin path in process", { timeout: 60_000 }, () => {
     await mesh.close();
     catalogApp.server.close();
     paymentsApp.server.close();
+  });
+
+  it("a proxy whose inbound port is taken says so: ready() rejects and nothing listens (it used to wait forever)", async () => {
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", r));
+    const port = (squatter.address() as { port: number }).port;
+    try {
+      await assert.rejects(proxy(mesh, "shop/frontend", { inboundPort: port }), /EADDRINUSE/);
+      const stuck = mesh.proxies.at(-1)!;
+      assert.equal(stuck.ports.outbound, 0, "no outbound listener either");
+      await assert.rejects(stuck.ready(), /EADDRINUSE/);
+    } finally {
+      squatter.close();
+    }
   });
 
   it("an allowed call reaches the app over mTLS and the app learns the caller's identity", async () => {

@@ -64,7 +64,9 @@ export class Sidecar {
   private renewing: Promise<void> | undefined;
   private trafficUp = false;
   private closed = false;
-  private readyWaiters: (() => void)[] = [];
+  private readyWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  /** Why the traffic listeners could not open (a port in use): the proxy stays closed, `ready()` rejects. */
+  private trafficError: Error | undefined;
 
   constructor(private readonly opts: SidecarOptions) {
     this.log = opts.log ?? logger("proxy");
@@ -144,16 +146,28 @@ export class Sidecar {
 
   private async openTraffic(): Promise<void> {
     this.trafficUp = true;
-    this.ports.inbound = await listen(
-      this.inbound.server,
-      this.opts.inbound ?? { host: "0.0.0.0", port: PORTS.inboundCapture },
-    );
-    this.ports.outbound = await listen(
-      this.outbound.server,
-      this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture },
-    );
+    try {
+      this.ports.inbound = await listen(
+        this.inbound.server,
+        this.opts.inbound ?? { host: "0.0.0.0", port: PORTS.inboundCapture },
+      );
+      this.ports.outbound = await listen(
+        this.outbound.server,
+        this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture },
+      );
+    } catch (e) {
+      // Fails closed and says so: nothing listens, and whoever waits for readiness hears why
+      // (it used to be an unhandled rejection, and a waiter that never woke).
+      this.trafficError = e as Error;
+      this.log.error(
+        { err: this.trafficError.message },
+        "cannot listen for workload traffic; no traffic is let through",
+      );
+      for (const w of this.readyWaiters.splice(0)) w.reject(this.trafficError);
+      return;
+    }
     this.log.info({ ports: this.ports, spiffeId: this.state.snapshot?.workload.spiffeId }, "proxy ready");
-    for (const w of this.readyWaiters.splice(0)) w();
+    for (const w of this.readyWaiters.splice(0)) w.resolve();
   }
 
   /** Outbound mutual-TLS handshakes so far: resumed from a cached session, and full. */
@@ -161,9 +175,11 @@ export class Sidecar {
     return { resumed: this.outbound.sessions.resumed, full: this.outbound.sessions.full };
   }
 
+  /** Resolves once traffic listeners are open; rejects if they cannot open (a port in use). */
   ready(): Promise<void> {
+    if (this.trafficError) return Promise.reject(this.trafficError);
     if (this.trafficUp && this.ports.outbound) return Promise.resolve();
-    return new Promise((r) => this.readyWaiters.push(r));
+    return new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
   }
 
   /** Gets a fresh SVID for the identity in the config; renews at about half its life, with jitter. */

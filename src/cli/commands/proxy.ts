@@ -66,6 +66,8 @@ export function proxyCommand(): Command {
         onQuit: () => process.exit(0),
       });
       await proxy.start();
+      // Listeners that cannot open (logged by the proxy) end the process: the supervisor restarts it.
+      proxy.ready().catch(() => process.exit(1));
       // SIGTERM drains: no new connections, in-flight requests finish (5 s at most), then exit.
       const stop = () =>
         void proxy
