@@ -16,12 +16,18 @@ export class Balancer {
 
   /** Two random healthy endpoints (other than `exclude`), the one with fewer requests in flight. */
   pick(endpoints: readonly SnapshotEndpoint[], exclude?: string): SnapshotEndpoint | undefined {
+    // The common case, nothing ejected and nothing to leave out: no filtered copy per request.
+    if (exclude === undefined && this.ejectedUntil.size === 0) return this.twoChoices(endpoints);
     const t = this.now();
     let healthy = endpoints.filter(
       (e) => e.address !== exclude && (this.ejectedUntil.get(e.address) ?? 0) <= t,
     );
     // Everything ejected: better to try than to fail closed on a guess.
     if (healthy.length === 0) healthy = endpoints.filter((e) => e.address !== exclude);
+    return this.twoChoices(healthy);
+  }
+
+  private twoChoices(healthy: readonly SnapshotEndpoint[]): SnapshotEndpoint | undefined {
     if (healthy.length <= 1) return healthy[0];
     const a = healthy[Math.floor(Math.random() * healthy.length)]!;
     let b = healthy[Math.floor(Math.random() * (healthy.length - 1))]!;
@@ -38,6 +44,7 @@ export class Balancer {
     this.active.set(address, Math.max(0, (this.active.get(address) ?? 1) - 1));
     if (!connectFailed) {
       this.failures.delete(address);
+      this.ejectedUntil.delete(address); // it answered: no longer ejected (and pick's fast path is back)
       return;
     }
     const n = (this.failures.get(address) ?? 0) + 1;

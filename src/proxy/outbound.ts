@@ -30,6 +30,18 @@ import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
 
+interface EndpointFacts {
+  upstream: string;
+  destination: HttpRecord["destination"];
+  pool: UpstreamPool;
+}
+
+interface RouteFacts {
+  /** destination_service: `<name>.<namespace>.svc.cluster.local`. */
+  service: string;
+  endpoint(ep: SnapshotEndpoint): EndpointFacts;
+}
+
 export class Outbound implements Http1Listener {
   /** Accepts captured connections and routes each: HTTP to `h1`, TCP to a mutual-TLS pipe. */
   readonly server: Server;
@@ -100,6 +112,40 @@ export class Outbound implements Http1Listener {
       if (first && looksLikeHttp(first)) return void this.h1.serve(s);
       this.noRoute(s, dst);
     });
+  }
+
+  /**
+   * What a request needs of its route and endpoint that does not change between requests (the
+   * service's name, each endpoint's address, identity and pool), made once per route object: a
+   * new config makes new routes, so nothing here outlives the config it came from.
+   */
+  private readonly facts = new WeakMap<Route, RouteFacts>();
+
+  private routeFacts(route: Route): RouteFacts {
+    let f = this.facts.get(route);
+    if (f) return f;
+    const eps = new WeakMap<SnapshotEndpoint, EndpointFacts>();
+    f = {
+      service: `${route.service.name}.${route.service.namespace}.svc.cluster.local`,
+      endpoint: (ep) => {
+        let e = eps.get(ep);
+        if (!e) {
+          e = {
+            upstream: `${ep.address}:${route.targetPort}`,
+            destination: {
+              principal: principalOf(ep.spiffeId),
+              workload: ep.workload,
+              namespace: route.service.namespace,
+            },
+            pool: this.pool(route, ep.address),
+          };
+          eps.set(ep, e);
+        }
+        return e;
+      },
+    };
+    this.facts.set(route, f);
+    return f;
   }
 
   /** The source side of every record, made once per workload (snapshot) rather than per request. */
@@ -332,7 +378,8 @@ export class Outbound implements Http1Listener {
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
     if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
-    record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
+    const facts = this.routeFacts(route);
+    record.service = facts.service;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
     const headBytes = requestHeadFor(head, head.target, DROP, [
@@ -345,14 +392,11 @@ export class Outbound implements Http1Listener {
     // could not be reached: nothing was sent to the app, so nothing can happen twice.
     const retryable = !conn.hasBody && IDEMPOTENT.has(head.method);
     const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
-      record.upstream = `${ep.address}:${route.targetPort}`;
-      record.destination = {
-        principal: principalOf(ep.spiffeId),
-        workload: ep.workload,
-        namespace: route.service.namespace,
-      };
+      const at = facts.endpoint(ep);
+      record.upstream = at.upstream;
+      record.destination = at.destination;
       this.balancer.started(ep.address);
-      conn.forward(this.pool(route, ep.address), headBytes, (r) => {
+      conn.forward(at.pool, headBytes, (r) => {
         const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
         this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
         if (r.error) {
