@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { type ClientHttp2Session, createServer, type Http2Server, connect as h2connect } from "node:http2";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { h2Request, h2Session } from "./harness/h2.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./harness/index.js";
+import { clientApiMesh, h2Request, h2Session } from "./harness/h2.js";
+import type { MeshFixture } from "./harness/index.js";
 
 const vip = { address: "198.19.0.91", port: 8080 };
 const SLOW_MS = 600;
@@ -28,7 +28,6 @@ describe("HTTP/2 drain sends GOAWAY to idle and busy sessions", { timeout: 60_00
   let client: Sidecar;
   let api: Sidecar;
   let app: Http2Server;
-  let inbound: number;
   let slowSeen = 0;
   const sessions: ClientHttp2Session[] = [];
 
@@ -47,21 +46,7 @@ describe("HTTP/2 drain sends GOAWAY to idle and busy sessions", { timeout: 60_00
       }
     });
     await new Promise<void>((r) => app.listen(0, "127.0.0.1", r));
-    inbound = await freePort();
-    mesh = await controlPlane(
-      entryYaml("client") +
-        entryYaml("api") +
-        serviceYaml("api", vip.address, [[8080, inbound, "http2-api"]]),
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "api" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-    api = await proxy(mesh, "shop/api", {
-      inboundPort: inbound,
-      appPort: (app.address() as { port: number }).port,
-    });
+    ({ mesh, client, api } = await clientApiMesh(vip.address, (app.address() as { port: number }).port));
   });
   after(async () => {
     for (const s of sessions) s.destroy();
@@ -105,7 +90,7 @@ describe("HTTP/2 drain sends GOAWAY to idle and busy sessions", { timeout: 60_00
     const { keyPem, svid } = await mesh.cp.ca.issue("spiffe://cluster.local/ns/shop/sa/client");
     const open = () =>
       new Promise<ClientHttp2Session>((resolve, reject) => {
-        const s = h2connect(`https://127.0.0.1:${inbound}`, {
+        const s = h2connect(`https://127.0.0.1:${api.ports.inbound}`, {
           key: keyPem,
           cert: svid.chainPem.join(""),
           ca: mesh.cp.ca.trustBundlePem(),

@@ -7,8 +7,8 @@
 import assert from "node:assert/strict";
 import { constants, createServer, type Http2Server } from "node:http2";
 import { after, before, describe, it } from "node:test";
-import { h2Request, h2Session } from "./harness/h2.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./harness/index.js";
+import { clientApiMesh, h2Request, h2Session } from "./harness/h2.js";
+import type { MeshFixture } from "./harness/index.js";
 
 const vip = { address: "198.19.0.92", port: 8080 };
 
@@ -40,21 +40,7 @@ describe("HTTP/2 REFUSED_STREAM is retried on a new session", { timeout: 60_000 
       });
     });
     await new Promise<void>((r) => app.listen(0, "127.0.0.1", r));
-    const inbound = await freePort();
-    mesh = await controlPlane(
-      entryYaml("client") +
-        entryYaml("api") +
-        serviceYaml("api", vip.address, [[8080, inbound, "http2-api"]]),
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "api" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-    await proxy(mesh, "shop/api", {
-      inboundPort: inbound,
-      appPort: (app.address() as { port: number }).port,
-    });
+    ({ mesh, client } = await clientApiMesh(vip.address, (app.address() as { port: number }).port));
   });
   after(async () => {
     await mesh.close();

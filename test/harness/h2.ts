@@ -11,7 +11,7 @@ import {
 } from "node:http2";
 import { connect } from "node:net";
 import type { Sidecar } from "../../src/proxy/index.js";
-import type { MeshFixture } from "./index.js";
+import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./index.js";
 
 /** An h2c session (prior knowledge) from a chosen local port, so the outbound knows its destination. */
 export async function h2Session(
@@ -93,4 +93,25 @@ export function fallbackIntent(mesh: MeshFixture, dst: { address: string; port: 
   return () => {
     mesh.intents = before;
   };
+}
+
+/**
+ * Two workloads, shop/client and shop/api, and Service `api` at `vip` (port 8080, `http2-api`)
+ * in front of an HTTP/2 app listening on loopback `appPort`: the mesh and both proxies.
+ */
+export async function clientApiMesh(
+  vip: string,
+  appPort: number,
+): Promise<{ mesh: MeshFixture; client: Sidecar; api: Sidecar }> {
+  const inbound = await freePort();
+  const mesh = await controlPlane(
+    entryYaml("client") + entryYaml("api") + serviceYaml("api", vip, [[8080, inbound, "http2-api"]]),
+    [
+      { namespace: "shop", name: "client" },
+      { namespace: "shop", name: "api" },
+    ],
+  );
+  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
+  const api = await proxy(mesh, "shop/api", { inboundPort: inbound, appPort });
+  return { mesh, client, api };
 }
