@@ -13,7 +13,6 @@ import {
 } from "node:http2";
 import type { Socket } from "node:net";
 import type { Logger } from "../diag/index.js";
-import { principalOf } from "../identity/index.js";
 import {
   authenticateJwt,
   evaluate,
@@ -36,7 +35,8 @@ import {
   streamEnd,
   whenConnected,
 } from "./h2.js";
-import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { SOURCE_WORKLOAD_HEADER, serviceOf, xfcc } from "./headers.js";
+import { workloadPeer } from "./principal.js";
 import type { ProxyState } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
@@ -128,14 +128,8 @@ export class H2Inbound {
         namespace: peer?.namespace || undefined,
         workload: typeof sourceWorkload === "string" ? sourceWorkload : undefined,
       },
-      destination: snap
-        ? {
-            principal: principalOf(snap.workload.spiffeId),
-            workload: snap.workload.name,
-            namespace: snap.workload.namespace,
-          }
-        : {},
-      service: authority.replace(/:\d+$/, "") || undefined,
+      destination: snap ? workloadPeer(snap.workload) : {},
+      service: serviceOf(authority),
       method: headers[":method"],
       path: norm.ok ? norm.path : pathOnly,
       protocol: grpc ? "grpc" : "http",
@@ -190,9 +184,7 @@ export class H2Inbound {
       }
       out[":path"] = norm.query ? `${norm.path}?${norm.query}` : norm.path;
       out["x-request-id"] = requestId;
-      if (peer.mtls)
-        out["x-forwarded-client-cert"] =
-          `By=${snap.workload.spiffeId};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
+      if (peer.mtls) out["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
       const toApp = (retried: boolean, replay?: Replay) =>
         this.app(peer.port)
           .then(

@@ -15,7 +15,6 @@ import type { TLSSocket } from "node:tls";
 import type { SnapshotEndpoint } from "../api/index.js";
 import type { Logger } from "../diag/index.js";
 import { ZmeshError } from "../errors/index.js";
-import { principalOf } from "../identity/index.js";
 import type { Balancer } from "./balancer.js";
 import {
   finishRelayed,
@@ -33,6 +32,7 @@ import {
 } from "./h2.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination } from "./origdst.js";
+import { principalOf, workloadPeer } from "./principal.js";
 import { ALPN_H2 } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
@@ -111,9 +111,7 @@ export class H2Outbound {
     const record: HttpRecord = {
       reporter: "source",
       requestId,
-      source: self
-        ? { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace }
-        : {},
+      source: self ? workloadPeer(self) : {},
       destination: {},
       method: headers[":method"],
       path: headers[":path"],

@@ -67,3 +67,17 @@ export function responseHeaders(h: Record<string, string | string[] | undefined>
   for (const [k, v] of Object.entries(h)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
   return out;
 }
+
+/** X-Forwarded-Client-Cert as Envoy writes it: who we are, the peer certificate's hash and its URI. */
+export function xfcc(self: string, peer: { certHash: string; spiffeId: string }): string {
+  return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
+}
+
+/** destination_service from a Host or :authority value: without its port (`svc:8080` is `svc`), absent when empty. */
+export function serviceOf(host: string): string | undefined {
+  let end = host.length;
+  while (end > 0 && host.charCodeAt(end - 1) >= 48 && host.charCodeAt(end - 1) <= 57) end--;
+  if (end < host.length && end > 0 && host.charCodeAt(end - 1) === 58)
+    return host.slice(0, end - 1) || undefined;
+  return host || undefined;
+}

@@ -18,13 +18,13 @@ import {
 } from "../policy/index.js";
 import { isH2cUpgrade } from "./h2.js"; // HTTP/2 hook
 import { H2Inbound, type H2Peer, peerRequest } from "./h2-inbound.js"; // HTTP/2 hook
-import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
+import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER, serviceOf, xfcc } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { field, fieldRecord, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
-import { principalOf } from "./principal.js";
+import { principalOf, workloadPeer } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { ALPN_H2, ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
@@ -36,11 +36,6 @@ type Peer = H2Peer;
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const PROXY_PORTS = new Set<number>([PORTS.proxyAdmin, PORTS.outboundCapture, PORTS.inboundCapture]);
-
-/** X-Forwarded-Client-Cert as Envoy writes it: who we are, the peer certificate's hash and its URI. */
-function xfcc(self: string, peer: Peer): string {
-  return `By=${self};Hash=${peer.certHash};Subject="";URI=${peer.spiffeId}`;
-}
 
 /**
  * What the policy engine reads of an HTTP/1.1 request. The fields become a record only when read
@@ -65,15 +60,6 @@ class HttpAttributes {
     this.fields ??= fieldRecord(this.head);
     return this.fields;
   }
-}
-
-/** destination_service from a Host value: without its port (`svc:8080` is `svc`), absent when empty. */
-function serviceOf(host: string): string | undefined {
-  let end = host.length;
-  while (end > 0 && host.charCodeAt(end - 1) >= 48 && host.charCodeAt(end - 1) <= 57) end--;
-  if (end < host.length && end > 0 && host.charCodeAt(end - 1) === 58)
-    return host.slice(0, end - 1) || undefined;
-  return host || undefined;
 }
 
 const TICKET_KEY_MS = 3_600_000;
@@ -108,8 +94,6 @@ export class Inbound implements Http1Listener {
   private readonly peers = new WeakMap<Duplex, Peer>();
   /** Per connection: its XFCC value, made once (it depends on our SPIFFE ID and the peer's certificate). */
   private readonly xfccs = new WeakMap<Peer, { self: string; value: string }>();
-  /** The destination side of every record, made once per workload (snapshot) rather than per request. */
-  private selfPeer: { of: unknown; value: HttpRecord["destination"] } | undefined;
   private readonly apps = new Map<number, UpstreamPool>();
   /** HTTP/2 hook: h2 (ALPN) and plaintext h2c connections are served by h2-inbound.ts. */
   private readonly h2: H2Inbound;
@@ -280,11 +264,7 @@ export class Inbound implements Http1Listener {
         ...(peer.principal ? { principal: peer.principal } : {}),
         ...(peer.namespace ? { namespace: peer.namespace } : {}),
       },
-      destination: {
-        principal: principalOf(snap.workload.spiffeId),
-        workload: snap.workload.name,
-        namespace: snap.workload.namespace,
-      },
+      destination: workloadPeer(snap.workload),
       mtls: peer.mtls,
       decision: decision.allowed ? "allow" : "deny",
       reason: decision.reason,
@@ -370,7 +350,7 @@ export class Inbound implements Http1Listener {
         namespace: peer.namespace || undefined,
         workload: field(head, SOURCE_WORKLOAD_HEADER),
       },
-      destination: this.self(snap.workload),
+      destination: workloadPeer(snap.workload),
       service: serviceOf(host),
       method: head.method,
       path: norm.ok ? norm.path : head.target,
@@ -501,15 +481,6 @@ export class Inbound implements Http1Listener {
     const value = xfcc(self, peer);
     this.xfccs.set(peer, { self, value });
     return value;
-  }
-
-  private self(w: { spiffeId: string; name: string; namespace: string }): HttpRecord["destination"] {
-    if (this.selfPeer?.of !== w)
-      this.selfPeer = {
-        of: w,
-        value: { principal: principalOf(w.spiffeId), workload: w.name, namespace: w.namespace },
-      };
-    return this.selfPeer.value;
   }
 
   /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */

@@ -19,7 +19,7 @@ import { field, type RequestHead } from "./http1/head.js";
 import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
-import { principalOf } from "./principal.js";
+import { principalOf, workloadPeer } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
@@ -148,18 +148,10 @@ export class Outbound implements Http1Listener {
     return f;
   }
 
-  /** The source side of every record, made once per workload (snapshot) rather than per request. */
-  private selfCache: { of: unknown; value: TcpRecord["source"] } | undefined;
-
+  /** Our side of every record (once per config, see workloadPeer). */
   private selfPeer(): TcpRecord["source"] {
     const self = this.state.snapshot?.workload;
-    if (!self) return {};
-    if (this.selfCache?.of !== self)
-      this.selfCache = {
-        of: self,
-        value: { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace },
-      };
-    return this.selfCache.value;
+    return self ? workloadPeer(self) : {};
   }
 
   private noRoute(s: Socket, dst: Destination): void {
@@ -237,7 +229,7 @@ export class Outbound implements Http1Listener {
     const ep = this.pick(route);
     const rec: TcpRecord = {
       reporter: "source",
-      source: { principal: principalOf(self.spiffeId), workload: self.name, namespace: self.namespace },
+      source: workloadPeer(self),
       destination: ep
         ? { principal: principalOf(ep.spiffeId), workload: ep.workload, namespace: route.service.namespace }
         : {},

@@ -14,3 +14,25 @@ export function principalOf(spiffeId: string): string {
   }
   return p;
 }
+
+/** A workload's side of a record (principal, name, namespace). */
+export interface WorkloadPeer {
+  principal: string;
+  workload: string;
+  namespace: string;
+}
+
+const workloadPeers = new WeakMap<object, WorkloadPeer>();
+
+/**
+ * The record side of a workload as the config names it (our own, or an endpoint), made once per
+ * config object rather than per request: a new config brings new objects, so none goes stale.
+ */
+export function workloadPeer(w: { spiffeId: string; name: string; namespace: string }): WorkloadPeer {
+  let p = workloadPeers.get(w);
+  if (p === undefined) {
+    p = { principal: principalOf(w.spiffeId), workload: w.name, namespace: w.namespace };
+    workloadPeers.set(w, p);
+  }
+  return p;
+}

@@ -580,7 +580,7 @@ class Exchange implements UpstreamUser {
       requestBytes: this.conn.requestBytes,
       responseBytes: this.rframer?.payload ?? 0,
       error: err,
-      ...(flag ? { flag } : {}),
+      flag,
     });
   }
 
