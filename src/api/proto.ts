@@ -50,18 +50,12 @@ const MESH_CA: grpc.ServiceDefinition = {
 const MESH_CONFIG: grpc.ServiceDefinition = {
   Stream: method("MeshConfig", "Stream", "ConfigAck", "ConfigPush", true),
 };
-let clients: { ca: grpc.ServiceClientConstructor; config: grpc.ServiceClientConstructor } | undefined;
-function clientCtors() {
-  clients ??= {
-    ca: grpc.makeGenericClientConstructor(MESH_CA, "MeshCA"),
-    config: grpc.makeGenericClientConstructor(MESH_CONFIG, "MeshConfig"),
-  };
-  return clients;
-}
+const CA_CLIENT = grpc.makeGenericClientConstructor(MESH_CA, "MeshCA");
+const CONFIG_CLIENT = grpc.makeGenericClientConstructor(MESH_CONFIG, "MeshConfig");
 
 export const meshCAService = (): grpc.ServiceDefinition => MESH_CA;
 export const meshConfigService = (): grpc.ServiceDefinition => MESH_CONFIG;
-export const MeshCAClient = (): grpc.ServiceClientConstructor => clientCtors().ca;
-export const MeshConfigClient = (): grpc.ServiceClientConstructor => clientCtors().config;
+export const MeshCAClient = (): grpc.ServiceClientConstructor => CA_CLIENT;
+export const MeshConfigClient = (): grpc.ServiceClientConstructor => CONFIG_CLIENT;
 
 export const AUTH_METADATA = "authorization";

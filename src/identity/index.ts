@@ -9,4 +9,3 @@ export { newKek, parseKek, readKekFile } from "./sealed.js";
 export type { SpiffeId } from "./spiffe-id.js";
 export { DEFAULT_TRUST_DOMAIN, namespaceOf, parseSpiffeId, principalOf, workloadId } from "./spiffe-id.js";
 export { peerSpiffeId, spiffeIdFromCertDer, svidLeafViolations } from "./svid.js";
-export { preloadX509 } from "./x509.js";

@@ -24,14 +24,6 @@ function load(): Lib {
   return lib;
 }
 
-/**
- * Loads the library now. A process that drops privileges (the proxy, to uid 1337) calls this first:
- * a lazy load after the drop reads node_modules as that uid, which a root-only checkout refuses.
- */
-export function preloadX509(): void {
-  load();
-}
-
 /** The library's namespace; the first property read loads it. */
 export const x509: Lib = new Proxy({} as Lib, {
   get: (_t, key) => load()[key as keyof Lib],

@@ -137,6 +137,13 @@ export interface NamespaceSpec {
   capture: boolean;
 }
 
+/** Whether ip6tables-restore is installed: asked once per process, not once per namespace. */
+let ip6tables: Promise<boolean> | undefined;
+function hasIp6tables(): Promise<boolean> {
+  ip6tables ??= tryRun("ip6tables-restore", ["--version"]);
+  return ip6tables;
+}
+
 export async function createNamespace(net: MeshNet, ns: NamespaceSpec): Promise<void> {
   // /etc/netns/<ns>/ files are bind-mounted over /etc by `ip netns exec`: names resolve per workload.
   const etc = join(NETNS_DIR, ns.netns);
@@ -148,8 +155,7 @@ export async function createNamespace(net: MeshNet, ns: NamespaceSpec): Promise<
   await disableIpv6(ns.veth);
   await disableIpv6("default", ns.netns);
   await disableIpv6("eth0", ns.netns);
-  if (await tryRun("ip6tables-restore", ["--version"]))
-    await run("ip", ["netns", "exec", ns.netns, "ip6tables-restore"], ipv6Rules());
+  if (await hasIp6tables()) await run("ip", ["netns", "exec", ns.netns, "ip6tables-restore"], ipv6Rules());
   await run("ip", ["link", "set", ns.veth, "master", net.bridge, "up"]);
   await run("ip", ["-n", ns.netns, "addr", "add", `${ns.address}/20`, "dev", "eth0"]);
   await run("ip", ["-n", ns.netns, "link", "set", "lo", "up"]);

@@ -32,7 +32,7 @@ function readableAs(uid: number, file: string): boolean {
 }
 
 function dropPrivileges(uid: number): void {
-  if (process.getuid?.() !== 0) return;
+  if (!willDrop(uid)) return;
   process.setgroups?.([]);
   process.setgid?.(uid);
   process.setuid?.(uid);
@@ -57,7 +57,7 @@ export function proxyCommand(): Command {
       if (willDrop(uid) && !readableAs(uid, fileURLToPath(import.meta.resolve("jose")))) await preloadJwt();
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
-      dropPrivileges(Number(o["uid"]));
+      dropPrivileges(uid);
       const proxy = new Sidecar({
         controlPlane: o["controlPlane"]!,
         trustBundlePem,
