@@ -144,21 +144,4 @@ process.on("message", (m: SidecarJob | "stop" | "heap") => {
   });
 });
 process.on("SIGTERM", stop);
-// `BENCH_STALLS=1`: prints each event-loop stall over 3 ms (a 1 ms timer's lateness) to stdout, on
-// the monotonic clock, to line slow requests up with what the sidecar was doing (with --trace-gc).
-if (process.env["BENCH_STALLS"] === "1") {
-  let last = performance.now();
-  setInterval(() => {
-    const now = performance.now();
-    if (now - last > 4)
-      process.stdout.write(`stall ${(now - last - 1).toFixed(1)} ms at ${now.toFixed(0)}\n`);
-    last = now;
-  }, 1).unref();
-}
-// A heap snapshot on demand (a diagnostic: `kill -USR2 <pid>` during a run), into BENCH_HEAP_SAMPLE or the cwd.
-process.on("SIGUSR2", () => {
-  void import("node:v8").then((v8) =>
-    v8.writeHeapSnapshot(`${HEAP_SAMPLE ?? "."}/sidecar-${process.pid}.heapsnapshot`),
-  );
-});
 process.on("disconnect", stop);

@@ -872,21 +872,27 @@ function analyzeProfile(file: string, top: number, window: [number, number]) {
   };
 }
 
-async function profileRun(dir: string): Promise<void> {
+/** The zmesh chain with each sidecar under `execArgv`, probed and warmed up (both profiling modes). */
+async function warmChain(dir: string, execArgv: (role: string) => string[]) {
   mkdirSync(dir, { recursive: true });
-  for (const role of ["outbound", "inbound"]) rmSync(join(dir, `${role}.cpuprofile`), { force: true });
   const app = await startApp();
   const lg = await Loadgen.start();
-  const chain = await zmeshChain(app.port, (role) => [
+  const chain = await zmeshChain(app.port, execArgv);
+  await check(chain);
+  await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: WARM_MAX_MS });
+  return { lg, chain };
+}
+
+async function profileRun(dir: string): Promise<void> {
+  for (const role of ["outbound", "inbound"]) rmSync(join(dir, `${role}.cpuprofile`), { force: true });
+  say(`profiling the zmesh sidecars: warm-up, then max rps for ${MAX_MS / 1000} s`);
+  const { lg, chain } = await warmChain(dir, (role) => [
     "--cpu-prof",
     "--cpu-prof-dir",
     dir,
     "--cpu-prof-name",
     `${role}.cpuprofile`,
   ]);
-  await check(chain);
-  say(`profiling the zmesh sidecars: warm-up, then max rps for ${MAX_MS / 1000} s`);
-  await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: WARM_MAX_MS });
   const usNow = () => Number(process.hrtime.bigint() / 1000n);
   const w0 = usNow();
   const max = await lg.run({
@@ -920,16 +926,11 @@ async function profileRun(dir: string): Promise<void> {
 // (while the woken reader runs) looks busy. perf samples the CPU instead: every process on the
 // chain's core, kernel stacks included, JS frames named through `--perf-basic-prof` maps.
 async function perfRun(dir: string): Promise<void> {
-  mkdirSync(dir, { recursive: true });
   const data = join(dir, "perf.data");
   const job = opt["perf-job"];
   if (job !== "max" && job !== "rate") throw new Error("--perf-job must be max or rate");
-  const app = await startApp();
-  const lg = await Loadgen.start();
-  const chain = await zmeshChain(app.port, () => ["--perf-basic-prof"]);
-  await check(chain);
   say(`perf on cpu ${REST_CPU}: warm-up, then the ${job} job`);
-  await lg.run({ kind: "max", target: target(chain), connections: CONNECTIONS, durationMs: WARM_MAX_MS });
+  const { lg, chain } = await warmChain(dir, () => ["--perf-basic-prof"]);
   const tools = [
     spawn("perf", ["record", "-q", "-o", data, "-C", String(REST_CPU), "-F", "997", "-g"], {
       stdio: "ignore",
