@@ -19,6 +19,7 @@ import { parseArgs } from "node:util";
 import { PROXY_NODE_FLAGS } from "../src/config/index.js";
 import type { SidecarHeap, SidecarHeapAnswer, SidecarJob, SidecarMessage } from "./chain-sidecar.js";
 import { freePort, startBenchMesh } from "./lib/mesh.js";
+import { CLK_TCK, cpuSeconds, statusKb } from "./lib/proc.js";
 import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -173,26 +174,6 @@ async function stopAll(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 // Cores and /proc.
-
-const CLK_TCK = (() => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // fields 14 utime, 15 stime
-}
-
-function statusKb(pid: number, key: "VmRSS" | "VmHWM" | "RssAnon" | "RssFile"): number {
-  const m = new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) : 0;
-}
 
 /** Busy CPU seconds of the whole machine (all CPUs), from /proc/stat. */
 function machineBusySeconds(): number {

@@ -17,6 +17,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
 import { ECHO_SERVICE } from "./lib/echo.js";
 import { startBenchMesh } from "./lib/mesh.js";
+import { cpuSeconds, statusKb } from "./lib/proc.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: opt } = parseArgs({
@@ -36,7 +37,6 @@ const RUNS = bounded("runs", 1, 9);
 const RUN_MS = bounded("seconds", 1, 60) * 1000;
 const CONCURRENCY = bounded("concurrency", 1, 1024);
 const WARM_MS = 2_000;
-const CLK_TCK = 100;
 
 const say = (line: string) => process.stderr.write(`[bench:h2-chain] ${line}\n`);
 const Echo = grpc.makeGenericClientConstructor(ECHO_SERVICE, "Echo");
@@ -63,14 +63,8 @@ function stopAll(): void {
   for (const c of children) if (c.exitCode === null && c.signalCode === null && c.pid) c.kill("SIGTERM");
 }
 
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-}
 function rssMb(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Math.round(Number(m[1]) / 1024) : 0;
+  return Math.round(statusKb(pid, "VmRSS") / 1024);
 }
 async function zmesh(appPort: number) {
   const mesh = await startBenchMesh(
