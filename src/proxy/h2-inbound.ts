@@ -194,14 +194,10 @@ export class H2Inbound {
                 session,
                 out,
                 (r) => {
-                  if (r.notSent && !retried) {
-                    // The pooled session to the app was closing: open a new one, once.
-                    this.apps.drop(String(peer.port), session);
-                    return void toApp(true);
-                  }
-                  if (r.refused && !retried) {
-                    // The app refused the stream, so never processed it (RFC 9113 section 8.7):
-                    // once more on a new session, whatever the method.
+                  if ((r.notSent || r.refused) && !retried) {
+                    // The pooled session to the app was closing, or the app refused the stream: it
+                    // was never processed (RFC 9113 section 8.7), so once more on a new session,
+                    // whatever the method (with the body kept for a refused one).
                     this.apps.drop(String(peer.port), session);
                     return void toApp(true, r.refused);
                   }
