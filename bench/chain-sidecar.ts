@@ -11,7 +11,7 @@ import type { Socket } from "node:net";
 import { getHeapSpaceStatistics } from "node:v8";
 import pino from "pino";
 import { logger } from "../src/diag/index.js";
-import { Sidecar } from "../src/proxy/index.js";
+import { lowerBackgroundThreads, Sidecar } from "../src/proxy/index.js";
 
 export interface SidecarJob {
   role: "outbound" | "inbound";
@@ -129,6 +129,7 @@ async function start(job: SidecarJob): Promise<void> {
     originalDst: (_s: Socket) => dst,
     log: job.accessLog ? logger("proxy") : pino({ level: "silent" }),
   });
+  await lowerBackgroundThreads(); // as `zmesh proxy` does
   await sidecar.start();
   await sidecar.ready();
   startHeapSampling(job.role);

@@ -3,3 +3,4 @@
 export { loadAddon, type OriginalDst, originalDst } from "./origdst.js";
 export { FLAGS, type Flag } from "./rescue.js";
 export { Sidecar, type SidecarOptions } from "./sidecar.js";
+export { lowerBackgroundThreads } from "./threads.js";

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { PROXY_UID } from "../../config/index.js";
 import { preloadJwt } from "../../policy/index.js";
-import { loadAddon, Sidecar } from "../../proxy/index.js";
+import { loadAddon, lowerBackgroundThreads, Sidecar } from "../../proxy/index.js";
 
 const willDrop = (uid: number) => process.getuid?.() === 0 && uid !== 0;
 
@@ -58,6 +58,8 @@ export function proxyCommand(): Command {
       const credential = readFileSync(o["tokenFile"]!, "utf8").trim();
       const trustBundlePem = readFileSync(o["bundle"]!, "utf8");
       dropPrivileges(uid);
+      // Compiles, GC helpers and the threadpool yield to the thread that relays requests.
+      await lowerBackgroundThreads();
       const proxy = new Sidecar({
         controlPlane: o["controlPlane"]!,
         trustBundlePem,
