@@ -71,6 +71,15 @@ export class AccessLog {
   private readonly clock = new IsoClock();
   private readonly fast: boolean;
   private readonly isoTime: boolean;
+  /**
+   * What the line needs of the logger, read once (a pino logger's symbol-keyed fields are slow to
+   * look up per line): its level prefix, its bindings (the proxy never changes them after start),
+   * its time function and its destination.
+   */
+  private readonly levelPrefix: string;
+  private readonly bindings: string;
+  private readonly timeFn: () => string;
+  private readonly stream: { write(line: string): unknown };
 
   constructor(private readonly log: Logger) {
     const l = log as unknown as Record<symbol, unknown>;
@@ -86,6 +95,10 @@ export class AccessLog {
       l[S["messageKeySym"]!] === "msg" &&
       !l[S["msgPrefixSym"]!];
     this.isoTime = l[S["timeSym"]!] === pino.stdTimeFunctions.isoTime;
+    this.levelPrefix = String((l[S["lsCacheSym"]!] as Record<number, string> | undefined)?.[INFO] ?? "");
+    this.bindings = String(l[S["chindingsSym"]!] ?? "");
+    this.timeFn = l[S["timeSym"]!] as () => string;
+    this.stream = l[S["streamSym"]!] as { write(line: string): unknown };
   }
 
   write(r: AccessFields): void {
@@ -95,9 +108,8 @@ export class AccessLog {
       log.info(r, "access");
       return;
     }
-    const l = log as unknown as Record<symbol, unknown>;
-    const time = this.isoTime ? this.clock.stamp(Date.now()) : (l[S["timeSym"]!] as () => string)();
-    let s = `${(l[S["lsCacheSym"]!] as Record<number, string>)[INFO]}${time}${l[S["chindingsSym"]!] as string}`;
+    const time = this.isoTime ? this.clock.stamp(Date.now()) : this.timeFn();
+    let s = `${this.levelPrefix}${time}${this.bindings}`;
     s += `,"direction":${jsonString(r.direction)},"requestId":${jsonString(r.requestId)}`;
     if (r.source !== undefined) s += `,"source":${jsonString(r.source)}`;
     if (r.destination !== undefined) s += `,"destination":${jsonString(r.destination)}`;
@@ -120,6 +132,6 @@ export class AccessLog {
     }
     s += `,"requestBytes":${num(r.requestBytes)},"responseBytes":${num(r.responseBytes)},"durationMs":${num(r.durationMs)}`;
     if (r.err !== undefined) s += `,"err":${jsonString(r.err)}`;
-    (l[S["streamSym"]!] as { write(line: string): unknown }).write(`${s},"msg":"access"}\n`);
+    this.stream.write(`${s},"msg":"access"}\n`);
   }
 }

@@ -8,6 +8,7 @@
 import { createSecureContext, type SecureContext, type TLSSocket, connect as tlsConnect } from "node:tls";
 import { ZmeshError } from "../errors/index.js";
 import { peerSpiffeId } from "../identity/index.js";
+import type { ReadHook } from "./http1/pool.js";
 import type { SessionCache } from "./sessions.js";
 import type { ProxyState, Route } from "./state.js";
 
@@ -41,6 +42,8 @@ export function dialMtls(
   alpn: string[],
   route: () => Pick<Route, "allowed" | "service"> | undefined,
   cb: (err: Error | null, sock: TLSSocket | null) => void,
+  /** Reads the connection through `onread` instead of its Readable side (pooled HTTP/1.1, http1/pool.ts). */
+  onread?: ReadHook["onread"],
 ): void {
   const cert = state.cert;
   const bundle = state.trustBundlePem;
@@ -58,6 +61,7 @@ export function dialMtls(
   };
   const sock = tlsConnect({
     ...(session ? { session: session.ticket } : {}),
+    ...(onread ? { onread } : {}),
     host,
     port,
     secureContext: contextFor(cert, bundle),

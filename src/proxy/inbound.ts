@@ -317,8 +317,8 @@ export class Inbound implements Http1Listener {
     let pool = this.apps.get(port);
     if (!pool) {
       const host = this.appAddress();
-      pool = new UpstreamPool((cb) => {
-        const s = connect({ host, port, noDelay: true });
+      pool = new UpstreamPool((onread, cb) => {
+        const s = connect({ host, port, noDelay: true, onread });
         const fail = (e: Error) => cb(e, null);
         s.once("error", fail);
         s.once("connect", () => {

@@ -58,6 +58,11 @@ export class FastMetric {
     registry.registerMetric(this as never);
   }
 
+  /** The series of a label tuple already seen, by its key. */
+  find(key: string): Series | undefined {
+    return this.series.get(key);
+  }
+
   /** The series of a label tuple; `key` identifies the tuple, `labels` is only built the first time. */
   at(key: string, labels: () => Labels): Series {
     let s = this.series.get(key);
@@ -100,7 +105,12 @@ export class FastMetric {
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 
+  /** prom-client's reset: values go to zero; the series stay (callers may hold them, see Telemetry). */
   reset(): void {
-    this.series.clear();
+    for (const s of this.series.values()) {
+      s.count = 0;
+      s.sum = 0;
+      s.buckets.fill(0);
+    }
   }
 }

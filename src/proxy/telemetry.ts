@@ -6,7 +6,7 @@ import { createServer, type Server } from "node:http";
 import { Counter, Registry } from "prom-client";
 import type { Logger } from "../diag/index.js";
 import { AccessLog } from "./accesslog.js";
-import { FastMetric } from "./metrics.js";
+import { FastMetric, type Series } from "./metrics.js";
 
 export type Reporter = "source" | "destination";
 
@@ -135,6 +135,14 @@ function peerLabels(
   };
 }
 
+/** The four series of one HTTP label tuple, found with one lookup per request. */
+interface HttpSeries {
+  requests: Series;
+  duration: Series;
+  requestBytes: Series;
+  responseBytes: Series;
+}
+
 export class Telemetry {
   readonly registry = new Registry();
   private readonly guard = new LabelGuard();
@@ -197,6 +205,8 @@ export class Telemetry {
   );
 
   private readonly access: AccessLog;
+  /** By label-tuple key: the HTTP series (a tuple's labels object is built once, on first sight). */
+  private readonly httpSeries = new Map<string, HttpSeries>();
 
   constructor(private readonly log: Logger) {
     this.access = new AccessLog(log);
@@ -210,25 +220,37 @@ export class Telemetry {
     const sw = this.guard.value("source_workload", s.workload ?? "unknown");
     const svc = this.guard.value("destination_service", r.service ?? "unknown");
     const key = `${r.reporter}|${sw}|${s.namespace}|${s.principal}|${d.workload}|${d.namespace}|${d.principal}|${svc}|${r.flag}|${r.mtls}|${r.protocol}|${r.status}|${r.grpcStatus ?? ""}`;
-    const labels = () => ({
-      ...peerLabels(this.guard, r),
-      request_protocol: r.protocol,
-      response_code: String(r.status),
-      ...(r.grpcStatus !== undefined ? { grpc_response_status: r.grpcStatus } : {}),
-    });
-    this.requests.at(key, labels).inc();
-    this.duration.at(key, labels).observe(r.durationMs);
-    this.reqBytes.at(key, labels).observe(r.requestBytes);
-    this.respBytes.at(key, labels).observe(r.responseBytes);
+    let series = this.httpSeries.get(key);
+    if (series === undefined) {
+      const labels = () => ({
+        ...peerLabels(this.guard, r),
+        request_protocol: r.protocol,
+        response_code: String(r.status),
+        ...(r.grpcStatus !== undefined ? { grpc_response_status: r.grpcStatus } : {}),
+      });
+      series = {
+        requests: this.requests.at(key, labels),
+        duration: this.duration.at(key, labels),
+        requestBytes: this.reqBytes.at(key, labels),
+        responseBytes: this.respBytes.at(key, labels),
+      };
+      this.httpSeries.set(key, series);
+    }
+    series.requests.inc();
+    series.duration.observe(r.durationMs);
+    series.requestBytes.observe(r.requestBytes);
+    series.responseBytes.observe(r.responseBytes);
     if (r.decision) {
-      this.decisions
-        .at(`${r.reporter}|${r.decision}|${r.policy}|${r.action}`, () => ({
+      const dkey = `${r.reporter}|${r.decision}|${r.policy}|${r.action}`;
+      (
+        this.decisions.find(dkey) ??
+        this.decisions.at(dkey, () => ({
           reporter: r.reporter,
           decision: r.decision ?? "none",
           policy: r.policy ?? "none",
           action: r.action ?? "none",
         }))
-        .inc();
+      ).inc();
     }
     this.access.write({
       direction: r.reporter === "destination" ? "inbound" : "outbound",

@@ -197,17 +197,27 @@ function lowerName(buf: Buffer, start: number, end: number): string {
   return buf.toString("latin1", start, end).toLowerCase();
 }
 
-function blank(buf: Buffer, size: number, lineEnd: number): Head {
+/**
+ * A new head. Request and response heads are one object shape, every field present from the
+ * start (the other kind's fields empty): the parser, the readers and ./wire.ts then see one hidden
+ * class, not one per kind and one more when an authority is set.
+ */
+function blank(buf: Buffer, size: number, lineEnd: number): RequestHead & ResponseHead {
   return {
     names: [],
     at: [],
     buf,
     lineEnd,
+    authority: undefined,
     minor: 1,
     contentLength: -1,
     chunked: false,
     connection: [],
     size,
+    method: "",
+    target: "",
+    status: 0,
+    reason: "",
   };
 }
 
@@ -259,7 +269,7 @@ export function parseRequestHead(buf: Buffer): Parsed<RequestHead> {
   const minor = version(buf, i + 1);
   if (minor < 0) return fail("unsupported HTTP version");
   if (buf[i + 9] !== CR || buf[i + 10] !== LF) return fail("invalid request line ending");
-  const h = blank(buf, end, i + 11) as RequestHead;
+  const h: RequestHead = blank(buf, end, i + 11);
   h.method = method;
   h.target = target;
   h.minor = minor as 0 | 1;
@@ -300,7 +310,7 @@ export function parseResponseHead(buf: Buffer): Parsed<ResponseHead> {
     reason = buf.toString("latin1", r0, i);
   }
   if (buf[i] !== CR || buf[i + 1] !== LF) return fail("invalid status line ending");
-  const h = blank(buf, end, i + 2) as ResponseHead;
+  const h: ResponseHead = blank(buf, end, i + 2);
   h.status = d0 * 100 + d1 * 10 + d2;
   h.reason = reason;
   h.minor = minor as 0 | 1;

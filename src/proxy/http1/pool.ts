@@ -16,6 +16,27 @@ export interface UpstreamUser {
   upClosed(err: Error | undefined): void;
 }
 
+/**
+ * One buffer for the reads of every pooled connection (Node's `onread`): each read is handed to
+ * `Upstream.read` before the next one fills it, so it is shared. A connection read this way skips
+ * the Readable stream's per-read work and Node's per-read allocation of a 64 KiB buffer, shrunk
+ * to fit and wrapped in an ArrayBuffer; the bytes kept are copied out (bench/README.md, "Round 5").
+ */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
+
+/** What a dial passes as its socket's `onread`; it feeds the connection's Upstream once there is one. */
+export class ReadHook {
+  up: Upstream | undefined;
+  readonly onread = {
+    buffer: READ_BUFFER,
+    // Never false (which would stop reading): backpressure pauses the socket itself.
+    callback: (n: number, buf: Buffer): boolean => {
+      if (this.up) this.up.read(n, buf);
+      return true;
+    },
+  };
+}
+
 export class Upstream {
   user: UpstreamUser | undefined;
   idleSince = 0;
@@ -28,10 +49,6 @@ export class Upstream {
     readonly sock: Duplex,
     readonly pool: UpstreamPool,
   ) {
-    sock.on("data", (d: Buffer) => {
-      if (this.user) this.user.upData(d);
-      else sock.destroy(); // an idle connection has nothing to say
-    });
     sock.on("drain", () => this.user?.upDrain());
     sock.on("error", (e: Error) => {
       this.err ??= e;
@@ -44,9 +61,28 @@ export class Upstream {
       u?.upClosed(this.err);
     });
   }
+
+  /** `n` bytes read into the shared `buf`: copied out (the exchange may keep them), then handed on. */
+  read(n: number, buf: Buffer): void {
+    const user = this.user;
+    if (user === undefined) {
+      this.sock.destroy(); // an idle connection has nothing to say
+      return;
+    }
+    const d = Buffer.allocUnsafe(n);
+    buf.copy(d, 0, 0, n);
+    user.upData(d);
+  }
 }
 
-export type Dial = (cb: (err: Error | null, sock: Duplex | null) => void) => void;
+/**
+ * Opens a connection for the pool, reading it through `onread` (net.connect's and tls.connect's
+ * option of that name), so that no byte reaches the socket's Readable side.
+ */
+export type Dial = (
+  onread: ReadHook["onread"],
+  cb: (err: Error | null, sock: Duplex | null) => void,
+) => void;
 type Waiter = (err: Error | null, up: Upstream | null) => void;
 
 export class UpstreamPool {
@@ -67,7 +103,8 @@ export class UpstreamPool {
       return;
     }
     this.count++;
-    this.dial((err, sock) => {
+    const hook = new ReadHook();
+    this.dial(hook.onread, (err, sock) => {
       if (err || !sock) {
         this.count--;
         return cb(err ?? new Error("connect failed"), null);
@@ -77,7 +114,8 @@ export class UpstreamPool {
         sock.destroy();
         return cb(new Error("pool closed"), null);
       }
-      cb(null, new Upstream(sock, this));
+      hook.up = new Upstream(sock, this);
+      cb(null, hook.up);
     });
   }
 
