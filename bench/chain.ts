@@ -13,7 +13,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { connect } from "node:net";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { PROXY_NODE_FLAGS } from "../src/config/index.js";
@@ -49,6 +49,11 @@ const { values: opt } = parseArgs({
     /** Extra node flags for the sidecar processes, space-separated, e.g. "--max-semi-space-size=4". */
     // The proxy's own launch flags unless told otherwise (--sidecar-flags="" runs bare node).
     "sidecar-flags": { type: "string", default: PROXY_NODE_FLAGS.join(" ") },
+    /**
+     * A/B in one run: a second zmesh chain, `zmesh_b`, whose sidecars run another built checkout
+     * (DIR/dist/bench/chain-sidecar.js), measured in turn with `zmesh` run after run.
+     */
+    compare: { type: "string" },
   },
   strict: true,
 });
@@ -81,9 +86,17 @@ const PATH_ALLOWED = "/api/item";
 const LOADGEN_CPU = 0;
 const REST_CPU = 1;
 
-type Name = "direct" | "zmesh" | "haproxy";
-const NAMES: Name[] = ["direct", "zmesh", "haproxy"];
+type Name = "direct" | "zmesh" | "zmesh_b" | "haproxy";
+const NAMES: Name[] = ["direct", "zmesh", "zmesh_b", "haproxy"];
 const only = new Set(opt.only.split(",").map((s) => s.trim()));
+const COMPARE_SIDECAR = opt.compare
+  ? join(resolve(opt.compare), "dist", "bench", "chain-sidecar.js")
+  : undefined;
+if (COMPARE_SIDECAR) {
+  if (!existsSync(COMPARE_SIDECAR))
+    throw new Error(`--compare: ${COMPARE_SIDECAR} not found (build that checkout first)`);
+  only.add("zmesh_b");
+} else only.delete("zmesh_b");
 for (const n of only) if (!NAMES.includes(n as Name)) throw new Error(`--only: unknown chain ${n}`);
 
 const say = (line: string) => process.stderr.write(`[bench:chain] ${line}\n`);
@@ -124,9 +137,13 @@ const STDOUT_DIR = process.env["BENCH_STDOUT_DIR"];
 function spawnNode(name: string, script: string, args: string[] = [], execArgv: string[] = []): Child {
   if (STDOUT_DIR) mkdirSync(STDOUT_DIR, { recursive: true });
   const out = STDOUT_DIR ? openSync(join(STDOUT_DIR, `${name}.out`), "w") : "ignore";
-  const proc = spawn(process.execPath, [...execArgv, join(here, script), ...args], {
-    stdio: ["ignore", out, "pipe", "ipc"],
-  });
+  const proc = spawn(
+    process.execPath,
+    [...execArgv, isAbsolute(script) ? script : join(here, script), ...args],
+    {
+      stdio: ["ignore", out, "pipe", "ipc"],
+    },
+  );
   if (typeof out === "number") closeSync(out);
   return track(name, proc);
 }
@@ -366,7 +383,12 @@ const askHeap = (c: Child) => async (): Promise<SidecarHeap> => {
  * The zmesh chain: the real ControlPlane in this process (idle once the proxies have their
  * config and certificates), each Sidecar in a child process of its own.
  */
-async function zmeshChain(appPort: number, execArgv: (role: string) => string[] = () => []): Promise<Chain> {
+async function zmeshChain(
+  appPort: number,
+  execArgv: (role: string) => string[] = () => [],
+  name: "zmesh" | "zmesh_b" = "zmesh",
+  script = "chain-sidecar.js",
+): Promise<Chain> {
   const mesh = await startBenchMesh(
     { vipPort: 80, portName: "http", policyName: "server-readers", methods: ["GET"], paths: ["/api/*"] },
     appPort,
@@ -380,7 +402,7 @@ async function zmeshChain(appPort: number, execArgv: (role: string) => string[] 
   };
   try {
     const sidecar = async (role: "inbound" | "outbound", credential: string) => {
-      const c = spawnNode(`zmesh-${role}`, "chain-sidecar.js", [], [...SIDECAR_FLAGS, ...execArgv(role)]);
+      const c = spawnNode(`${name}-${role}`, script, [], [...SIDECAR_FLAGS, ...execArgv(role)]);
       started.push(c);
       c.proc.send({ ...base, role, credential } satisfies SidecarJob);
       const m = await firstMessage<SidecarMessage>(c, 30_000);
@@ -390,7 +412,7 @@ async function zmeshChain(appPort: number, execArgv: (role: string) => string[] 
     const inbound = await sidecar("inbound", mesh.tokens.server);
     const outbound = await sidecar("outbound", mesh.tokens.client);
     return {
-      name: "zmesh",
+      name,
       port: outbound.ports.outbound,
       proxies: [
         { name: "outbound", pid: outbound.c.proc.pid!, heap: askHeap(outbound.c) },
@@ -994,6 +1016,7 @@ async function main(): Promise<number> {
       async () => ({ name: "direct", port: app.port, proxies: [], deniedStatus: 200, close: async () => {} }),
     ],
     ["zmesh", () => zmeshChain(app.port)],
+    ["zmesh_b", () => zmeshChain(app.port, undefined, "zmesh_b", COMPARE_SIDECAR)],
     ["haproxy", () => haproxyChain(app.port)],
   ];
   for (const [name, setup] of setups) {
@@ -1094,6 +1117,7 @@ async function main(): Promise<number> {
       body_bytes: BODY_BYTES,
       pinning: canPin ? `loadgen cpu${LOADGEN_CPU}; app, proxies, control plane cpu${REST_CPU}` : "none",
       access_log: ACCESS_LOG,
+      ...(opt.compare ? { compare: resolve(opt.compare) } : {}),
       ...(SIDECAR_FLAGS.length ? { sidecar_flags: SIDECAR_FLAGS.join(" ") } : {}),
       node: process.version,
       ...(haproxyVersion ? { haproxy: haproxyVersion } : {}),

@@ -483,9 +483,13 @@ export class Inbound implements Http1Listener {
     return value;
   }
 
-  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  /**
+   * A drain: no new connections; idle HTTP/1.1 connections close now, busy ones after their
+   * response (which says `connection: close`); HTTP/2 clients get GOAWAY now.
+   */
   drain(): void {
     this.server.close();
+    this.h1.drain();
     this.h2.drain(); // HTTP/2 hook
   }
 

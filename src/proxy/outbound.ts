@@ -435,9 +435,13 @@ export class Outbound implements Http1Listener {
     );
   }
 
-  /** A drain: no new connections; HTTP/2 clients get GOAWAY now (HTTP/1.1 ones `connection: close`). */
+  /**
+   * A drain: no new connections; idle HTTP/1.1 connections close now, busy ones after their
+   * response (which says `connection: close`); HTTP/2 clients get GOAWAY now.
+   */
   drain(): void {
     this.server.close();
+    this.h1.drain();
     this.h2.drain(); // HTTP/2 hook
   }
 

@@ -91,6 +91,15 @@ export class Http1Server {
     return timer;
   }
 
+  /**
+   * A drain: connections idle between requests close now (a client then dials an instance that
+   * is not going away); the others ask their client to close with the response in progress
+   * (`Http1Conn.closing`) and close after it.
+   */
+  drain(): void {
+    for (const c of this.conns) c.closeIfIdle();
+  }
+
   close(): void {
     clearInterval(this.timer);
     for (const c of this.conns) c.sock.destroy();
@@ -150,6 +159,13 @@ export class Http1Conn {
       }
     } else if (this.ex !== undefined && this.state !== C.Closed && now - this.lastActive >= t.streamIdleMs)
       this.ex.timedOut(t.streamIdleMs);
+  }
+
+  /** Closes the connection if it is between requests with nothing read of the next one. */
+  closeIfIdle(): void {
+    if (this.state !== C.Head || this.pending !== undefined) return;
+    this.state = C.Closed;
+    this.sock.end();
   }
 
   /** Whether the request has a body (of any length but zero). */

@@ -79,10 +79,7 @@ export class Upstream {
  * Opens a connection for the pool, reading it through `onread` (net.connect's and tls.connect's
  * option of that name), so that no byte reaches the socket's Readable side.
  */
-export type Dial = (
-  onread: ReadHook["onread"],
-  cb: (err: Error | null, sock: Duplex | null) => void,
-) => void;
+export type Dial = (onread: ReadHook["onread"], cb: (err: Error | null, sock: Duplex | null) => void) => void;
 type Waiter = (err: Error | null, up: Upstream | null) => void;
 
 export class UpstreamPool {
