@@ -1,7 +1,7 @@
 // Graceful drain: a request in flight when the drain starts completes; new connections are refused;
 // an idle HTTP/1.1 keep-alive connection is closed at once, not left to its idle bound.
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
+import { createServer } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
 import {
@@ -15,33 +15,43 @@ import {
   serviceYaml,
 } from "./harness/index.js";
 
+/** A client sidecar calling `vip`, served by the app `handler` behind its own sidecar. */
+async function meshWith(vip: { address: string; port: number }, handler: Parameters<typeof createServer>[1]) {
+  const server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const inbound = await freePort();
+  const mesh = await controlPlane(
+    entryYaml("client") + entryYaml("app") + serviceYaml("app", vip.address, [[80, inbound]]),
+    [
+      { namespace: "shop", name: "client" },
+      { namespace: "shop", name: "app" },
+    ],
+  );
+  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
+  await proxy(mesh, "shop/app", {
+    inboundPort: inbound,
+    appPort: (server.address() as { port: number }).port,
+  });
+  return {
+    mesh,
+    client,
+    close: async () => {
+      await mesh.close();
+      server.close();
+    },
+  };
+}
+
 describe("drain", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
   let client: Sidecar;
-  let server: Server;
+  let close: () => Promise<void>;
   const vip = { address: "198.19.0.50", port: 80 };
 
   before(async () => {
-    server = createServer((_q, r) => setTimeout(() => r.end("slow but sure"), 400));
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    const inbound = await freePort();
-    mesh = await controlPlane(
-      entryYaml("client") + entryYaml("slow") + serviceYaml("slow", vip.address, [[80, inbound]]),
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "slow" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-    await proxy(mesh, "shop/slow", {
-      inboundPort: inbound,
-      appPort: (server.address() as { port: number }).port,
-    });
+    ({ mesh, client, close } = await meshWith(vip, (_q, r) => setTimeout(() => r.end("slow but sure"), 400)));
   });
-  after(async () => {
-    await mesh.close();
-    server.close();
-  });
+  after(() => close());
 
   it("finishes requests in flight, then takes no new connections", async () => {
     const inflight = call(mesh, client, vip, { path: "/" });
@@ -59,30 +69,13 @@ describe("drain", { timeout: 30_000 }, () => {
 describe("drain: idle keep-alive connections", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
   let client: Sidecar;
-  let server: Server;
+  let close: () => Promise<void>;
   const vip = { address: "198.19.0.51", port: 80 };
 
   before(async () => {
-    server = createServer((_q, r) => r.end("ok"));
-    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-    const inbound = await freePort();
-    mesh = await controlPlane(
-      entryYaml("client") + entryYaml("fast") + serviceYaml("fast", vip.address, [[80, inbound]]),
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "fast" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-    await proxy(mesh, "shop/fast", {
-      inboundPort: inbound,
-      appPort: (server.address() as { port: number }).port,
-    });
+    ({ mesh, client, close } = await meshWith(vip, (_q, r) => r.end("ok")));
   });
-  after(async () => {
-    await mesh.close();
-    server.close();
-  });
+  after(() => close());
 
   it("closes a connection idle between requests when the drain starts (its idle bound is 60 s)", async () => {
     const app = await openTcp(mesh, client, vip);
