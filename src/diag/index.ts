@@ -4,6 +4,7 @@
 import { type Channel, channel } from "node:diagnostics_channel";
 import pino, { type Logger } from "pino";
 import { ENV, envOr } from "../config/settings.js";
+import { LineSink } from "./linesink.js";
 
 export type Part = "identity" | "controlplane" | "proxy" | "runtime" | "cli";
 
@@ -28,9 +29,9 @@ const FLUSH_MS = 100;
 
 /**
  * A JSON-lines logger for a long-running process (control plane, proxy). The proxy's (one access
- * log line per request) is buffered: written in blocks of 4 KiB, by one periodic flush, at drain
- * and at exit, instead of a write syscall per line. The writes stay synchronous: an asynchronous
- * write hands each block to libuv's thread pool, which costs more than writing it.
+ * log line per request) is buffered (./linesink.ts): written in blocks of 4 KiB, by one periodic
+ * flush, at drain and at exit, instead of a write syscall per line. The writes stay synchronous:
+ * an asynchronous write hands each block to libuv's thread pool, which costs more than writing it.
  */
 export function logger(part: Part, fields: Record<string, unknown> = {}): Logger {
   const options = {
@@ -39,14 +40,8 @@ export function logger(part: Part, fields: Record<string, unknown> = {}): Logger
     timestamp: pino.stdTimeFunctions.isoTime,
   };
   if (part !== "proxy") return pino(options);
-  const dest = pino.destination({ dest: 1, sync: true, minLength: 4096, periodicFlush: FLUSH_MS });
-  process.once("exit", () => {
-    try {
-      dest.flushSync();
-    } catch {
-      // stdout already gone: nothing left to write to
-    }
-  });
+  const dest = new LineSink(1, 4_096, FLUSH_MS);
+  process.once("exit", () => dest.flushSync());
   return pino(options, dest);
 }
 

@@ -1,0 +1,54 @@
+// LineSink: lines reach the descriptor whole, in order and byte for byte (UTF-8 included), in
+// blocks once 4 KiB are pending or at a flush; a line larger than the buffer goes out at once; a
+// descriptor that cannot be written loses its block and counts it, and never throws at the caller.
+import assert from "node:assert/strict";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { LineSink } from "./linesink.js";
+
+describe("LineSink", () => {
+  const dir = mkdtempSync(join(tmpdir(), "zmesh-linesink-"));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  let n = 0;
+  const open = () => {
+    const file = join(dir, `out-${n++}`);
+    return { file, fd: openSync(file, "w") };
+  };
+
+  it("holds lines until a block is full or a flush, then writes them whole and in order", () => {
+    const { file, fd } = open();
+    const sink = new LineSink(fd, 4_096, 60_000, 16 * 1024);
+    sink.write('{"a":1}\n');
+    sink.write('{"b":"é 漢 😀"}\n');
+    assert.equal(readFileSync(file, "utf8"), "", "nothing written below a block");
+    sink.flushSync();
+    assert.equal(readFileSync(file, "utf8"), '{"a":1}\n{"b":"é 漢 😀"}\n');
+    const line = `${"x".repeat(99)}\n`;
+    for (let i = 0; i < 40; i++) sink.write(line); // 4,000 bytes: under a block
+    assert.equal(readFileSync(file, "utf8"), '{"a":1}\n{"b":"é 漢 😀"}\n');
+    sink.write(line); // 4,100 bytes: a block, written
+    assert.equal(readFileSync(file, "utf8"), `{"a":1}\n{"b":"é 漢 😀"}\n${line.repeat(41)}`);
+    closeSync(fd);
+  });
+
+  it("writes a line larger than its buffer at once, after what was pending", () => {
+    const { file, fd } = open();
+    const sink = new LineSink(fd, 4_096, 60_000, 1_024);
+    sink.write("first\n");
+    const big = `${"y".repeat(5_000)}\n`;
+    sink.write(big);
+    assert.equal(readFileSync(file, "utf8"), `first\n${big}`);
+    closeSync(fd);
+  });
+
+  it("counts what it could not write to a closed descriptor instead of throwing", () => {
+    const { fd } = open();
+    closeSync(fd);
+    const sink = new LineSink(fd, 4_096, 60_000, 1_024);
+    sink.write("lost\n");
+    assert.doesNotThrow(() => sink.flushSync());
+    assert.equal(sink.dropped, 5);
+  });
+});
