@@ -80,8 +80,6 @@ const WARM_ROUNDS = num("warm-rounds", 0, 5);
 /** Before the measured runs and between warm-up rounds: past the sidecars' 4 s pool idle bound. */
 const WARM_PAUSE_MS = 5_000;
 const PAUSE_MS = 500;
-/** Hard limit of a whole run: past it, everything started is stopped and the run fails. */
-const WATCHDOG_MS = 9 * 60_000;
 const PATH_ALLOWED = "/api/item";
 const LOADGEN_CPU = 0;
 const REST_CPU = 1;
@@ -97,6 +95,16 @@ if (COMPARE_SIDECAR) {
     throw new Error(`--compare: ${COMPARE_SIDECAR} not found (build that checkout first)`);
   only.add("zmesh_b");
 } else only.delete("zmesh_b");
+/** Hard limit of a whole run: past it, everything started is stopped and the run fails. */
+const WATCHDOG_MS = Math.max(
+  9 * 60_000,
+  // Twice the planned time: every chain's warm-up rounds and runs (a max job, a pause, a rate job
+  // and ~2 s of set-up each), the pauses after warm-up rounds, and a minute for the rest.
+  2 *
+    (only.size * (WARM_ROUNDS + RUNS) * (MAX_MS + PAUSE_MS + RATE_MS + 2_000) +
+      WARM_ROUNDS * WARM_PAUSE_MS +
+      60_000),
+);
 for (const n of only) if (!NAMES.includes(n as Name)) throw new Error(`--only: unknown chain ${n}`);
 
 const say = (line: string) => process.stderr.write(`[bench:chain] ${line}\n`);

@@ -1,8 +1,10 @@
 // LineSink: lines reach the descriptor whole, in order and byte for byte (UTF-8 included), in
 // blocks once 4 KiB are pending or at a flush; a line larger than the buffer goes out at once; a
-// descriptor that cannot be written loses its block and counts it, and never throws at the caller.
+// descriptor that cannot be written loses its block and counts it, and never throws at the caller;
+// a full pipe is waited on once (1 s), then blocks are dropped at once until a write succeeds.
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -50,5 +52,31 @@ describe("LineSink", () => {
     sink.write("lost\n");
     assert.doesNotThrow(() => sink.flushSync());
     assert.equal(sink.dropped, 5);
+  });
+
+  it("waits on a full pipe once, then drops without waiting until the pipe drains", () => {
+    const fifo = join(dir, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    const fill = Buffer.alloc(65_536, 120);
+    try {
+      for (;;) writeSync(fd, fill); // until EAGAIN: nobody reads
+    } catch (e) {
+      assert.equal((e as NodeJS.ErrnoException).code, "EAGAIN");
+    }
+    const sink = new LineSink(fd, 4_096, 60_000, 16 * 1024);
+    sink.write("one\n");
+    let t = Date.now();
+    sink.flushSync();
+    assert.ok(Date.now() - t >= 900, "the first full pipe is waited on");
+    assert.equal(sink.dropped, 4);
+    sink.write("two\n");
+    t = Date.now();
+    sink.flushSync();
+    assert.ok(Date.now() - t < 200, "then no more waiting");
+    assert.equal(sink.dropped, 8);
+    closeSync(fd);
+    closeSync(reader);
   });
 });

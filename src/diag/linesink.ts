@@ -7,15 +7,21 @@
 
 import { writeSync } from "node:fs";
 
-/** How long a write may wait for a full pipe (EAGAIN) before its block is dropped. */
+/**
+ * How long a write may wait for a full pipe (EAGAIN) before its block is dropped. After a drop,
+ * writes do not wait at all (a block that cannot go out at once is dropped) until one succeeds:
+ * a log reader that stalls must not stall the proxy's traffic once a second.
+ */
 const STALL_LIMIT_MS = 1_000;
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 export class LineSink {
   private readonly buf: Buffer;
   private len = 0;
-  /** Bytes dropped because the descriptor stayed unwritable for STALL_LIMIT_MS. */
+  /** Bytes dropped: the descriptor stayed full (STALL_LIMIT_MS, then at once), or failed. */
   dropped = 0;
+  /** Since the last drop, until a write succeeds: no waiting on a full descriptor. */
+  private degraded = false;
 
   constructor(
     private readonly fd: number,
@@ -67,11 +73,15 @@ export class LineSink {
       try {
         off += writeSync(this.fd, bytes, off, bytes.length - off);
         stalled = 0;
+        this.degraded = false;
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if ((code !== "EAGAIN" && code !== "EBUSY") || stalled >= STALL_LIMIT_MS) {
+        if ((code !== "EAGAIN" && code !== "EBUSY") || this.degraded || stalled >= STALL_LIMIT_MS) {
           // A full pipe nobody reads, or a closed descriptor: the proxy goes on, the block is lost.
+          if (this.dropped === 0)
+            process.stderr.write(`zmesh: log output ${code ?? "failed"}: log lines are being dropped\n`);
           this.dropped += bytes.length - off;
+          this.degraded = true;
           return;
         }
         Atomics.wait(sleeper, 0, 0, 1);

@@ -93,7 +93,8 @@ export class AccessLog {
       l[S["mixinSym"]!] === undefined &&
       l[S["nestedKeySym"]!] == null &&
       l[S["messageKeySym"]!] === "msg" &&
-      !l[S["msgPrefixSym"]!];
+      !l[S["msgPrefixSym"]!] &&
+      typeof (l[S["lsCacheSym"]!] as Record<number, unknown> | undefined)?.[INFO] === "string";
     this.isoTime = l[S["timeSym"]!] === pino.stdTimeFunctions.isoTime;
     this.levelPrefix = String((l[S["lsCacheSym"]!] as Record<number, string> | undefined)?.[INFO] ?? "");
     this.bindings = String(l[S["chindingsSym"]!] ?? "");

@@ -484,8 +484,8 @@ export class Inbound implements Http1Listener {
   }
 
   /**
-   * A drain: no new connections; idle HTTP/1.1 connections close now, busy ones after their
-   * response (which says `connection: close`); HTTP/2 clients get GOAWAY now.
+   * A drain: no new connections; HTTP/1.1 connections idle for a second close (`Http1Server.drain`),
+   * busy ones after their response (which says `connection: close`); HTTP/2 clients get GOAWAY now.
    */
   drain(): void {
     this.server.close();

@@ -105,7 +105,10 @@ export class FastMetric {
     return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
   }
 
-  /** prom-client's reset: values go to zero; the series stay (callers may hold them, see Telemetry). */
+  /**
+   * Registry reset: values go to zero and the series stay. Unlike prom-client's own reset, which
+   * drops labelled series: Telemetry holds series across requests (one lookup per request).
+   */
   reset(): void {
     for (const s of this.series.values()) {
       s.count = 0;

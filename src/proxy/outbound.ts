@@ -436,12 +436,12 @@ export class Outbound implements Http1Listener {
   }
 
   /**
-   * A drain: no new connections; idle HTTP/1.1 connections close now, busy ones after their
-   * response (which says `connection: close`); HTTP/2 clients get GOAWAY now.
+   * A drain: no new connections; HTTP/1.1 responses say `connection: close`, HTTP/2 clients get
+   * GOAWAY now. The app's idle keep-alive connections stay open: they are its only way out while
+   * it shuts down alongside its proxy.
    */
   drain(): void {
     this.server.close();
-    this.h1.drain();
     this.h2.drain(); // HTTP/2 hook
   }
 

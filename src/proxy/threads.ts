@@ -1,11 +1,11 @@
 // The sidecar's background threads run at the lowest priority (nice 19); only the main thread,
 // which relays every request, keeps its own. Node gives a process V8's platform workers (the
 // optimizing compiler, GC helpers) and libuv's threadpool (file system, DNS, async crypto). Where
-// the proxy shares a core with its app and other sidecars, the scheduler gave a compile job or a
-// GC helper of any of them a slice of up to ~4 ms while a request waited behind it; that was
-// most of the tail at 1,000 rps (bench/README.md, "Round 5: the tail"). Lowering our own threads
-// is all a process may do without privileges (raising a priority needs CAP_SYS_NICE); what runs
-// on them (tier-up compiles, key generation for a renewal) can wait.
+// the proxy shares a core with its app and other sidecars, a scheduler trace showed compile jobs
+// and GC helpers given slices of 2-5 ms while a request waited (bench/README.md, "Round 5"; the
+// bench measures no p99 change from this). Lowering our own threads is all a process may do
+// without privileges (raising a priority needs CAP_SYS_NICE); what runs on them (tier-up
+// compiles, dns.lookup, key generation for a renewal) can wait.
 
 import { readdirSync, stat } from "node:fs";
 import { setPriority } from "node:os";

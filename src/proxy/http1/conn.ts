@@ -21,6 +21,8 @@ import {
 import { coarseNow, tickClock, type Upstream, type UpstreamPool, type UpstreamUser } from "./pool.js";
 import { interimHeadFor, responseHeadFor } from "./wire.js";
 
+/** At a drain, a connection idle this long between requests is closed. */
+const DRAIN_IDLE_MS = 1_000;
 /** Bytes read ahead of the request being handled (pipelined requests) before reading pauses. */
 const READ_AHEAD = 64 * 1024;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
@@ -92,12 +94,17 @@ export class Http1Server {
   }
 
   /**
-   * A drain: connections idle between requests close now (a client then dials an instance that
-   * is not going away); the others ask their client to close with the response in progress
-   * (`Http1Conn.closing`) and close after it.
+   * A drain: connections idle between requests close once they have been idle for
+   * `DRAIN_IDLE_MS` (a client then dials an instance that is not going away); the others ask their
+   * client to close with the response in progress (`Http1Conn.closing`) and close after it. The
+   * wait leaves a request already on its way on an idle connection the time to arrive and be
+   * served, as at any idle bound.
    */
   drain(): void {
-    for (const c of this.conns) c.closeIfIdle();
+    setTimeout(() => {
+      const now = tickClock();
+      for (const c of this.conns) c.closeIfIdle(now, DRAIN_IDLE_MS);
+    }, DRAIN_IDLE_MS).unref();
   }
 
   close(): void {
@@ -161,9 +168,9 @@ export class Http1Conn {
       this.ex.timedOut(t.streamIdleMs);
   }
 
-  /** Closes the connection if it is between requests with nothing read of the next one. */
-  closeIfIdle(): void {
-    if (this.state !== C.Head || this.pending !== undefined) return;
+  /** Closes the connection if it is between requests, nothing read of the next one for `idleMs`. */
+  closeIfIdle(now: number, idleMs: number): void {
+    if (this.state !== C.Head || this.pending !== undefined || now - this.lastActive < idleMs) return;
     this.state = C.Closed;
     this.sock.end();
   }
