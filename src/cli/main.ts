@@ -9,34 +9,40 @@
 import { Command, CommanderError } from "commander";
 import { isZmeshError } from "../errors/index.js";
 
-type Make = () => Promise<Command>;
-/** In the order `zmesh --help` lists them; hidden ones are not listed. */
-const COMMANDS: [name: string, make: Make, hidden?: true][] = [
-  ["up", async () => (await import("./commands/up.js")).upCommand()],
-  ["down", async () => (await import("./commands/down.js")).downCommand()],
-  ["status", async () => (await import("./commands/status.js")).statusCommand()],
-  ["apply", async () => (await import("./commands/apply.js")).applyCommand()],
-  ["delete", async () => (await import("./commands/delete.js")).deleteCommand()],
-  ["get", async () => (await import("./commands/get.js")).getCommand()],
-  ["logs", async () => (await import("./commands/logs.js")).logsCommand()],
-  ["exec", async () => (await import("./commands/exec.js")).execCommand()],
-  ["certs", async () => (await import("./commands/certs.js")).certsCommand()],
-  ["ca", async () => (await import("./commands/ca.js")).caCommand()],
-  ["demo", async () => (await import("./commands/demo.js")).demoCommand()],
-  ["controlplane", async () => (await import("./commands/controlplane.js")).controlplaneCommand()],
-  ["proxy", async () => (await import("./commands/proxy.js")).proxyCommand()],
-  ["supervise", async () => (await import("./commands/supervise.js")).superviseCommand(), true],
-  ["check", async () => (await import("./commands/check.js")).checkCommand()],
+/** In the order `zmesh --help` lists them; `commands/<name>.js` exports `<name>Command()`. */
+const COMMANDS = [
+  "up",
+  "down",
+  "status",
+  "apply",
+  "delete",
+  "get",
+  "logs",
+  "exec",
+  "certs",
+  "ca",
+  "demo",
+  "controlplane",
+  "proxy",
+  "supervise",
+  "check",
 ];
+/** Commands for the runtime's own use, not listed by `zmesh --help`. */
+const HIDDEN = new Set(["supervise"]);
+
+async function make(name: string): Promise<Command> {
+  const mod = (await import(`./commands/${name}.js`)) as Record<string, () => Command>;
+  return mod[`${name}Command`]!();
+}
 
 const program = new Command("zmesh")
   .description("a zero-trust service mesh: SPIFFE identities, mutual TLS, Istio-compatible authorization")
   .version("0.1.0")
   .exitOverride();
 
-const named = COMMANDS.find(([name]) => name === process.argv[2]);
-for (const [, make, hidden] of named ? [named] : COMMANDS)
-  program.addCommand(await make(), hidden ? { hidden: true } : {});
+const named = COMMANDS.find((name) => name === process.argv[2]);
+for (const name of named ? [named] : COMMANDS)
+  program.addCommand(await make(name), HIDDEN.has(name) ? { hidden: true } : {});
 
 try {
   await program.parseAsync(process.argv);
