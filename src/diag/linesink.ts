@@ -8,8 +8,9 @@
 import { writeSync } from "node:fs";
 
 /**
- * How long a write may wait for a full pipe (EAGAIN) before its block is dropped. After a drop,
- * writes do not wait at all (a block that cannot go out at once is dropped) until one succeeds:
+ * How long one block may wait for a full pipe (EAGAIN) before the rest of it is dropped. After a
+ * drop, writes do not wait at all (a block that cannot go out at once is dropped) until a whole
+ * block goes out:
  * a log reader that stalls must not stall the proxy's traffic once a second.
  */
 const STALL_LIMIT_MS = 1_000;
@@ -56,27 +57,21 @@ export class LineSink {
     this.writeOut(this.buf.subarray(0, len));
   }
 
-  /** pino's `logger.flush(cb)`. */
-  flush(cb?: (err?: Error) => void): void {
-    try {
-      this.flushSync();
-      cb?.();
-    } catch (e) {
-      cb?.(e as Error);
-    }
+  /** pino's `logger.flush(cb)` (writeOut never throws: what it cannot write is counted). */
+  flush(cb?: () => void): void {
+    this.flushSync();
+    cb?.();
   }
 
   private writeOut(bytes: Buffer): void {
     let off = 0;
-    let stalled = 0;
+    const deadline = Date.now() + STALL_LIMIT_MS;
     while (off < bytes.length) {
       try {
         off += writeSync(this.fd, bytes, off, bytes.length - off);
-        stalled = 0;
-        this.degraded = false;
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if ((code !== "EAGAIN" && code !== "EBUSY") || this.degraded || stalled >= STALL_LIMIT_MS) {
+        if ((code !== "EAGAIN" && code !== "EBUSY") || this.degraded || Date.now() >= deadline) {
           // A full pipe nobody reads, or a closed descriptor: the proxy goes on, the block is lost.
           if (this.dropped === 0)
             process.stderr.write(`zmesh: log output ${code ?? "failed"}: log lines are being dropped\n`);
@@ -85,8 +80,9 @@ export class LineSink {
           return;
         }
         Atomics.wait(sleeper, 0, 0, 1);
-        stalled++;
       }
     }
+    // A whole block went out: the descriptor is read again.
+    this.degraded = false;
   }
 }

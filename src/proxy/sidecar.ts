@@ -156,8 +156,13 @@ export class Sidecar {
         this.opts.outbound ?? { host: "127.0.0.1", port: PORTS.outboundCapture },
       );
     } catch (e) {
-      // Fails closed and says so: nothing listens, and whoever waits for readiness hears why
-      // (it used to be an unhandled rejection, and a waiter that never woke).
+      // Fails closed and says so: neither traffic listener stays open (the inbound may have opened
+      // before the outbound failed), and whoever waits for readiness hears why (it used to be an
+      // unhandled rejection, and a waiter that never woke).
+      this.inbound.server.close();
+      this.outbound.server.close();
+      this.ports.inbound = 0;
+      this.ports.outbound = 0;
       this.trafficError = e as Error;
       this.log.error(
         { err: this.trafficError.message },

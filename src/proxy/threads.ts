@@ -11,7 +11,7 @@ import { readdirSync, stat } from "node:fs";
 import { setPriority } from "node:os";
 
 /** The nice value of the background threads: the lowest priority Linux has short of SCHED_IDLE. */
-export const BACKGROUND_NICE = 19;
+const BACKGROUND_NICE = 19;
 
 /**
  * Lowers every thread of this process but the main one to `BACKGROUND_NICE`, after making libuv

@@ -321,7 +321,10 @@ export class Http1Conn {
     this.head = undefined;
     this.framer = undefined;
     if (this.state === C.Closed) return;
-    if (close || !this.keep) {
+    // During a drain a connection closes after its exchange, even one whose response began before
+    // the drain (and so did not say `connection: close`); a pipelined request already read is
+    // served first (its response says close).
+    if (close || !this.keep || (this.listener.draining() && this.pending === undefined)) {
       this.state = C.Closed;
       this.sock.end();
       return;
