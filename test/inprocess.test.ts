@@ -89,7 +89,7 @@ describe("thin path in process", { timeout: 60_000 }, () => {
     paymentsApp.server.close();
   });
 
-  it("a proxy whose inbound port is taken says so: ready() rejects and nothing listens (it used to wait forever)", async () => {
+  it("a proxy whose inbound port is taken says so: ready() rejects and no traffic listener opens (it used to wait forever)", async () => {
     const squatter = createServer();
     await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", r));
     const port = (squatter.address() as { port: number }).port;
@@ -98,6 +98,27 @@ describe("thin path in process", { timeout: 60_000 }, () => {
       const stuck = mesh.proxies.at(-1)!;
       assert.equal(stuck.ports.outbound, 0, "no outbound listener either");
       await assert.rejects(stuck.ready(), /EADDRINUSE/);
+    } finally {
+      squatter.close();
+    }
+  });
+
+  it("a proxy whose outbound port is taken closes the inbound it had opened: no half-open proxy", async () => {
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, "127.0.0.1", r));
+    const taken = (squatter.address() as { port: number }).port;
+    const inboundPort = await freePort();
+    try {
+      await assert.rejects(proxy(mesh, "shop/frontend", { inboundPort, outboundPort: taken }), /EADDRINUSE/);
+      const refused = await new Promise<boolean>((resolve) => {
+        const s = connect({ host: "127.0.0.1", port: inboundPort });
+        s.once("connect", () => {
+          s.destroy();
+          resolve(false);
+        });
+        s.once("error", (e: NodeJS.ErrnoException) => resolve(e.code === "ECONNREFUSED"));
+      });
+      assert.ok(refused, "the inbound port does not accept connections");
     } finally {
       squatter.close();
     }

@@ -117,6 +117,8 @@ export async function proxy(
   entry: string,
   opts: {
     inboundPort: number;
+    /** The outbound listener's port (any free one if not given). */
+    outboundPort?: number;
     appPort?: number;
     certTtlSeconds?: number;
     timeouts?: Partial<ProxyTimeouts>;
@@ -130,7 +132,7 @@ export async function proxy(
     credential,
     controlPlaneId: "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane",
     inbound: { host: "127.0.0.1", port: opts.inboundPort },
-    outbound: { host: "127.0.0.1", port: 0 },
+    outbound: { host: "127.0.0.1", port: opts.outboundPort ?? 0 },
     admin: { host: "127.0.0.1", port: 0 },
     health: { host: "127.0.0.1", port: 0 },
     metrics: { host: "127.0.0.1", port: 0 },
