@@ -15,7 +15,6 @@ import {
   freePort,
   type MeshFixture,
   proxy,
-  requestsTotal,
   scrapeMetrics,
   serviceYaml,
 } from "./harness/index.js";

@@ -1,9 +1,11 @@
 // TLS session resumption between sidecars, against a real TLS 1.3 server with SVIDs from a real CA.
 // What must hold: a second dial to the same destination resumes; a different expected identity
 // set, trust bundle or own certificate starts afresh; the secure-naming check still runs (and
-// refuses) when a cached session is offered and when the service's identities changed since;
+// refuses) when a cached session is offered and when the service's identities changed since; a
+// session is not offered after the server certificate its full handshake verified has expired;
 // the server still sees the client's SPIFFE ID and its verified chain on a resumed connection.
 import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createServer, type Server, type TLSSocket } from "node:tls";
@@ -161,16 +163,41 @@ describe("TLS session resumption between sidecars", { timeout: 30_000 }, () => {
     const real = sessions.get(key)!;
     assert.equal(real.peer, ID("catalog"));
     // Tamper: the same ticket (the server will resume it) recorded as proving another identity.
-    sessions.set(key, { ticket: real.ticket, peer: ID("payments") });
+    sessions.set(key, { ...real, peer: ID("payments") });
     const r = await dial(sessions, catalog.port, onlyCatalog);
     assert.equal((r.err as { code?: string } | undefined)?.code, "ZMESH_SECURE_NAMING");
     assert.equal(sessions.resumed, 1, "the server did resume it: the check ran on a resumed session");
     assert.equal(sessions.get(key), undefined);
   });
 
+  it("a session is not offered once the certificate its full handshake verified has expired", async () => {
+    const sessions = new SessionCache();
+    await dial(sessions, catalog.port, onlyCatalog);
+    const key = sessions.key(
+      `127.0.0.1:${catalog.port}`,
+      onlyCatalog,
+      ca.trustBundlePem(),
+      certs["frontend"]!,
+    );
+    const real = sessions.get(key)!;
+    const serverCert = new X509Certificate(certs["catalog"]!.chainPem[0]!);
+    assert.equal(
+      real.notAfter,
+      Date.parse(serverCert.validTo),
+      "the entry keeps the server certificate's expiry",
+    );
+    // The same ticket, recorded as if that certificate had expired a second ago (the server would resume it).
+    sessions.set(key, { ...real, notAfter: Date.now() - 1_000 });
+    const r = await dial(sessions, catalog.port, onlyCatalog);
+    assert.equal(r.err, undefined);
+    assert.equal(r.reused, false, "a full handshake checks the server's certificate again");
+    assert.deepEqual([sessions.full, sessions.resumed], [2, 0]);
+    assert.ok(sessions.get(key)!.notAfter > Date.now(), "the new session replaces the expired one");
+  });
+
   it("the cache is bounded and keeps the most recently used entries", () => {
     const c = new SessionCache(2);
-    const t = (n: string) => ({ ticket: Buffer.from(n), peer: ID("catalog") });
+    const t = (n: string) => ({ ticket: Buffer.from(n), peer: ID("catalog"), notAfter: Date.now() + 60_000 });
     c.set("a", t("1"));
     c.set("b", t("2"));
     c.get("a");

@@ -73,9 +73,10 @@ export function dialMtls(
   // TLS 1.3 tickets arrive after the handshake and each is best used once: keep the newest,
   // with the identity proved for this connection (only once it passed secure naming).
   let peer: string | undefined;
+  let notAfter = 0;
   if (key)
     sock.on("session", (ticket: Buffer) => {
-      if (peer !== undefined && !sock.destroyed) sessions.set(key, { ticket, peer });
+      if (peer !== undefined && !sock.destroyed) sessions.set(key, { ticket, peer, notAfter });
     });
   sock.setNoDelay(true);
   sock.setTimeout(CONNECT_TIMEOUT_MS, () => {
@@ -90,7 +91,8 @@ export function dialMtls(
     const r = route();
     try {
       // Resumed: only the session we offered can have been resumed, and its identity is known.
-      const id = reused ? session!.peer : peerSpiffeId(sock.getPeerX509Certificate());
+      const x509 = reused ? undefined : sock.getPeerX509Certificate();
+      const id = reused ? session!.peer : peerSpiffeId(x509);
       if (!r?.allowed.has(id)) {
         throw new ZmeshError(
           "ZMESH_SECURE_NAMING",
@@ -98,6 +100,8 @@ export function dialMtls(
         );
       }
       peer = id;
+      // A ticket from this connection is good only while the certificate this handshake verified is.
+      notAfter = reused ? session!.notAfter : Date.parse(x509!.validTo);
       finish(null, sock);
     } catch (e) {
       sock.destroy();

@@ -225,6 +225,14 @@ export class Inbound implements Http1Listener {
     if (port === undefined) return refuse("original destination unknown");
     let spiffeId: string;
     const cert = tls.getPeerX509Certificate();
+    // A resumed session carries the verification result of its full handshake: OpenSSL does not
+    // check the certificate's dates again. A client certificate that expired since then (within the
+    // ticket's lifetime) is refused here, as a full handshake would refuse it.
+    if (cert && tls.isSessionReused()) {
+      const now = Date.now();
+      if (now > Date.parse(cert.validTo) || now < Date.parse(cert.validFrom))
+        return refuse("resumed session's client certificate is outside its validity period");
+    }
     try {
       spiffeId = peerSpiffeId(cert);
     } catch (e) {

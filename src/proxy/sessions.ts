@@ -6,7 +6,9 @@
 // Node's client has no peer certificate (measured on Node 20: getPeerX509Certificate() is
 // undefined), so each entry keeps the SPIFFE ID its full handshake verified: resuming proves the
 // server holds that session's secret, and secure naming checks that ID against the service as it
-// is now. Bounded LRU; the newest ticket of a key replaces the older.
+// is now. OpenSSL does not check the certificate's dates again on resumption either, so an entry
+// also keeps when that certificate expires and is not offered after it. Bounded LRU; the newest
+// ticket of a key replaces the older.
 
 import { createHash } from "node:crypto";
 
@@ -17,6 +19,8 @@ export interface CachedSession {
   ticket: Buffer;
   /** The SPIFFE ID the server proved by certificate in the full handshake that began the session. */
   peer: string;
+  /** When that certificate expires (ms since the epoch): the session is not offered after it. */
+  notAfter: number;
 }
 
 export class SessionCache {
@@ -55,9 +59,14 @@ export class SessionCache {
     return `${destination}|${ids}|${this.bundleDigest}|${mine}`;
   }
 
-  get(key: string): CachedSession | undefined {
+  /** The session of `key` to offer now; one whose server certificate has expired is dropped. */
+  get(key: string, now = Date.now()): CachedSession | undefined {
     const s = this.map.get(key);
     if (s === undefined) return undefined;
+    if (now >= s.notAfter) {
+      this.map.delete(key);
+      return undefined;
+    }
     this.map.delete(key); // refresh its place in the LRU order
     this.map.set(key, s);
     return s;

@@ -25,22 +25,43 @@ const FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend";
 const CATALOG = "spiffe://cluster.local/ns/shop/sa/catalog";
 
 /** Connects to an inbound with the given TLS client options; resolves the app's answer or "refused". */
-function present(port: number, opts: Record<string, unknown>): Promise<string> {
+async function present(port: number, opts: Record<string, unknown>): Promise<string> {
+  return (await presentForSession(port, opts)).answer;
+}
+
+/** Like `present`, also reporting whether the session was resumed and the session it was given. */
+function presentForSession(
+  port: number,
+  opts: Record<string, unknown>,
+): Promise<{ answer: string; reused: boolean; session: Buffer | undefined }> {
   return new Promise((resolve) => {
     let s: ReturnType<typeof tlsConnect>;
     try {
       s = tlsConnect({ host: "127.0.0.1", port, rejectUnauthorized: false, minVersion: "TLSv1.3", ...opts });
     } catch (e) {
-      resolve(`refused by the TLS stack: ${(e as Error).message}`);
+      resolve({
+        answer: `refused by the TLS stack: ${(e as Error).message}`,
+        reused: false,
+        session: undefined,
+      });
       return;
     }
     let data = "";
-    s.on("secureConnect", () => s.write("GET /items HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n"));
+    let reused = false;
+    let session: Buffer | undefined;
+    const done = () => resolve({ answer: data || "refused", reused, session });
+    s.on("session", (b: Buffer) => {
+      session = b;
+    });
+    s.on("secureConnect", () => {
+      reused = s.isSessionReused();
+      s.write("GET /items HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n");
+    });
     s.on("data", (d: Buffer) => {
       data += d.toString();
     });
-    s.on("error", () => resolve(data || "refused"));
-    s.on("close", () => resolve(data || "refused"));
+    s.on("error", done);
+    s.on("close", done);
     setTimeout(() => s.destroy(), 3_000).unref();
   });
 }
@@ -169,6 +190,23 @@ spec:
       notAfter: new Date(Date.now() - 3600_000),
     });
     assert.match(await present(inbound, expired), /^refused/);
+  });
+
+  it("a client certificate that expired after its first handshake cannot ride a resumed session", async () => {
+    // OpenSSL keeps a session's verification result; a ticket is good for 300 s.
+    const notAfter = new Date(Date.now() + 3_000);
+    const shortLived = await hierarchy.leaf({ uris: [FRONTEND], notAfter });
+    const first = await presentForSession(inbound, shortLived);
+    assert.match(first.answer, /^HTTP\/1\.1 200/, "the certificate works while it is valid");
+    assert.ok(first.session, "the inbound issued a session ticket");
+    await new Promise((r) => setTimeout(r, notAfter.getTime() - Date.now() + 1_500));
+    const resumed = await presentForSession(inbound, { ...shortLived, session: first.session });
+    assert.equal(
+      resumed.reused,
+      true,
+      "the client resumed the session (otherwise OpenSSL would refuse it anyway)",
+    );
+    assert.match(resumed.answer, /^refused/);
   });
 
   it("a certificate not valid yet is refused", async () => {
