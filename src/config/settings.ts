@@ -32,7 +32,8 @@ export const PROXY_NODE_FLAGS: readonly string[] = [
 /**
  * Time bounds of the sidecar's HTTP/1.1 connections, both directions (docs/configuration.md,
  * "Proxy timeouts"). Enforced by one coarse sweep per listener (src/proxy/http1/conn.ts), so a
- * bound holds to within a quarter of the shortest one (at most a second).
+ * bound holds to within a quarter of the shortest one (at most a second). `streamIdleMs` also
+ * bounds each HTTP/2 stream, by a timer per stream (src/proxy/h2.ts `streamEnd`).
  */
 export interface ProxyTimeouts {
   /** A request head must be complete this long after its first byte (Envoy's request_headers_timeout): else 408 and close. */

@@ -254,7 +254,7 @@ export function relayStream(
   }
   const bodyless = replay
     ? replay.bodyless
-    : down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
+    : requestComplete(down);
   let up: ClientHttp2Stream;
   try {
     up = session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
@@ -398,6 +398,11 @@ export function relayStream(
   down.once("close", onDownClose);
 }
 
+/** Whether the client has sent all of its request (headers that ended the stream, or the body's end). */
+function requestComplete(down: ServerHttp2Stream): boolean {
+  return down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
+}
+
 /** Resets a client's stream as refused (never processed), so that the client may send it again. */
 export function refuseStream(down: ServerHttp2Stream): void {
   if (!down.closed && !down.destroyed) down.close(NGHTTP2_REFUSED_STREAM);
@@ -457,6 +462,19 @@ export function streamEnd(
     s.record.durationMs = Number(process.hrtime.bigint() - s.start) / 1e6;
     telemetry.http(s.record);
   };
+  // Envoy's stream_idle_timeout, as for HTTP/1.1: no byte of this stream either way (Node resets a
+  // stream's timer on every read and write) for `streamIdleMs` ends it. Before the response began,
+  // with 408 if the client had not finished its request, else 504 (gRPC: DEADLINE_EXCEEDED); after,
+  // with a reset. Either way the relay then cancels the upstream stream.
+  const idleMs = state.timeouts.streamIdleMs;
+  s.down.setTimeout(idleMs, () => {
+    const clientStalled = !requestComplete(s.down);
+    const who = clientStalled ? "request body" : "upstream";
+    finish(
+      { err: `stream idle timeout: no byte from the ${who} for ${idleMs} ms` },
+      clientStalled ? "REQUEST_TIMEOUT" : "UPSTREAM_TIMEOUT",
+    );
+  });
   const bug = (e: unknown): void => {
     log.error(
       { requestId: s.requestId, err: (e as Error).stack ?? String(e) },

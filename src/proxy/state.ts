@@ -43,7 +43,7 @@ export class ProxyState {
   inflight = 0;
   /** Set by a drain: no new connections; responses ask clients to close theirs. */
   draining = false;
-  /** Time bounds of HTTP/1.1 connections (the defaults, or the Sidecar's `timeouts` option). */
+  /** Time bounds of HTTP/1.1 connections and HTTP/2 streams (the defaults, or the Sidecar's `timeouts` option). */
   timeouts: ProxyTimeouts = { ...PROXY_TIMEOUTS };
   private routes = new Map<string, Route>();
   /** Addresses of the mesh (VIPs, endpoints, this workload): never passed through in plaintext. */

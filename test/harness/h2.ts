@@ -10,6 +10,7 @@ import {
   type OutgoingHttpHeaders,
 } from "node:http2";
 import { connect } from "node:net";
+import type { ProxyTimeouts } from "../../src/config/index.js";
 import type { Sidecar } from "../../src/proxy/index.js";
 import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./index.js";
 
@@ -97,11 +98,13 @@ export function fallbackIntent(mesh: MeshFixture, dst: { address: string; port: 
 
 /**
  * Two workloads, shop/client and shop/api, and Service `api` at `vip` (port 8080, `http2-api`)
- * in front of an HTTP/2 app listening on loopback `appPort`: the mesh and both proxies.
+ * in front of an HTTP/2 app listening on loopback `appPort`: the mesh and both proxies (with
+ * `timeouts` overriding their time bounds, if given).
  */
 export async function clientApiMesh(
   vip: string,
   appPort: number,
+  timeouts?: Partial<ProxyTimeouts>,
 ): Promise<{ mesh: MeshFixture; client: Sidecar; api: Sidecar }> {
   const inbound = await freePort();
   const mesh = await controlPlane(
@@ -111,7 +114,8 @@ export async function clientApiMesh(
       { namespace: "shop", name: "api" },
     ],
   );
-  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-  const api = await proxy(mesh, "shop/api", { inboundPort: inbound, appPort });
+  const t = timeouts ? { timeouts } : {};
+  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), ...t });
+  const api = await proxy(mesh, "shop/api", { inboundPort: inbound, appPort, ...t });
   return { mesh, client, api };
 }
