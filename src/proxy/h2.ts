@@ -252,9 +252,7 @@ export function relayStream(
     r.clientReset = down.rstCode ?? NGHTTP2_CANCEL;
     return settle();
   }
-  const bodyless = replay
-    ? replay.bodyless
-    : requestComplete(down);
+  const bodyless = replay ? replay.bodyless : requestComplete(down);
   let up: ClientHttp2Stream;
   try {
     up = session.request(headers, bodyless ? { endStream: true } : { waitForTrailers: true });
