@@ -3,8 +3,9 @@
 // and tests that parse access lines see no difference.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import pino from "pino";
-import { type AccessFields, AccessLog, jsonString } from "./accesslog.js";
+import { type AccessFields, AccessLog, jsonString, num3 } from "./accesslog.js";
 
 function capture(opts: pino.LoggerOptions) {
   const lines: string[] = [];
@@ -133,5 +134,23 @@ describe("AccessLog", () => {
       assert.equal(JSON.parse(jsonString(s)), JSON.parse(JSON.stringify(s)));
     }
     assert.equal(jsonString("plain/path"), '"plain/path"');
+  });
+
+  it("writes a duration as JSON.stringify does, for microsecond-rounded values and any other number", () => {
+    for (const n of [
+      0, 0.001, 0.01, 0.05, 0.1, 0.123, 1, 1.5, 2.05, 10.001, 999.999, 2147483.647, 1e9, 1e21, -1,
+    ]) {
+      assert.equal(num3(n), JSON.stringify(n), String(n));
+    }
+    assert.equal(num3(Number.NaN), "null");
+    assert.equal(num3(Number.POSITIVE_INFINITY), "null");
+    fc.assert(
+      fc.property(fc.double({ min: 0, max: 1e7, noNaN: true }), (d) => {
+        const rounded = Math.round(d * 1000) / 1000;
+        assert.equal(num3(rounded), JSON.stringify(rounded));
+        assert.equal(num3(d), JSON.stringify(d));
+      }),
+      { numRuns: 5_000 },
+    );
   });
 });

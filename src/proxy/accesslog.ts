@@ -64,6 +64,26 @@ function num(n: number): string {
 }
 
 /**
+ * `num(n)` for a non-negative `n` with at most three decimals (a duration rounded to the
+ * microsecond), from integers: V8's shortest-decimal conversion of a fraction showed in the
+ * profile. Anything else goes to `num`.
+ */
+export function num3(n: number): string {
+  const micros = Math.round(n * 1000);
+  if (!(n >= 0) || micros > 0x7fffffff || micros / 1000 !== n) return num(n);
+  const whole = Math.floor(micros / 1000);
+  let frac = micros - whole * 1000;
+  if (frac === 0) return String(whole);
+  let digits = 3;
+  while (frac % 10 === 0) {
+    frac /= 10;
+    digits--;
+  }
+  const f = String(frac);
+  return `${whole}.${f.length < digits ? "0".repeat(digits - f.length) + f : f}`;
+}
+
+/**
  * Writes access lines for `log`. Falls back to `log.info` when the logger formats lines in a way
  * this writer does not reproduce (a log formatter, hooks, a mixin, a nested key).
  */
@@ -131,7 +151,7 @@ export class AccessLog {
       const d = JSON.stringify(r.dryRun);
       if (d !== undefined) s += `,"dryRun":${d}`;
     }
-    s += `,"requestBytes":${num(r.requestBytes)},"responseBytes":${num(r.responseBytes)},"durationMs":${num(r.durationMs)}`;
+    s += `,"requestBytes":${num(r.requestBytes)},"responseBytes":${num(r.responseBytes)},"durationMs":${num3(r.durationMs)}`;
     if (r.err !== undefined) s += `,"err":${jsonString(r.err)}`;
     this.stream.write(`${s},"msg":"access"}\n`);
   }

@@ -15,6 +15,23 @@ export function principalOf(spiffeId: string): string {
   return p;
 }
 
+const uris = new Map<string, string>();
+
+/**
+ * The SPIFFE ID of a principal (`spiffe://` + principal), remembered: the access line and the
+ * metric labels name it on every request, and a string built per request is a new string to
+ * flatten, scan and hash each time.
+ */
+export function spiffeUriOf(principal: string): string {
+  let u = uris.get(principal);
+  if (u === undefined) {
+    u = `spiffe://${principal}`;
+    if (uris.size >= 10_000) uris.clear();
+    uris.set(principal, u);
+  }
+  return u;
+}
+
 /** A workload's side of a record (principal, name, namespace). */
 export interface WorkloadPeer {
   principal: string;

@@ -7,6 +7,7 @@ import { Counter, Registry } from "prom-client";
 import type { Logger } from "../diag/index.js";
 import { AccessLog } from "./accesslog.js";
 import { FastMetric, type Series } from "./metrics.js";
+import { spiffeUriOf } from "./principal.js";
 
 export type Reporter = "source" | "destination";
 
@@ -125,14 +126,19 @@ function peerLabels(
     reporter: r.reporter,
     source_workload: guard.value("source_workload", r.source.workload ?? "unknown"),
     source_workload_namespace: r.source.namespace ?? "unknown",
-    source_principal: r.source.principal ? `spiffe://${r.source.principal}` : "unknown",
+    source_principal: uri(r.source.principal) ?? "unknown",
     destination_workload: r.destination.workload ?? "unknown",
     destination_workload_namespace: r.destination.namespace ?? "unknown",
-    destination_principal: r.destination.principal ? `spiffe://${r.destination.principal}` : "unknown",
+    destination_principal: uri(r.destination.principal) ?? "unknown",
     destination_service: guard.value("destination_service", r.service ?? "unknown"),
     response_flags: r.flag ?? "-",
     connection_security_policy: r.mtls ? "mutual_tls" : "none",
   };
+}
+
+/** A peer's SPIFFE ID, or undefined without a principal. */
+function uri(principal: string | undefined): string | undefined {
+  return principal ? spiffeUriOf(principal) : undefined;
 }
 
 /** The four series of one HTTP label tuple, found with one lookup per request. */
@@ -142,6 +148,74 @@ interface HttpSeries {
   requestBytes: Series;
   responseBytes: Series;
 }
+
+/**
+ * A label tuple seen lately, as records give it (before the label guard, which maps a value the
+ * same way every time), with its series. Comparing a record's fields with a few of these costs
+ * less than building, flattening and hashing the tuple's 13-part key per request.
+ */
+class Recent {
+  constructor(
+    readonly reporter: Reporter,
+    readonly sourceWorkload: string | undefined,
+    readonly sourceNamespace: string | undefined,
+    readonly sourcePrincipal: string | undefined,
+    readonly destinationWorkload: string | undefined,
+    readonly destinationNamespace: string | undefined,
+    readonly destinationPrincipal: string | undefined,
+    readonly service: string | undefined,
+    readonly flag: string | undefined,
+    readonly mtls: boolean,
+    readonly protocol: string,
+    readonly status: number,
+    readonly grpcStatus: string | undefined,
+    readonly series: HttpSeries | undefined,
+  ) {}
+
+  static of(r: HttpRecord, series: HttpSeries | undefined): Recent {
+    const s = r.source;
+    const d = r.destination;
+    return new Recent(
+      r.reporter,
+      s.workload,
+      s.namespace,
+      s.principal,
+      d.workload,
+      d.namespace,
+      d.principal,
+      r.service,
+      r.flag,
+      r.mtls,
+      r.protocol,
+      r.status,
+      r.grpcStatus,
+      series,
+    );
+  }
+
+  matches(r: HttpRecord): boolean {
+    const s = r.source;
+    const d = r.destination;
+    return (
+      this.status === r.status &&
+      this.sourcePrincipal === s.principal &&
+      this.destinationPrincipal === d.principal &&
+      this.service === r.service &&
+      this.sourceWorkload === s.workload &&
+      this.destinationWorkload === d.workload &&
+      this.sourceNamespace === s.namespace &&
+      this.destinationNamespace === d.namespace &&
+      this.reporter === r.reporter &&
+      this.flag === r.flag &&
+      this.mtls === r.mtls &&
+      this.protocol === r.protocol &&
+      this.grpcStatus === r.grpcStatus
+    );
+  }
+}
+
+/** Label tuples remembered by `Recent`, replaced in turn. */
+const RECENT = 4;
 
 export class Telemetry {
   readonly registry = new Registry();
@@ -207,12 +281,65 @@ export class Telemetry {
   private readonly access: AccessLog;
   /** By label-tuple key: the HTTP series (a tuple's labels object is built once, on first sight). */
   private readonly httpSeries = new Map<string, HttpSeries>();
+  /** The last few label tuples (`Recent`); an entry without series is an empty slot. */
+  private readonly recent: Recent[] = [];
+  private recentNext = 0;
+  private lastDecision:
+    | {
+        reporter: Reporter;
+        decision: string | undefined;
+        policy: string | undefined;
+        action: string | undefined;
+        series: Series;
+      }
+    | undefined;
 
   constructor(private readonly log: Logger) {
     this.access = new AccessLog(log);
+    const empty = Recent.of({ reporter: "source", source: {}, destination: {} } as HttpRecord, undefined);
+    for (let i = 0; i < RECENT; i++) this.recent.push(empty);
   }
 
   http(r: HttpRecord): void {
+    const series = this.seriesOf(r);
+    series.requests.inc();
+    series.duration.observe(r.durationMs);
+    series.requestBytes.observe(r.requestBytes);
+    series.responseBytes.observe(r.responseBytes);
+    if (r.decision) this.decisionOf(r).inc();
+    this.access.write({
+      direction: r.reporter === "destination" ? "inbound" : "outbound",
+      requestId: r.requestId,
+      source: uri(r.source.principal),
+      destination: uri(r.destination.principal),
+      service: r.service,
+      upstream: r.upstream,
+      mtls: r.mtls,
+      method: r.method,
+      path: r.path,
+      status: r.status,
+      grpcStatus: r.grpcStatus,
+      http2: r.http2,
+      flag: r.flag,
+      decision: r.decision,
+      policy: r.policy,
+      rule: r.rule,
+      reason: r.reason,
+      dryRun: r.dryRun,
+      requestBytes: r.requestBytes,
+      responseBytes: r.responseBytes,
+      durationMs: Math.round(r.durationMs * 1000) / 1000,
+      err: r.err,
+    });
+  }
+
+  /** The series of a record's label tuple: a recent one, else by its key (built on first sight). */
+  private seriesOf(r: HttpRecord): HttpSeries {
+    const recent = this.recent;
+    for (let i = 0; i < RECENT; i++) {
+      const m = recent[i]!;
+      if (m.series !== undefined && m.matches(r)) return m.series;
+    }
     const s = r.source;
     const d = r.destination;
     // One key per label tuple: the labels object is built only for a tuple not seen before.
@@ -236,46 +363,37 @@ export class Telemetry {
       };
       this.httpSeries.set(key, series);
     }
-    series.requests.inc();
-    series.duration.observe(r.durationMs);
-    series.requestBytes.observe(r.requestBytes);
-    series.responseBytes.observe(r.responseBytes);
-    if (r.decision) {
-      const dkey = `${r.reporter}|${r.decision}|${r.policy}|${r.action}`;
-      (
-        this.decisions.find(dkey) ??
-        this.decisions.at(dkey, () => ({
-          reporter: r.reporter,
-          decision: r.decision ?? "none",
-          policy: r.policy ?? "none",
-          action: r.action ?? "none",
-        }))
-      ).inc();
-    }
-    this.access.write({
-      direction: r.reporter === "destination" ? "inbound" : "outbound",
-      requestId: r.requestId,
-      source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
-      destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
-      service: r.service,
-      upstream: r.upstream,
-      mtls: r.mtls,
-      method: r.method,
-      path: r.path,
-      status: r.status,
-      grpcStatus: r.grpcStatus,
-      http2: r.http2,
-      flag: r.flag,
+    recent[this.recentNext] = Recent.of(r, series);
+    this.recentNext = (this.recentNext + 1) % RECENT;
+    return series;
+  }
+
+  /** The decision counter of a record's reporter, decision, policy and action (the last one is kept). */
+  private decisionOf(r: HttpRecord): Series {
+    const last = this.lastDecision;
+    if (
+      last !== undefined &&
+      last.policy === r.policy &&
+      last.decision === r.decision &&
+      last.action === r.action &&
+      last.reporter === r.reporter
+    )
+      return last.series;
+    const key = `${r.reporter}|${r.decision}|${r.policy}|${r.action}`;
+    const series = this.decisions.at(key, () => ({
+      reporter: r.reporter,
+      decision: r.decision ?? "none",
+      policy: r.policy ?? "none",
+      action: r.action ?? "none",
+    }));
+    this.lastDecision = {
+      reporter: r.reporter,
       decision: r.decision,
       policy: r.policy,
-      rule: r.rule,
-      reason: r.reason,
-      dryRun: r.dryRun,
-      requestBytes: r.requestBytes,
-      responseBytes: r.responseBytes,
-      durationMs: Math.round(r.durationMs * 1000) / 1000,
-      err: r.err,
-    });
+      action: r.action,
+      series,
+    };
+    return series;
   }
 
   tcpOpen(r: Omit<TcpRecord, "sentBytes" | "receivedBytes" | "durationMs">): void {
@@ -291,8 +409,8 @@ export class Telemetry {
       {
         direction: r.reporter === "destination" ? "inbound" : "outbound",
         protocol: "tcp",
-        source: r.source.principal ? `spiffe://${r.source.principal}` : undefined,
-        destination: r.destination.principal ? `spiffe://${r.destination.principal}` : undefined,
+        source: uri(r.source.principal),
+        destination: uri(r.destination.principal),
         service: r.service,
         upstream: r.upstream,
         mtls: r.mtls,
