@@ -49,4 +49,16 @@ describe("Balancer", () => {
     assert.equal(b.pick(one)?.address, one[0]!.address);
     assert.equal(b.pick(one, one[0]!.address), undefined);
   });
+
+  it("forgets an ejection that ran out, also for an endpoint no longer in the config", () => {
+    let now = 0;
+    const b = new Balancer(() => now);
+    for (let i = 0; i < EJECT_AFTER; i++) b.finished("198.18.0.99", true); // then removed from the config
+    assert.equal(b.ejections, 1);
+    b.pick(eps);
+    assert.equal(b.ejections, 1, "still ejected while its time runs");
+    now += EJECT_MS + 1;
+    b.pick(eps);
+    assert.equal(b.ejections, 0, "the next pick forgets it, and picks take the fast path again");
+  });
 });

@@ -19,6 +19,9 @@ export class Balancer {
     // The common case, nothing ejected and nothing to leave out: no filtered copy per request.
     if (exclude === undefined && this.ejectedUntil.size === 0) return this.twoChoices(endpoints);
     const t = this.now();
+    // Ejections that ran out are forgotten here, not only on a success: an endpoint ejected and
+    // then removed from the config would otherwise keep every later pick off the fast path.
+    for (const [address, until] of this.ejectedUntil) if (until <= t) this.ejectedUntil.delete(address);
     let healthy = endpoints.filter(
       (e) => e.address !== exclude && (this.ejectedUntil.get(e.address) ?? 0) <= t,
     );
@@ -41,7 +44,10 @@ export class Balancer {
 
   /** `connectFailed`: the endpoint could not be reached at all (counts towards ejection). */
   finished(address: string, connectFailed: boolean): void {
-    this.active.set(address, Math.max(0, (this.active.get(address) ?? 1) - 1));
+    const left = (this.active.get(address) ?? 1) - 1;
+    // An endpoint with nothing in flight has no entry, so endpoints gone from the config leave none.
+    if (left > 0) this.active.set(address, left);
+    else this.active.delete(address);
     if (!connectFailed) {
       this.failures.delete(address);
       this.ejectedUntil.delete(address); // it answered: no longer ejected (and pick's fast path is back)
@@ -53,6 +59,11 @@ export class Balancer {
       this.ejectedUntil.set(address, this.now() + EJECT_MS);
       this.failures.delete(address);
     }
+  }
+
+  /** Endpoints held as ejected, expired ones not yet forgotten included (tests). */
+  get ejections(): number {
+    return this.ejectedUntil.size;
   }
 
   ejected(address: string): boolean {
