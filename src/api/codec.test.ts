@@ -141,4 +141,19 @@ describe("control plane API codec", () => {
       ttlSeconds: 2 ** 32 - 1,
     });
   });
+
+  it("refuses a length or a key past 32 bits, which would wrap into a small number, and keeps uint32 values modulo 2^32", () => {
+    // csrPem (field 1, length-delimited) with length 2^32 + 1 followed by one byte: wrapped, it
+    // would read as a 1-byte string.
+    const longLength = Buffer.from([0x0a, 0x81, 0x80, 0x80, 0x80, 0x10, 0x41]);
+    assert.throws(() => decodeMessage("SignRequest", longLength), /field length does not fit in 32 bits/);
+    // Field number 2^29 + 1 as a varint key past 32 bits.
+    const longKey = Buffer.from([0x88, 0x80, 0x80, 0x80, 0x20, 0x05]);
+    assert.throws(() => decodeMessage("SignRequest", longKey), /field key does not fit in 32 bits/);
+    // ttlSeconds = 2^32 + 7: uint32 keeps the low 32 bits, as protobufjs does.
+    const wideValue = Buffer.from([0x10, 0x87, 0x80, 0x80, 0x80, 0x10]);
+    assert.equal((decodeMessage("SignRequest", wideValue) as { ttlSeconds: number }).ttlSeconds, 7);
+    const fromProtobufjs = REF.SignRequest.dec(wideValue) as { ttlSeconds: number };
+    assert.equal(fromProtobufjs.ttlSeconds, 7);
+  });
 });

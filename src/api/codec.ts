@@ -71,14 +71,24 @@ function encode(schema: Schema, msg: Record<string, unknown>): Buffer {
   return w.done();
 }
 
-/** Reads a varint at `at.pos`; values past 32 bits are kept modulo 2^32 (uint32 semantics). */
-function varint(buf: Buffer, at: { pos: number }): number {
+/**
+ * Reads a varint at `at.pos`. A uint32 value past 32 bits is kept modulo 2^32 (protobuf's uint32
+ * semantics); a key or a length (`what`) past 32 bits is refused, as it would otherwise wrap into
+ * a small number and misframe everything after it.
+ */
+function varint(buf: Buffer, at: { pos: number }, what?: string): number {
   let out = 0;
+  let over = false;
   for (let i = 0; i < 10; i++) {
     if (at.pos >= buf.length) throw new CodecError("truncated varint");
     const b = buf[at.pos++]!;
     if (i < 5) out = (out | ((b & 0x7f) << (7 * i))) >>> 0;
-    if ((b & 0x80) === 0) return out;
+    // Bits 32 and up: the high three bits of the fifth byte's payload, or any payload after it.
+    if ((i === 4 && (b & 0x70) !== 0) || (i > 4 && (b & 0x7f) !== 0)) over = true;
+    if ((b & 0x80) === 0) {
+      if (over && what !== undefined) throw new CodecError(`${what} does not fit in 32 bits`);
+      return out;
+    }
   }
   throw new CodecError("varint longer than 10 bytes");
 }
@@ -89,13 +99,13 @@ function decode(schema: Schema, buf: Buffer): Record<string, unknown> {
     out[name] = kind === "string" ? "" : kind === "uint32" ? 0 : [];
   const at = { pos: 0 };
   while (at.pos < buf.length) {
-    const key = varint(buf, at);
+    const key = varint(buf, at, "field key");
     const field = key >>> 3;
     const wire = key & 7;
     if (field === 0) throw new CodecError("field number 0");
     const known = schema[field];
     if (wire === WIRE_LEN) {
-      const len = varint(buf, at);
+      const len = varint(buf, at, "field length");
       const end = at.pos + len;
       if (end > buf.length) throw new CodecError("truncated field");
       if (known?.[1] === "uint32") throw new CodecError(`field ${field} is a uint32, not length-delimited`);
