@@ -32,7 +32,7 @@ import {
 } from "./h2.js";
 import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination } from "./origdst.js";
-import { principalOf, workloadPeer } from "./principal.js";
+import { workloadPeer } from "./principal.js";
 import { ALPN_H2 } from "./sniff.js";
 import type { ProxyState, Route } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
@@ -137,19 +137,16 @@ export class H2Outbound {
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
     if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
-    record.service = `${route.service.name}.${route.service.namespace}.svc.cluster.local`;
+    record.service = route.fqdn;
     const first = this.balancer.pick(route.service.endpoints);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
     const out = h2RequestHeaders(headers, true);
     out["x-request-id"] = requestId;
     out[SOURCE_WORKLOAD_HEADER] = self.name;
     const attempt = (ep: SnapshotEndpoint, retried: boolean, replay?: Replay) => {
-      record.upstream = `${ep.address}:${route.targetPort}`;
-      record.destination = {
-        principal: principalOf(ep.spiffeId),
-        workload: ep.workload,
-        namespace: route.service.namespace,
-      };
+      const at = route.endpoint(ep);
+      record.upstream = at.upstream;
+      record.destination = at.destination;
       this.balancer.started(ep.address);
       this.session(route, ep)
         .then(

@@ -19,28 +19,16 @@ import { field, type RequestHead } from "./http1/head.js";
 import { type ReadHook, UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
-import { principalOf, workloadPeer } from "./principal.js";
+import { workloadPeer } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
-import type { ProxyState, Route } from "./state.js";
+import type { ProxyState, Route, RouteEndpoint } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
-
-interface EndpointFacts {
-  upstream: string;
-  destination: HttpRecord["destination"];
-  pool: UpstreamPool;
-}
-
-interface RouteFacts {
-  /** destination_service: `<name>.<namespace>.svc.cluster.local`. */
-  service: string;
-  endpoint(ep: SnapshotEndpoint): EndpointFacts;
-}
 
 export class Outbound implements Http1Listener {
   /** Accepts captured connections and routes each: HTTP to `h1`, TCP to a mutual-TLS pipe. */
@@ -114,38 +102,16 @@ export class Outbound implements Http1Listener {
     });
   }
 
-  /**
-   * What a request needs of its route and endpoint that does not change between requests (the
-   * service's name, each endpoint's address, identity and pool), made once per route object: a
-   * new config makes new routes, so nothing here outlives the config it came from.
-   */
-  private readonly facts = new WeakMap<Route, RouteFacts>();
+  /** The pool of each route endpoint, found without building its key per request. */
+  private readonly endpointPools = new WeakMap<RouteEndpoint, UpstreamPool>();
 
-  private routeFacts(route: Route): RouteFacts {
-    let f = this.facts.get(route);
-    if (f) return f;
-    const eps = new WeakMap<SnapshotEndpoint, EndpointFacts>();
-    f = {
-      service: `${route.service.name}.${route.service.namespace}.svc.cluster.local`,
-      endpoint: (ep) => {
-        let e = eps.get(ep);
-        if (!e) {
-          e = {
-            upstream: `${ep.address}:${route.targetPort}`,
-            destination: {
-              principal: principalOf(ep.spiffeId),
-              workload: ep.workload,
-              namespace: route.service.namespace,
-            },
-            pool: this.pool(route, ep.address),
-          };
-          eps.set(ep, e);
-        }
-        return e;
-      },
-    };
-    this.facts.set(route, f);
-    return f;
+  private poolOf(route: Route, ep: SnapshotEndpoint, at: RouteEndpoint): UpstreamPool {
+    let pool = this.endpointPools.get(at);
+    if (pool === undefined) {
+      pool = this.pool(route, ep.address);
+      this.endpointPools.set(at, pool);
+    }
+    return pool;
   }
 
   /** Our side of every record (once per config, see workloadPeer). */
@@ -230,10 +196,8 @@ export class Outbound implements Http1Listener {
     const rec: TcpRecord = {
       reporter: "source",
       source: workloadPeer(self),
-      destination: ep
-        ? { principal: principalOf(ep.spiffeId), workload: ep.workload, namespace: route.service.namespace }
-        : {},
-      service: `${route.service.name}.${route.service.namespace}.svc.cluster.local`,
+      destination: ep ? route.endpoint(ep).destination : {},
+      service: route.fqdn,
       mtls: true,
       sentBytes: 0,
       receivedBytes: 0,
@@ -371,8 +335,7 @@ export class Outbound implements Http1Listener {
     if (!dst || !self) return finish({}, "NOT_READY");
     const route = this.state.route(dst.address, dst.port);
     if (!route) return finish({ service: "BlackHoleCluster" }, "NO_ROUTE");
-    const facts = this.routeFacts(route);
-    record.service = facts.service;
+    record.service = route.fqdn;
     const first = this.pick(route);
     if (!first) return finish({ reason: "the service has no endpoints" }, "UPSTREAM_FAILURE");
     const headBytes = requestHeadFor(head, head.target, DROP, [
@@ -385,11 +348,11 @@ export class Outbound implements Http1Listener {
     // could not be reached: nothing was sent to the app, so nothing can happen twice.
     const retryable = !conn.hasBody && IDEMPOTENT.has(head.method);
     const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
-      const at = facts.endpoint(ep);
+      const at = route.endpoint(ep);
       record.upstream = at.upstream;
       record.destination = at.destination;
       this.balancer.started(ep.address);
-      conn.forward(at.pool, headBytes, (r) => {
+      conn.forward(this.poolOf(route, ep, at), headBytes, (r) => {
         const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
         this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
         if (r.error) {

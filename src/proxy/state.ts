@@ -2,7 +2,7 @@
 // bundle, and the last good snapshot compiled for the hot path (policies, VIP routes).
 // Listeners read from here on each new connection, so a swap never drops an open one.
 
-import type { OutboundMode, ProxySnapshot, SnapshotService } from "../api/index.js";
+import type { OutboundMode, ProxySnapshot, SnapshotEndpoint, SnapshotService } from "../api/index.js";
 import { PROXY_TIMEOUTS, type ProxyTimeouts } from "../config/index.js";
 import {
   type CompiledPolicies,
@@ -10,6 +10,7 @@ import {
   type MtlsResolution,
   resolveMtlsMode,
 } from "../policy/index.js";
+import { principalOf, type WorkloadPeer } from "./principal.js";
 
 export interface Certificate {
   keyPem: string;
@@ -25,12 +26,50 @@ export interface Certificate {
   issuerId: string;
 }
 
-export interface Route {
-  service: SnapshotService;
-  targetPort: number;
-  /** From the Service port; "auto" means detect from the first bytes. */
-  protocol: "http" | "http2" | "tcp" | "auto";
-  allowed: ReadonlySet<string>;
+/** What a record says of one endpoint of a route: where the request went, and to whom. */
+export interface RouteEndpoint {
+  /** `<endpoint address>:<target port>`. */
+  upstream: string;
+  destination: WorkloadPeer;
+}
+
+/**
+ * One Service port (VIP:port) as the outbound routes it, with what every request to it needs and
+ * that does not change between requests (names for records, each endpoint's identity), made once
+ * per route: a new config makes new routes, so nothing here outlives the config it came from.
+ * HTTP/1.1, HTTP/2 and TCP read the same facts.
+ */
+export class Route {
+  /** destination_service: `<name>.<namespace>.svc.cluster.local`. */
+  readonly fqdn: string;
+  private readonly endpoints = new WeakMap<SnapshotEndpoint, RouteEndpoint>();
+
+  constructor(
+    readonly service: SnapshotService,
+    readonly targetPort: number,
+    /** From the Service port; "auto" means detect from the first bytes. */
+    readonly protocol: "http" | "http2" | "tcp" | "auto",
+    readonly allowed: ReadonlySet<string>,
+  ) {
+    this.fqdn = `${service.name}.${service.namespace}.svc.cluster.local`;
+  }
+
+  /** The record facts of one of this route's endpoints (made on first use, then kept). */
+  endpoint(ep: SnapshotEndpoint): RouteEndpoint {
+    let e = this.endpoints.get(ep);
+    if (e === undefined) {
+      e = {
+        upstream: `${ep.address}:${this.targetPort}`,
+        destination: {
+          principal: principalOf(ep.spiffeId),
+          workload: ep.workload,
+          namespace: this.service.namespace,
+        },
+      };
+      this.endpoints.set(ep, e);
+    }
+    return e;
+  }
 }
 
 export class ProxyState {
@@ -89,12 +128,7 @@ export class ProxyState {
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
       for (const p of svc.ports)
-        routes.set(`${svc.vip}:${p.port}`, {
-          service: svc,
-          targetPort: p.targetPort,
-          protocol: p.protocol,
-          allowed,
-        });
+        routes.set(`${svc.vip}:${p.port}`, new Route(svc, p.targetPort, p.protocol, allowed));
     }
     return routes;
   }
