@@ -4,31 +4,15 @@ import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import {
-  call,
-  controlPlane,
-  entryYaml,
-  freePort,
-  type MeshFixture,
-  proxy,
-  serviceYaml,
-} from "./harness/index.js";
+import { call, clientServerMesh, type MeshFixture } from "./harness/index.js";
 
 /** A client sidecar calling `vip`, served by the app `handler` behind its own sidecar. */
 async function meshWith(vip: { address: string; port: number }, handler: Parameters<typeof createServer>[1]) {
   const server = createServer(handler);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  const inbound = await freePort();
-  const mesh = await controlPlane(
-    entryYaml("client") + entryYaml("app") + serviceYaml("app", vip.address, [[80, inbound]]),
-    [
-      { namespace: "shop", name: "client" },
-      { namespace: "shop", name: "app" },
-    ],
-  );
-  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-  await proxy(mesh, "shop/app", {
-    inboundPort: inbound,
+  const { mesh, client } = await clientServerMesh({
+    server: "app",
+    vip: vip.address,
     appPort: (server.address() as { port: number }).port,
   });
   return {

@@ -9,15 +9,7 @@ import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
 import type { Sidecar } from "../src/proxy/index.js";
-import {
-  controlPlane,
-  entryYaml,
-  freePort,
-  type MeshFixture,
-  proxy,
-  scrapeMetrics,
-  serviceYaml,
-} from "./harness/index.js";
+import { clientServerMesh, type MeshFixture, scrapeMetrics } from "./harness/index.js";
 
 const TIMEOUTS = { requestHeadersMs: 400, idleMs: 700, streamIdleMs: 600 };
 const vip = { address: "198.19.0.90", port: 80 };
@@ -89,20 +81,17 @@ describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
       } else res.end("ok");
     });
     await new Promise<void>((r) => app.listen(0, "127.0.0.1", r));
-    inbound = await freePort();
-    mesh = await controlPlane(
-      entryYaml("client") + entryYaml("web") + serviceYaml("web", vip.address, [[80, inbound]]),
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "web" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), timeouts: TIMEOUTS });
-    web = await proxy(mesh, "shop/web", {
-      inboundPort: inbound,
+    ({
+      mesh,
+      client,
+      server: web,
+      inbound,
+    } = await clientServerMesh({
+      server: "web",
+      vip: vip.address,
       appPort: (app.address() as { port: number }).port,
       timeouts: TIMEOUTS,
-    });
+    }));
     const { keyPem, svid } = await mesh.cp.ca.issue("spiffe://cluster.local/ns/shop/sa/client");
     creds = { key: keyPem, cert: svid.chainPem.join(""), ca: mesh.cp.ca.trustBundlePem() };
   });

@@ -4,15 +4,7 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import {
-  controlPlane,
-  entryYaml,
-  freePort,
-  type MeshFixture,
-  openTcp,
-  proxy,
-  serviceYaml,
-} from "./harness/index.js";
+import { clientServerMesh, type MeshFixture, openTcp } from "./harness/index.js";
 
 describe("upgrades through the mesh", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
@@ -32,22 +24,18 @@ describe("upgrades through the mesh", { timeout: 30_000 }, () => {
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const appPort = (server.address() as { port: number }).port;
-    const inbound = await freePort();
-    mesh = await controlPlane(
-      `${entryYaml("client")}${entryYaml("chat")}${serviceYaml("chat", vip.address, [[80, inbound]])}apiVersion: security.istio.io/v1
+    ({ mesh, client } = await clientServerMesh({
+      server: "chat",
+      vip: vip.address,
+      appPort,
+      yaml: `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: chat, namespace: shop }
 spec:
   selector: { matchLabels: { app: chat } }
   rules: [{ to: [{ operation: { paths: ["/ws"] } }] }]
 `,
-      [
-        { namespace: "shop", name: "client" },
-        { namespace: "shop", name: "chat" },
-      ],
-    );
-    client = await proxy(mesh, "shop/client", { inboundPort: await freePort() });
-    await proxy(mesh, "shop/chat", { inboundPort: inbound, appPort });
+    }));
   });
   after(async () => {
     await mesh.close();

@@ -1,28 +1,17 @@
 // bench/lib/mesh.ts: the zmesh control-plane side shared by the loopback chain benches
 // (bench/chain.ts HTTP/1, bench/h2-chain.ts gRPC): a two-workload mesh (client -> server behind one
 // VIP, one L7 ALLOW policy), token attestation for both workloads, and the real ControlPlane started
-// in the bench process (idle once the sidecars are configured). The benches spawn the sidecars
-// themselves (bench/chain-sidecar.ts) from the fields returned here.
+// in the bench process (idle once the sidecars are configured; test/harness/cp.ts, shared with the
+// tests). The benches spawn the sidecars themselves (bench/chain-sidecar.ts) from the fields
+// returned here.
 
-import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import pino from "pino";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import { freePort, startControlPlane } from "../../test/harness/cp.js";
 
 export const CP_ID = "spiffe://cluster.local/ns/zmesh-system/sa/zmesh-controlplane";
 export const BENCH_VIP = { address: "198.19.0.10" };
 
-/** A loopback port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+export { freePort };
 
 /** What differs between the benches' meshes: the service port and what the one policy allows. */
 export interface BenchMeshSpec {
@@ -87,29 +76,18 @@ export async function startBenchMesh(
   appPort: number,
   tmpPrefix: string,
 ): Promise<BenchMesh> {
-  const dir = await mkdtemp(join(tmpdir(), tmpPrefix));
   const inboundPort = await freePort();
-  await writeFile(join(dir, "mesh.yaml"), meshYaml(spec, inboundPort));
-  const tokens = {
-    client: randomBytes(24).toString("base64url"),
-    server: randomBytes(24).toString("base64url"),
-  };
-  await writeFile(
-    join(dir, "tokens.json"),
-    JSON.stringify({
-      [tokenDigest(tokens.client)]: { namespace: "bench", entry: "client" },
-      [tokenDigest(tokens.server)]: { namespace: "bench", entry: "server" },
-    }),
-  );
-  const cp = await ControlPlane.start({
-    configPaths: [join(dir, "mesh.yaml")],
-    listen: "127.0.0.1:0",
-    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-    trustDomain: "cluster.local",
-    rootNamespace: "zmesh-system",
-    watch: false,
+  const local = await startControlPlane({
+    yaml: meshYaml(spec, inboundPort),
+    instances: [
+      { namespace: "bench", name: "client" },
+      { namespace: "bench", name: "server" },
+    ],
     log: pino({ level: "silent" }),
+    tmpPrefix,
   });
+  const cp = local.cp;
+  const tokens = { client: local.tokens.get("bench/client")!, server: local.tokens.get("bench/server")! };
   return {
     tokens,
     base: {
@@ -120,9 +98,6 @@ export async function startBenchMesh(
       appPort,
       vip: { address: BENCH_VIP.address, port: spec.vipPort },
     },
-    close: async () => {
-      await cp.close();
-      await rm(dir, { recursive: true, force: true });
-    },
+    close: () => local.close(),
   };
 }

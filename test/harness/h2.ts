@@ -12,7 +12,7 @@ import {
 import { connect } from "node:net";
 import type { ProxyTimeouts } from "../../src/config/index.js";
 import type { Sidecar } from "../../src/proxy/index.js";
-import { controlPlane, entryYaml, freePort, type MeshFixture, proxy, serviceYaml } from "./index.js";
+import { clientServerMesh, type MeshFixture } from "./index.js";
 
 /** An h2c session (prior knowledge) from a chosen local port, so the outbound knows its destination. */
 export async function h2Session(
@@ -106,16 +106,13 @@ export async function clientApiMesh(
   appPort: number,
   timeouts?: Partial<ProxyTimeouts>,
 ): Promise<{ mesh: MeshFixture; client: Sidecar; api: Sidecar }> {
-  const inbound = await freePort();
-  const mesh = await controlPlane(
-    entryYaml("client") + entryYaml("api") + serviceYaml("api", vip, [[8080, inbound, "http2-api"]]),
-    [
-      { namespace: "shop", name: "client" },
-      { namespace: "shop", name: "api" },
-    ],
-  );
-  const t = timeouts ? { timeouts } : {};
-  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), ...t });
-  const api = await proxy(mesh, "shop/api", { inboundPort: inbound, appPort, ...t });
-  return { mesh, client, api };
+  const { mesh, client, server } = await clientServerMesh({
+    server: "api",
+    vip,
+    appPort,
+    port: 8080,
+    portName: "http2-api",
+    ...(timeouts ? { timeouts } : {}),
+  });
+  return { mesh, client, api: server };
 }

@@ -2,27 +2,20 @@
 // the OS, with the one thing iptables would do (tell a captured socket its original
 // destination) done by a table the test fills. Shared by every test above the unit tier.
 
-import { randomBytes } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
-import { connect, createServer as createNetServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
+import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import pino from "pino";
 import type { ProxyTimeouts } from "../../src/config/index.js";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import type { ControlPlane } from "../../src/controlplane/index.js";
 import type { CertificateAuthority } from "../../src/identity/index.js";
 import { Sidecar } from "../../src/proxy/index.js";
+import { freePort, startControlPlane } from "./cp.js";
 
 export const quiet = pino({ level: "silent" });
 
-export async function freePort(): Promise<number> {
-  const s = createNetServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+export { freePort };
 
 export interface SeenRequest {
   method: string;
@@ -72,26 +65,14 @@ export async function controlPlane(
   instances: { namespace: string; name: string }[],
   opts: { ca?: CertificateAuthority } = {},
 ): Promise<MeshFixture> {
-  const dir = await mkdtemp(join(tmpdir(), "zmesh-test-"));
-  await writeFile(join(dir, "mesh.yaml"), yaml);
-  const tokens = new Map<string, string>();
-  const table: Record<string, { namespace: string; entry: string }> = {};
-  for (const i of instances) {
-    const t = randomBytes(24).toString("base64url");
-    tokens.set(`${i.namespace}/${i.name}`, t);
-    table[tokenDigest(t)] = { namespace: i.namespace, entry: i.name };
-  }
-  await writeFile(join(dir, "tokens.json"), JSON.stringify(table));
-  const cp = await ControlPlane.start({
-    configPaths: [join(dir, "mesh.yaml")],
-    listen: "127.0.0.1:0",
-    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-    trustDomain: "cluster.local",
-    rootNamespace: "zmesh-system",
-    watch: false,
+  const local = await startControlPlane({
+    yaml,
+    instances,
     log: captured,
-    ...(opts.ca ? { ca: opts.ca } : {}),
+    tmpPrefix: "zmesh-test-",
+    ...opts,
   });
+  const { dir, cp, tokens } = local;
   const fixture: MeshFixture = {
     dir,
     cp,
@@ -101,8 +82,7 @@ export async function controlPlane(
     writeConfig: (text) => writeFile(join(dir, "mesh.yaml"), text),
     async close() {
       await Promise.all(fixture.proxies.map((p) => p.close()));
-      await cp.close();
-      await rm(dir, { recursive: true, force: true });
+      await local.close();
     },
   };
   return fixture;
@@ -150,6 +130,42 @@ export async function proxy(
   await p.start();
   await p.ready();
   return p;
+}
+
+/**
+ * The usual two-workload mesh: shop/client calls Service `server` (shop namespace) at `vip`:`port`,
+ * whose only endpoint is workload shop/<server>, an app on loopback `appPort` behind its sidecar.
+ * `portName` names the Service port (its protocol), `yaml` adds resources (policies), `timeouts`
+ * go to both sidecars.
+ */
+export async function clientServerMesh(opts: {
+  server: string;
+  vip: string;
+  appPort: number;
+  port?: number;
+  portName?: string;
+  yaml?: string;
+  timeouts?: Partial<ProxyTimeouts>;
+}): Promise<{ mesh: MeshFixture; client: Sidecar; server: Sidecar; inbound: number }> {
+  const inbound = await freePort();
+  const mesh = await controlPlane(
+    entryYaml("client") +
+      entryYaml(opts.server) +
+      serviceYaml(opts.server, opts.vip, [[opts.port ?? 80, inbound, opts.portName]]) +
+      (opts.yaml ?? ""),
+    [
+      { namespace: "shop", name: "client" },
+      { namespace: "shop", name: opts.server },
+    ],
+  );
+  const t = opts.timeouts ? { timeouts: opts.timeouts } : {};
+  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), ...t });
+  const server = await proxy(mesh, `shop/${opts.server}`, {
+    inboundPort: inbound,
+    appPort: opts.appPort,
+    ...t,
+  });
+  return { mesh, client, server, inbound };
 }
 
 /** The Prometheus text a proxy serves on its metrics port. */

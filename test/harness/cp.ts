@@ -1,0 +1,69 @@
+// A real control plane on loopback over a YAML store in a temporary directory, with a bootstrap
+// token minted per workload instance: the part of a mesh shared by the in-process test harness
+// (./index.ts) and the loopback benches (bench/lib/mesh.ts).
+
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import type { CertificateAuthority } from "../../src/identity/index.js";
+
+/** A loopback port nothing listens on right now (another process may take it before it is used). */
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+export interface LocalControlPlane {
+  dir: string;
+  cp: ControlPlane;
+  /** Bootstrap token of each instance, by `<namespace>/<name>`. */
+  tokens: Map<string, string>;
+  /** Stops the control plane and removes its directory. */
+  close(): Promise<void>;
+}
+
+/** Writes `yaml` and a token file for `instances` under a new temporary directory, then starts the control plane. */
+export async function startControlPlane(opts: {
+  yaml: string;
+  instances: { namespace: string; name: string }[];
+  log: Logger;
+  tmpPrefix: string;
+  ca?: CertificateAuthority;
+}): Promise<LocalControlPlane> {
+  const dir = await mkdtemp(join(tmpdir(), opts.tmpPrefix));
+  await writeFile(join(dir, "mesh.yaml"), opts.yaml);
+  const tokens = new Map<string, string>();
+  const table: Record<string, { namespace: string; entry: string }> = {};
+  for (const i of opts.instances) {
+    const t = randomBytes(24).toString("base64url");
+    tokens.set(`${i.namespace}/${i.name}`, t);
+    table[tokenDigest(t)] = { namespace: i.namespace, entry: i.name };
+  }
+  await writeFile(join(dir, "tokens.json"), JSON.stringify(table));
+  const cp = await ControlPlane.start({
+    configPaths: [join(dir, "mesh.yaml")],
+    listen: "127.0.0.1:0",
+    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    watch: false,
+    log: opts.log,
+    ...(opts.ca ? { ca: opts.ca } : {}),
+  });
+  return {
+    dir,
+    cp,
+    tokens,
+    close: async () => {
+      await cp.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
