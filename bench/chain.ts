@@ -7,17 +7,27 @@
 // Warm-up, pinning (load generator on one core, the rest on the other), repeated runs, medians.
 // Method and results: bench/README.md, "Data plane chain". Last line: one JSON object.
 
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { request } from "node:http";
 import { connect } from "node:net";
 import { availableParallelism, loadavg, tmpdir } from "node:os";
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { PROXY_NODE_FLAGS } from "../src/config/index.js";
 import type { SidecarHeap, SidecarHeapAnswer, SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import {
+  type Child,
+  firstMessage,
+  running,
+  spawnNode as spawnChild,
+  stopAll,
+  stopChild,
+  tail,
+  track,
+} from "./lib/children.js";
 import { freePort, startBenchMesh } from "./lib/mesh.js";
 import { CLK_TCK, cpuSeconds, statusKb } from "./lib/proc.js";
 import type { Job, LoadResult, Reply, Request } from "./loadgen.js";
@@ -111,93 +121,13 @@ const say = (line: string) => process.stderr.write(`[bench:chain] ${line}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------------
-// Child processes: every one is tracked, and stopped by its pid at the end.
-
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  stderr: string[];
-}
-const children: Child[] = [];
-
-function track(name: string, proc: ChildProcess): Child {
-  const c: Child = { name, proc, stderr: [] };
-  proc.stderr?.setEncoding("utf8");
-  proc.stderr?.on("data", (d: string) => {
-    c.stderr.push(d);
-    if (c.stderr.length > 50) c.stderr.shift();
-  });
-  children.push(c);
-  return c;
-}
-
-/** The end of a child's stderr, led by its first line naming an error (a stack's last lines rarely say what broke). */
-function tail(c: Child): string {
-  const lines = c.stderr.join("").trim().split("\n");
-  const first = lines.find((l) => /error|alert/i.test(l));
-  const last = lines.slice(-3);
-  return [...(first && !last.includes(first) ? [first] : []), ...last].join(" | ");
-}
+// Child processes (bench/lib/children.ts): every one is tracked, and stopped by its pid at the end.
 
 /** `BENCH_STDOUT_DIR=dir`: each child's stdout goes to `dir/<name>.out` (e.g. with --trace-gc), not /dev/null. */
 const STDOUT_DIR = process.env["BENCH_STDOUT_DIR"];
 
 function spawnNode(name: string, script: string, args: string[] = [], execArgv: string[] = []): Child {
-  if (STDOUT_DIR) mkdirSync(STDOUT_DIR, { recursive: true });
-  const out = STDOUT_DIR ? openSync(join(STDOUT_DIR, `${name}.out`), "w") : "ignore";
-  const proc = spawn(
-    process.execPath,
-    [...execArgv, isAbsolute(script) ? script : join(here, script), ...args],
-    {
-      stdio: ["ignore", out, "pipe", "ipc"],
-    },
-  );
-  if (typeof out === "number") closeSync(out);
-  return track(name, proc);
-}
-
-/** The first IPC message of a child, or an error if it exits or takes longer than `ms`. */
-function firstMessage<T>(c: Child, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`${c.name}: no answer within ${ms} ms (${tail(c)})`)), ms);
-    const onMsg = (m: T) => done(undefined, m);
-    const onExit = (code: number | null) => done(new Error(`${c.name} exited (${code}): ${tail(c)}`));
-    function done(err: Error | undefined, m?: T) {
-      clearTimeout(timer);
-      c.proc.off("message", onMsg);
-      c.proc.off("exit", onExit);
-      if (err) reject(err);
-      else resolve(m as T);
-    }
-    c.proc.on("message", onMsg);
-    c.proc.once("exit", onExit);
-  });
-}
-
-function exited(c: Child, ms: number): Promise<boolean> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    c.proc.once("exit", () => {
-      clearTimeout(timer);
-      resolve(true);
-    });
-  });
-}
-
-/** Asks a child to stop (IPC "stop" when it has a channel, else SIGTERM), then SIGKILL after 5 s. */
-async function stopChild(c: Child): Promise<void> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
-  if (c.proc.connected) c.proc.send("stop");
-  else c.proc.kill("SIGTERM");
-  if (!(await exited(c, 5_000))) {
-    c.proc.kill("SIGKILL");
-    await exited(c, 2_000);
-  }
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all(children.map(stopChild));
+  return spawnChild(here, name, script, { args, execArgv, stdoutDir: STDOUT_DIR });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,10 +148,9 @@ function machineBusySeconds(): number {
 function ourCpuSeconds(): number {
   const me = process.cpuUsage();
   let s = (me.user + me.system) / 1e6;
-  for (const c of children) {
-    if (c.proc.exitCode !== null || c.proc.signalCode !== null || !c.proc.pid) continue;
+  for (const c of running()) {
     try {
-      s += cpuSeconds(c.proc.pid);
+      s += cpuSeconds(c.proc.pid!);
     } catch {
       // exited between the check and the read
     }
@@ -405,7 +334,7 @@ async function zmeshChain(
   const base = { ...mesh.base, accessLog: ACCESS_LOG };
   const started: Child[] = [];
   const close = async () => {
-    await Promise.all(started.map(stopChild));
+    await Promise.all(started.map((c) => stopChild(c)));
     await mesh.close();
   };
   try {
@@ -948,10 +877,14 @@ async function perfRun(dir: string): Promise<void> {
   if (job !== "max" && job !== "rate") throw new Error("--perf-job must be max or rate");
   say(`perf on cpu ${REST_CPU}: warm-up, then the ${job} job`);
   const { lg, chain } = await warmChain(dir, () => ["--perf-basic-prof"]);
+  // Tracked like every child, so a failed or interrupted bench stops them too.
   const tools = [
-    spawn("perf", ["record", "-q", "-o", data, "-C", String(REST_CPU), "-F", "997", "-g"], {
-      stdio: "ignore",
-    }),
+    track(
+      "perf",
+      spawn("perf", ["record", "-q", "-o", data, "-C", String(REST_CPU), "-F", "997", "-g"], {
+        stdio: "ignore",
+      }),
+    ),
   ];
   const straced: Promise<string>[] = [];
   if (opt["perf-strace"])
@@ -960,7 +893,7 @@ async function perfRun(dir: string): Promise<void> {
       let text = "";
       st.stderr.setEncoding("utf8").on("data", (d: string) => (text += d));
       straced.push(new Promise((r) => st.once("exit", () => r(`${p.name}:\n${text}`))));
-      tools.push(st);
+      tools.push(track("strace", st));
     }
   await sleep(300);
   const result =
@@ -973,8 +906,8 @@ async function perfRun(dir: string): Promise<void> {
           durationMs: RATE_MS,
           rps: RATE,
         });
-  for (const t of tools) t.kill("SIGINT");
-  await Promise.all(tools.map((t) => new Promise((r) => (t.exitCode !== null ? r(0) : t.once("exit", r)))));
+  // SIGINT: perf writes its data and strace its counts; SIGKILL if either takes over 5 s.
+  await Promise.all(tools.map((t) => stopChild(t, "SIGINT")));
   for (const s of await Promise.all(straced)) say(`syscalls of the ${s}`);
   const report = (sort: string) =>
     spawnSync("perf", ["report", "-i", data, "--no-children", "--stdio", "-g", "none", "--sort", sort], {

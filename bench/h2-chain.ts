@@ -2,18 +2,19 @@
 //   direct  grpc-js client -> app (grpc-js server, 1 KiB replies)
 //   zmesh   grpc-js client -> outbound sidecar (h2c) -> mTLS h2 -> inbound sidecar (one L7 ALLOW
 //           policy on the method path) -> app (h2c)
-// Closed loop: CONCURRENCY calls in flight on one channel for a fixed time, after a warm-up;
+// Closed loop: CONCURRENCY calls in flight on one channel for a fixed time, after a warm-up of
+// whole discarded runs (--warm-rounds);
 // repeated, medians. Per sidecar process: CPU per 1,000 calls/s and RSS from /proc. The load runs
 // in this process (the control plane here is idle once the sidecars are configured); the machine
 // may be shared, so compare the two chains of one run, not runs of different days.
 // Last line: one JSON object.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import type { SidecarJob, SidecarMessage } from "./chain-sidecar.js";
+import { firstMessage, spawnNode as spawnChild, stopAll } from "./lib/children.js";
 import { ECHO_SERVICE } from "./lib/echo.js";
 import { startBenchMesh } from "./lib/mesh.js";
 import { cpuSeconds, statusKb } from "./lib/proc.js";
@@ -24,6 +25,7 @@ const { values: opt } = parseArgs({
     runs: { type: "string", default: "3" },
     seconds: { type: "string", default: "5" },
     concurrency: { type: "string", default: "32" },
+    "warm-rounds": { type: "string", default: "2" },
   },
   strict: true,
 });
@@ -35,32 +37,19 @@ const bounded = (name: keyof typeof opt, lo: number, hi: number) => {
 const RUNS = bounded("runs", 1, 9);
 const RUN_MS = bounded("seconds", 1, 60) * 1000;
 const CONCURRENCY = bounded("concurrency", 1, 1024);
-const WARM_MS = 2_000;
+/**
+ * Warm-up: whole discarded runs of each chain, then a pause (as bench/chain.ts does): with a 2 s
+ * warm-up the sidecars' hot functions were still being deoptimized and recompiled in measured runs
+ * (bench/README.md, "Round 5").
+ */
+const WARM_ROUNDS = bounded("warm-rounds", 0, 5);
+const WARM_PAUSE_MS = 5_000;
 
 const say = (line: string) => process.stderr.write(`[bench:h2-chain] ${line}\n`);
 const Echo = grpc.makeGenericClientConstructor(ECHO_SERVICE, "Echo");
 
-const children: ChildProcess[] = [];
-function spawnNode(script: string, args: string[] = []): ChildProcess {
-  const c = spawn(process.execPath, [join(here, script), ...args], {
-    stdio: ["ignore", "ignore", "inherit", "ipc"],
-  });
-  children.push(c);
-  return c;
-}
-function firstMessage<T>(c: ChildProcess, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`no answer from child ${c.pid} in ${ms} ms`)), ms);
-    c.once("message", (m) => {
-      clearTimeout(t);
-      resolve(m as T);
-    });
-    c.once("exit", (code) => reject(new Error(`child ${c.pid} exited (${code})`)));
-  });
-}
-function stopAll(): void {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null && c.pid) c.kill("SIGTERM");
-}
+const spawnNode = (name: string, script: string, args: string[] = []) =>
+  spawnChild(here, name, script, { args });
 
 function rssMb(pid: number): number {
   return Math.round(statusKb(pid, "VmRSS") / 1024);
@@ -78,11 +67,11 @@ async function zmesh(appPort: number) {
     "zmesh-h2bench-",
   );
   const sidecar = async (role: "inbound" | "outbound", credential: string) => {
-    const c = spawnNode("chain-sidecar.js");
-    c.send({ ...mesh.base, role, credential, accessLog: true } satisfies SidecarJob);
+    const c = spawnNode(role, "chain-sidecar.js");
+    c.proc.send({ ...mesh.base, role, credential, accessLog: true } satisfies SidecarJob);
     const m = await firstMessage<SidecarMessage>(c, 30_000);
     if ("error" in m) throw new Error(`${role} sidecar: ${m.error}`);
-    return { pid: c.pid!, ports: m.ports };
+    return { pid: c.proc.pid!, ports: m.ports };
   };
   const inbound = await sidecar("inbound", mesh.tokens.server);
   const outbound = await sidecar("outbound", mesh.tokens.client);
@@ -130,11 +119,10 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function main(): Promise<void> {
   const watchdog = setTimeout(() => {
-    say("watchdog: run took over 5 minutes, stopping");
-    stopAll();
-    process.exit(2);
-  }, 5 * 60_000);
-  const app = spawnNode("h2-chain-app.js", ["1024"]);
+    say("watchdog: run took over 10 minutes, stopping");
+    void stopAll().finally(() => process.exit(2));
+  }, 10 * 60_000);
+  const app = spawnNode("app", "h2-chain-app.js", ["1024"]);
   const { port: appPort } = await firstMessage<{ port: number }>(app, 10_000);
   const mesh = await zmesh(appPort);
   const opts = { "grpc.max_receive_message_length": -1 };
@@ -144,10 +132,12 @@ async function main(): Promise<void> {
   };
   const runs: Record<"direct" | "zmesh", Load[]> = { direct: [], zmesh: [] };
   const cpu: Record<"outbound" | "inbound", number[]> = { outbound: [], inbound: [] };
-  for (const name of ["direct", "zmesh"] as const) {
-    say(`${name}: warm-up ${WARM_MS} ms`);
-    await load(clients[name], WARM_MS);
-  }
+  for (let i = 0; i < WARM_ROUNDS; i++)
+    for (const name of ["direct", "zmesh"] as const) {
+      say(`${name}: warm-up ${i + 1}/${WARM_ROUNDS} (a discarded run)`);
+      await load(clients[name], RUN_MS);
+    }
+  if (WARM_ROUNDS > 0) await new Promise((r) => setTimeout(r, WARM_PAUSE_MS));
   for (let i = 0; i < RUNS; i++) {
     for (const name of ["direct", "zmesh"] as const) {
       const before = { outbound: cpuSeconds(mesh.pids.outbound), inbound: cpuSeconds(mesh.pids.inbound) };
@@ -183,14 +173,15 @@ async function main(): Promise<void> {
   };
   clients.direct.close();
   clients.zmesh.close();
-  stopAll();
+  await stopAll();
   await mesh.close();
   clearTimeout(watchdog);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
+process.once("SIGINT", () => void stopAll().finally(() => process.exit(130)));
+process.once("SIGTERM", () => void stopAll().finally(() => process.exit(143)));
 main().catch((e: Error) => {
   say(`failed: ${e.stack ?? e.message}`);
-  stopAll();
-  process.exit(1);
+  void stopAll().finally(() => process.exit(1));
 });
