@@ -16,7 +16,7 @@ import { H2Outbound } from "./h2-outbound.js"; // HTTP/2 hook
 import { REWRITTEN as DROP, SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import { type Http1Conn, type Http1Listener, Http1Server, type UpgradeRequest } from "./http1/conn.js";
 import { field, type RequestHead } from "./http1/head.js";
-import { type ReadHook, UpstreamPool } from "./http1/pool.js";
+import { meshPoolIdleMs, type ReadHook, UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { workloadPeer } from "./principal.js";
@@ -288,7 +288,10 @@ export class Outbound implements Http1Listener {
       const vip = route.service.vip;
       const target = route.targetPort;
       const current = () => this.state.route(vip, port);
-      pool = new UpstreamPool((onread, cb) => this.dial(address, target, ["http/1.1"], current, cb, onread));
+      pool = new UpstreamPool(
+        (onread, cb) => this.dial(address, target, ["http/1.1"], current, cb, onread),
+        meshPoolIdleMs(this.state.timeouts.idleMs),
+      );
       this.pools.set(key, pool);
     }
     return pool;

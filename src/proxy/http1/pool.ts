@@ -1,11 +1,22 @@
 // Keep-alive upstream connections for HTTP/1.1, one pool per destination (an endpoint's sidecar
 // over mutual TLS on the outbound side, an app port on the inbound side). A connection carries one
-// exchange at a time; idle ones are reused most-recent first and closed after IDLE_MS by one
-// coarse sweep, below the 5 s keep-alive of Node servers, so a reused socket is rarely stale.
+// exchange at a time; idle ones are reused most-recent first and closed by one coarse sweep after
+// the pool's idle time: IDLE_MS for apps, below the 5 s keep-alive of Node servers, so a reused
+// socket is rarely stale; longer towards other sidecars, whose idle bound zmesh knows
+// (`meshPoolIdleMs`), so that a burst does not pay for new mutual-TLS handshakes.
 
 import type { Duplex } from "node:stream";
 
 export const IDLE_MS = 4_000;
+
+/**
+ * How long a pooled connection to another sidecar may stay idle: 10 s less than the inbound's own
+ * idle bound (`idleMs`, 60 s by default, so 50 s), so the sidecar that closes it is this one; never
+ * less than IDLE_MS.
+ */
+export function meshPoolIdleMs(peerIdleMs: number): number {
+  return Math.max(IDLE_MS, peerIdleMs - 10_000);
+}
 const SWEEP_MS = 1_000;
 const MAX_CONNECTIONS = 64;
 
@@ -88,7 +99,11 @@ export class UpstreamPool {
   private readonly waiters: Waiter[] = [];
   private closed = false;
 
-  constructor(private readonly dial: Dial) {}
+  constructor(
+    private readonly dial: Dial,
+    /** Idle connections are closed after this long (IDLE_MS unless told). */
+    private readonly idleMs = IDLE_MS,
+  ) {}
 
   /** An idle connection, or a new one (up to the limit; then the next one released). */
   acquire(cb: Waiter): void {
@@ -141,7 +156,9 @@ export class UpstreamPool {
     if (w) this.acquire(w);
   }
 
-  sweep(limit: number): void {
+  /** Closes the connections idle for longer than the pool's idle time at `t`. */
+  sweep(t: number): void {
+    const limit = t - this.idleMs;
     // Oldest first at the bottom of the stack.
     while (this.idle.length > 0 && this.idle[0]!.idleSince < limit) this.idle.shift()!.sock.destroy();
     if (this.idle.length === 0) pools.delete(this);
@@ -160,7 +177,7 @@ let now = Date.now();
 const pools = new Set<UpstreamPool>();
 setInterval(() => {
   now = Date.now();
-  for (const p of pools) p.sweep(now - IDLE_MS);
+  for (const p of pools) p.sweep(now);
 }, SWEEP_MS).unref();
 
 export function coarseNow(): number {
