@@ -90,7 +90,7 @@ describe("HTTP/1.1 time bounds", { timeout: 60_000 }, () => {
       server: "web",
       vip: vip.address,
       appPort: (app.address() as { port: number }).port,
-      timeouts: TIMEOUTS,
+      timeouts: { client: TIMEOUTS, server: TIMEOUTS },
     }));
     const { keyPem, svid } = await mesh.cp.ca.issue("spiffe://cluster.local/ns/shop/sa/client");
     creds = { key: keyPem, cert: svid.chainPem.join(""), ca: mesh.cp.ca.trustBundlePem() };

@@ -17,7 +17,7 @@ import {
 import type { Socket } from "node:net";
 import type { Logger } from "../diag/index.js";
 import { spoofable } from "./headers.js";
-import { FLAGS, type Flag, rescueH2 } from "./rescue.js";
+import { abortedHere, abortResponse, FLAGS, type Flag, rescueH2 } from "./rescue.js";
 import type { ProxyState } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
@@ -268,8 +268,9 @@ export function relayStream(
       fn();
     } catch (e) {
       r.error ??= e as Error;
-      if (!down.closed) down.close(NGHTTP2_INTERNAL_ERROR);
       if (!up.closed) up.close(NGHTTP2_INTERNAL_ERROR);
+      if (down.headersSent) abortResponse(down, (e as Error).message);
+      else if (!down.closed) down.close(NGHTTP2_INTERNAL_ERROR);
     }
   };
   let requestTrailers: OutgoingHttpHeaders | undefined = replay?.trailers;
@@ -379,19 +380,27 @@ export function relayStream(
     }
     if (code !== NGHTTP2_NO_ERROR && !responseEnded && !down.closed) {
       r.error ??= new Error(`upstream reset the stream (HTTP/2 code ${code})`);
-      down.close(code === NGHTTP2_CANCEL ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
+      // A response already begun is reset so that it cannot pass for complete (abortResponse).
+      if (down.headersSent) abortResponse(down, r.error.message);
+      else down.close(code === NGHTTP2_CANCEL ? NGHTTP2_CANCEL : NGHTTP2_INTERNAL_ERROR);
     }
+    // A complete answer before the whole request (an early 408, 413, ...): the client is told to
+    // stop sending once the answer is out, as the upstream told us (RFC 9113 section 8.1).
+    if (responseEnded && !requestEnded && !down.closed) down.close(NGHTTP2_NO_ERROR);
     if (down.closed) settle();
   });
   down.on("error", () => {});
   const onDownClose = () => {
     const code = down.rstCode ?? NGHTTP2_NO_ERROR;
+    // Reset by this sidecar (abortResponse), the upstream stream is cancelled; by the client, the
+    // client's code is passed on.
+    const here = abortedHere(down);
     if (code !== NGHTTP2_NO_ERROR || !responseEnded) {
-      if (code !== NGHTTP2_NO_ERROR && r.error === undefined) r.clientReset = code;
-      if (!up.closed && !up.destroyed) up.close(code === NGHTTP2_NO_ERROR ? NGHTTP2_CANCEL : code);
+      if (code !== NGHTTP2_NO_ERROR && r.error === undefined && !here) r.clientReset = code;
+      if (!up.closed && !up.destroyed) up.close(code === NGHTTP2_NO_ERROR || here ? NGHTTP2_CANCEL : code);
     }
     // Otherwise the upstream's close settles (it was just asked to close, if it was open).
-    if (r.status !== 0 || r.clientReset !== undefined || up.closed) settle();
+    if (r.status !== 0 || r.clientReset !== undefined || here || up.closed) settle();
   };
   down.once("close", onDownClose);
 }
@@ -446,32 +455,52 @@ export function streamEnd(
   s: { down: ServerHttp2Stream; record: HttpRecord; requestId: string; grpc: boolean; start: bigint },
 ) {
   let finished = false;
+  /** Set when the stream idle bound reset a stream whose response had begun. */
+  let timedOut: { flag: Flag; err: string } | undefined;
   const finish = (r: Partial<HttpRecord>, flag?: Flag): void => {
     if (finished) return;
     finished = true;
     state.inflight--;
     Object.assign(s.record, r);
+    if (timedOut !== undefined && flag === undefined) {
+      // The relay's outcome (status, byte counts), under the idle bound's flag and reason.
+      s.record.flag = timedOut.flag;
+      s.record.err = timedOut.err;
+    }
     if (flag) {
       s.record.flag = flag;
       s.record.status = s.grpc ? 200 : FLAGS[flag].status;
       if (s.grpc) s.record.grpcStatus = String(FLAGS[flag].grpc);
       rescueH2(s.down, flag, s.requestId, s.grpc);
+      // A client still sending is told to stop once the answer is out (RST_STREAM NO_ERROR, RFC
+      // 9113 section 8.1): Node keeps a stream that has read open after its response ends. The
+      // close also cancels an upstream stream (the relay's close handler) and stops work still
+      // pending (a dial, a retry, a JWT check) from sending the request on: relayStream refuses
+      // a closed stream.
+      if (!s.down.closed && !requestComplete(s.down)) s.down.close(NGHTTP2_NO_ERROR);
     }
     s.record.durationMs = Number(process.hrtime.bigint() - s.start) / 1e6;
     telemetry.http(s.record);
   };
-  // Envoy's stream_idle_timeout, as for HTTP/1.1: no byte of this stream either way (Node resets a
-  // stream's timer on every read and write) for `streamIdleMs` ends it. Before the response began,
-  // with 408 if the client had not finished its request, else 504 (gRPC: DEADLINE_EXCEEDED); after,
-  // with a reset. Either way the relay then cancels the upstream stream.
+  // Envoy's stream_idle_timeout, as for HTTP/1.1: no byte of this stream either way for
+  // `streamIdleMs` ends it (a timer per stream, which Node refreshes on every read and write; the
+  // HTTP/1.1 bound is one coarse sweep per listener instead). The client's stream is closed either
+  // way, which cancels the upstream stream and any work still pending (see `finish`).
   const idleMs = state.timeouts.streamIdleMs;
   s.down.setTimeout(idleMs, () => {
-    const clientStalled = !requestComplete(s.down);
-    const who = clientStalled ? "request body" : "upstream";
-    finish(
-      { err: `stream idle timeout: no byte from the ${who} for ${idleMs} ms` },
-      clientStalled ? "REQUEST_TIMEOUT" : "UPSTREAM_TIMEOUT",
-    );
+    if (finished || s.down.closed) return;
+    // A paused request is one the upstream stopped reading: the upstream stalled, not the client.
+    const clientStalled = !requestComplete(s.down) && !s.down.isPaused();
+    const flag: Flag = clientStalled ? "REQUEST_TIMEOUT" : "UPSTREAM_TIMEOUT";
+    const err = `stream idle timeout: no byte from the ${clientStalled ? "request body" : "upstream"} for ${idleMs} ms`;
+    if (s.down.headersSent) {
+      // The response began: a reset; the relay then settles and records the stream.
+      timedOut = { flag, err };
+      abortResponse(s.down, err);
+      return;
+    }
+    finish({ err }, flag);
+    if (!s.down.closed) s.down.close(NGHTTP2_NO_ERROR);
   });
   const bug = (e: unknown): void => {
     log.error(

@@ -3,7 +3,7 @@
 // line and its counter always agree. For gRPC (over HTTP/2) each flag also has a gRPC status.
 
 import type { ServerResponse } from "node:http";
-import { constants as h2, type ServerHttp2Stream } from "node:http2";
+import type { ServerHttp2Stream } from "node:http2";
 
 /**
  * `grpc`: the status a gRPC caller gets instead (codes from grpc/doc/statuscodes.md): 7
@@ -73,6 +73,26 @@ function grpcMessage(text: string): string {
   return text.replace(/[^\x20-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c));
 }
 
+/** Client streams this sidecar reset itself after their response began (abortResponse). */
+const abortedStreams = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * Resets a client's stream whose response has begun, so that the cut response cannot pass for a
+ * complete one. Node's `close(code)` ends the writable side first: the client gets END_STREAM
+ * before the RST_STREAM, and one whose request had ended sees a clean end (measured on Node 20).
+ * `destroy(err)` sends RST_STREAM (INTERNAL_ERROR) alone.
+ */
+export function abortResponse(stream: ServerHttp2Stream, why: string): void {
+  if (stream.destroyed) return;
+  abortedStreams.add(stream);
+  stream.destroy(new Error(why));
+}
+
+/** Whether this sidecar reset the stream itself (abortResponse), rather than the client. */
+export function abortedHere(stream: ServerHttp2Stream): boolean {
+  return abortedStreams.has(stream);
+}
+
 /**
  * The same for one HTTP/2 stream: for gRPC a trailers-only response (HTTP 200, `grpc-status`,
  * `grpc-message` with the request id), else the HTTP status and body. A stream whose response
@@ -80,10 +100,7 @@ function grpcMessage(text: string): string {
  */
 export function rescueH2(stream: ServerHttp2Stream, flag: Flag, requestId: string, grpc: boolean): void {
   if (stream.destroyed || stream.closed) return;
-  if (stream.headersSent) {
-    stream.close(h2.NGHTTP2_INTERNAL_ERROR);
-    return;
-  }
+  if (stream.headersSent) return abortResponse(stream, `${flag} after the response began`);
   const { status, body, grpc: code } = FLAGS[flag];
   const text = `${body} (request id ${requestId})`;
   if (grpc) {

@@ -99,12 +99,12 @@ export function fallbackIntent(mesh: MeshFixture, dst: { address: string; port: 
 /**
  * Two workloads, shop/client and shop/api, and Service `api` at `vip` (port 8080, `http2-api`)
  * in front of an HTTP/2 app listening on loopback `appPort`: the mesh and both proxies (with
- * `timeouts` overriding their time bounds, if given).
+ * `timeouts` overriding each one's time bounds, if given).
  */
 export async function clientApiMesh(
   vip: string,
   appPort: number,
-  timeouts?: Partial<ProxyTimeouts>,
+  timeouts?: { client?: Partial<ProxyTimeouts>; server?: Partial<ProxyTimeouts> },
 ): Promise<{ mesh: MeshFixture; client: Sidecar; api: Sidecar }> {
   const { mesh, client, server } = await clientServerMesh({
     server: "api",

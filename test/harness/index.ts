@@ -135,8 +135,8 @@ export async function proxy(
 /**
  * The usual two-workload mesh: shop/client calls Service `server` (shop namespace) at `vip`:`port`,
  * whose only endpoint is workload shop/<server>, an app on loopback `appPort` behind its sidecar.
- * `portName` names the Service port (its protocol), `yaml` adds resources (policies), `timeouts`
- * go to both sidecars.
+ * `portName` names the Service port (its protocol), `yaml` adds resources (policies); `timeouts`
+ * go to each sidecar (`client`, `server`).
  */
 export async function clientServerMesh(opts: {
   server: string;
@@ -145,7 +145,7 @@ export async function clientServerMesh(opts: {
   port?: number;
   portName?: string;
   yaml?: string;
-  timeouts?: Partial<ProxyTimeouts>;
+  timeouts?: { client?: Partial<ProxyTimeouts>; server?: Partial<ProxyTimeouts> };
 }): Promise<{ mesh: MeshFixture; client: Sidecar; server: Sidecar; inbound: number }> {
   const inbound = await freePort();
   const mesh = await controlPlane(
@@ -158,12 +158,16 @@ export async function clientServerMesh(opts: {
       { namespace: "shop", name: opts.server },
     ],
   );
-  const t = opts.timeouts ? { timeouts: opts.timeouts } : {};
-  const client = await proxy(mesh, "shop/client", { inboundPort: await freePort(), ...t });
+  const c = opts.timeouts?.client;
+  const sv = opts.timeouts?.server;
+  const client = await proxy(mesh, "shop/client", {
+    inboundPort: await freePort(),
+    ...(c ? { timeouts: c } : {}),
+  });
   const server = await proxy(mesh, `shop/${opts.server}`, {
     inboundPort: inbound,
     appPort: opts.appPort,
-    ...t,
+    ...(sv ? { timeouts: sv } : {}),
   });
   return { mesh, client, server, inbound };
 }
