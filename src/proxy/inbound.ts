@@ -230,7 +230,8 @@ export class Inbound implements Http1Listener {
     // ticket's lifetime) is refused here, as a full handshake would refuse it.
     if (cert && tls.isSessionReused()) {
       const now = Date.now();
-      if (now > Date.parse(cert.validTo) || now < Date.parse(cert.validFrom))
+      // Written to fail closed: a date that does not parse (NaN) refuses too.
+      if (!(now >= Date.parse(cert.validFrom) && now <= Date.parse(cert.validTo)))
         return refuse("resumed session's client certificate is outside its validity period");
     }
     try {

@@ -63,7 +63,8 @@ export class SessionCache {
   get(key: string, now = Date.now()): CachedSession | undefined {
     const s = this.map.get(key);
     if (s === undefined) return undefined;
-    if (now >= s.notAfter) {
+    if (!(now < s.notAfter)) {
+      // Expired, or no date known (NaN): not offered.
       this.map.delete(key);
       return undefined;
     }
