@@ -58,11 +58,6 @@ export class FastMetric {
     registry.registerMetric(this as never);
   }
 
-  /** The series of a label tuple already seen, by its key. */
-  find(key: string): Series | undefined {
-    return this.series.get(key);
-  }
-
   /** The series of a label tuple; `key` identifies the tuple, `labels` is only built the first time. */
   at(key: string, labels: () => Labels): Series {
     let s = this.series.get(key);

@@ -20,6 +20,9 @@ interface Tuple {
   flag?: string;
   protocol: "http" | "grpc";
   grpcStatus?: string;
+  decision?: "allow" | "deny";
+  policy?: string;
+  action?: string;
 }
 
 const PEERS: Peer[] = [
@@ -41,6 +44,9 @@ const FIELDS = {
   flag: [undefined, "RBAC_DENIED"],
   protocol: ["http", "grpc"],
   grpcStatus: [undefined, "0", "7"],
+  decision: [undefined, "allow", "deny"],
+  policy: [undefined, "shop/a", "shop/b"],
+  action: [undefined, "ALLOW", "DENY"],
 } as const;
 type Field = keyof typeof FIELDS;
 const NAMES = Object.keys(FIELDS) as Field[];
@@ -57,10 +63,14 @@ const neighbours: fc.Arbitrary<Tuple[]> = fc
     ...changes.map(([f, i]) => ({ ...base, [f]: FIELDS[f][i % FIELDS[f].length] }) as Tuple),
   ]);
 
-/** istio_requests_total by its label set (as JSON), from the registry. */
+/** istio_requests_total and the decision counter by metric and label set (as JSON), from the registry. */
 async function counts(t: Telemetry): Promise<Map<string, number>> {
-  const m = await t.registry.getSingleMetric("istio_requests_total")!.get();
-  return new Map(m.values.map((v) => [JSON.stringify(v.labels), v.value]));
+  const out = new Map<string, number>();
+  for (const name of ["istio_requests_total", "zmesh_authz_decisions_total"]) {
+    const m = await t.registry.getSingleMetric(name)!.get();
+    for (const v of m.values) out.set(`${name} ${JSON.stringify(v.labels)}`, v.value);
+  }
+  return out;
 }
 
 function record(t: Tuple) {
@@ -115,7 +125,9 @@ describe("Telemetry series lookup", () => {
     for (let i = 0; i < 3; i++) t.http(record({ ...base, source: { workload: "late" } }));
     t.http(record({ ...base, source: { workload: "w0" } }));
     const c = await counts(t);
-    const workloads = [...c].map(([l, n]) => [JSON.parse(l).source_workload, n]);
+    const workloads = [...c]
+      .filter(([k]) => k.startsWith("istio_requests_total "))
+      .map(([k, n]) => [JSON.parse(k.slice(k.indexOf(" ") + 1)).source_workload, n]);
     assert.deepEqual(
       workloads.filter(([w]) => w === "other" || w === "w0" || w === "late"),
       [
