@@ -69,20 +69,18 @@ export class H2Outbound {
   }
 
   private key(route: Route, ep: SnapshotEndpoint): string {
-    return `${route.service.namespace}/${route.service.name}|${ep.address}:${route.targetPort}`;
+    return route.endpoint(ep).key;
   }
 
   private session(route: Route, ep: SnapshotEndpoint) {
     const key = this.key(route, ep);
-    const vip = route.service.vip;
-    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
     return this.pool.get(key, () =>
       new Promise<TLSSocket>((resolve, reject) =>
         this.dial(
           ep.address,
           route.targetPort,
           [ALPN_H2],
-          () => this.state.route(vip, port),
+          () => this.state.current(route),
           (err, sock) => (err || !sock ? reject(err ?? new Error("dial failed")) : resolve(sock)),
         ),
       ).then((sock) => {

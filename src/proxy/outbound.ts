@@ -102,15 +102,26 @@ export class Outbound implements Http1Listener {
     });
   }
 
-  /** The pool of each route endpoint, found without building its key per request. */
+  /**
+   * Keep-alive mutual-TLS connections to one endpoint of one service, by the endpoint's key (so a
+   * new config keeps the connections), found per request through the route endpoint object.
+   */
   private readonly endpointPools = new WeakMap<RouteEndpoint, UpstreamPool>();
 
   private poolOf(route: Route, ep: SnapshotEndpoint, at: RouteEndpoint): UpstreamPool {
     let pool = this.endpointPools.get(at);
+    if (pool !== undefined) return pool;
+    pool = this.pools.get(at.key);
     if (pool === undefined) {
-      pool = this.pool(route, ep.address);
-      this.endpointPools.set(at, pool);
+      const target = route.targetPort;
+      const current = () => this.state.current(route);
+      pool = new UpstreamPool(
+        (onread, cb) => this.dial(ep.address, target, ["http/1.1"], current, cb, onread),
+        meshPoolIdleMs(this.state.timeouts.idleMs),
+      );
+      this.pools.set(at.key, pool);
     }
+    this.endpointPools.set(at, pool);
     return pool;
   }
 
@@ -216,13 +227,11 @@ export class Outbound implements Http1Listener {
     }
     this.telemetry.tcpOpen(rec);
     s.pause();
-    const vip = route.service.vip;
-    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
     this.dial(
       ep.address,
       route.targetPort,
       [ALPN_TCP],
-      () => this.state.route(vip, port),
+      () => this.state.current(route),
       (err, up) => {
         if (err || !up) {
           s.destroy();
@@ -276,25 +285,6 @@ export class Outbound implements Http1Listener {
     onread?: ReadHook["onread"],
   ): void {
     dialMtls(this.state, this.sessions, host, port, alpn, route, cb, onread);
-  }
-
-  /** Keep-alive mutual-TLS connections to one endpoint of one service. */
-  private pool(route: Route, address: string): UpstreamPool {
-    const svc = `${route.service.namespace}/${route.service.name}`;
-    const key = `${svc}|${address}:${route.targetPort}`;
-    let pool = this.pools.get(key);
-    if (!pool) {
-      const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
-      const vip = route.service.vip;
-      const target = route.targetPort;
-      const current = () => this.state.route(vip, port);
-      pool = new UpstreamPool(
-        (onread, cb) => this.dial(address, target, ["http/1.1"], current, cb, onread),
-        meshPoolIdleMs(this.state.timeouts.idleMs),
-      );
-      this.pools.set(key, pool);
-    }
-    return pool;
   }
 
   private pick(route: Route, exclude?: string): SnapshotEndpoint | undefined {
@@ -380,13 +370,11 @@ export class Outbound implements Http1Listener {
     const ep = route ? this.pick(route) : undefined;
     const self = this.state.snapshot?.workload;
     if (!route || !ep || !self) return refuseUpgrade(sock, 502, FLAGS.NO_ROUTE.body, requestId);
-    const vip = route.service.vip;
-    const port = route.service.ports.find((p) => p.targetPort === route.targetPort)?.port ?? 0;
     this.dial(
       ep.address,
       route.targetPort,
       ["http/1.1"],
-      () => this.state.route(vip, port),
+      () => this.state.current(route),
       (err, up) => {
         if (err || !up) return refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId);
         up.write(

@@ -26,11 +26,14 @@ export interface Certificate {
   issuerId: string;
 }
 
-/** What a record says of one endpoint of a route: where the request went, and to whom. */
+/** What a record says of one endpoint of a route (where the request went, and to whom), and its pool key. */
 export interface RouteEndpoint {
   /** `<endpoint address>:<target port>`. */
-  upstream: string;
-  destination: WorkloadPeer;
+  readonly upstream: string;
+  /** Shared by every record to this endpoint: frozen. */
+  readonly destination: Readonly<WorkloadPeer>;
+  /** `<namespace>/<service>|<address>:<target port>`: the connection pools' key, stable across configs. */
+  readonly key: string;
 }
 
 /**
@@ -46,6 +49,8 @@ export class Route {
 
   constructor(
     readonly service: SnapshotService,
+    /** The Service port (on the VIP) this route is for. */
+    readonly port: number,
     readonly targetPort: number,
     /** From the Service port; "auto" means detect from the first bytes. */
     readonly protocol: "http" | "http2" | "tcp" | "auto",
@@ -58,13 +63,15 @@ export class Route {
   endpoint(ep: SnapshotEndpoint): RouteEndpoint {
     let e = this.endpoints.get(ep);
     if (e === undefined) {
+      const upstream = `${ep.address}:${this.targetPort}`;
       e = {
-        upstream: `${ep.address}:${this.targetPort}`,
-        destination: {
+        upstream,
+        destination: Object.freeze({
           principal: principalOf(ep.spiffeId),
           workload: ep.workload,
           namespace: this.service.namespace,
-        },
+        }),
+        key: `${this.service.namespace}/${this.service.name}|${upstream}`,
       };
       this.endpoints.set(ep, e);
     }
@@ -128,7 +135,7 @@ export class ProxyState {
     for (const svc of s.services) {
       const allowed = new Set(svc.allowedIds);
       for (const p of svc.ports)
-        routes.set(`${svc.vip}:${p.port}`, new Route(svc, p.targetPort, p.protocol, allowed));
+        routes.set(`${svc.vip}:${p.port}`, new Route(svc, p.port, p.targetPort, p.protocol, allowed));
     }
     return routes;
   }
@@ -179,5 +186,10 @@ export class ProxyState {
 
   route(address: string, port: number): Route | undefined {
     return this.routes.get(`${address}:${port}`);
+  }
+
+  /** The route of the same Service port as `r` in the config as it is now (its identities may have changed). */
+  current(r: Route): Route | undefined {
+    return this.route(r.service.vip, r.port);
   }
 }
