@@ -147,7 +147,7 @@ describe("control plane API codec", () => {
     // would read as a 1-byte string.
     const longLength = Buffer.from([0x0a, 0x81, 0x80, 0x80, 0x80, 0x10, 0x41]);
     assert.throws(() => decodeMessage("SignRequest", longLength), /field length does not fit in 32 bits/);
-    // Field number 2^29 + 1 as a varint key past 32 bits.
+    // A key past 32 bits (2^33 + 8: field 2^30 + 1, wire type 0).
     const longKey = Buffer.from([0x88, 0x80, 0x80, 0x80, 0x20, 0x05]);
     assert.throws(() => decodeMessage("SignRequest", longKey), /field key does not fit in 32 bits/);
     // ttlSeconds = 2^32 + 7: uint32 keeps the low 32 bits, as protobufjs does.
