@@ -906,8 +906,8 @@ async function perfRun(dir: string): Promise<void> {
           durationMs: RATE_MS,
           rps: RATE,
         });
-  // SIGINT: perf writes its data and strace its counts; SIGKILL if either takes over 5 s.
-  await Promise.all(tools.map((t) => stopChild(t, "SIGINT")));
+  // SIGINT: perf writes its data (build-ids may take a while) and strace its counts; SIGKILL after 60 s.
+  await Promise.all(tools.map((t) => stopChild(t, "SIGINT", 60_000)));
   for (const s of await Promise.all(straced)) say(`syscalls of the ${s}`);
   const report = (sort: string) =>
     spawnSync("perf", ["report", "-i", data, "--no-children", "--stdio", "-g", "none", "--sort", sort], {

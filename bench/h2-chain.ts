@@ -118,10 +118,13 @@ async function load(client: grpc.Client, ms: number): Promise<Load> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
 
 async function main(): Promise<void> {
+  // Twice the planned time (warm-up and measured runs of both chains, plus set-up), at least 5 min.
+  const plannedMs = 2 * (WARM_ROUNDS + RUNS) * RUN_MS + WARM_PAUSE_MS + 60_000;
+  const watchdogMs = Math.max(5 * 60_000, 2 * plannedMs);
   const watchdog = setTimeout(() => {
-    say("watchdog: run took over 10 minutes, stopping");
+    say(`watchdog: run took over ${Math.round(watchdogMs / 60_000)} minutes, stopping`);
     void stopAll().finally(() => process.exit(2));
-  }, 10 * 60_000);
+  }, watchdogMs);
   const app = spawnNode("app", "h2-chain-app.js", ["1024"]);
   const { port: appPort } = await firstMessage<{ port: number }>(app, 10_000);
   const mesh = await zmesh(appPort);

@@ -372,8 +372,8 @@ function run(job: Job): Promise<LoadResult> {
 
 if (process.send) {
   let busy = false;
-  process.on("message", (m: Request) => {
-    if ("stop" in m) process.exit(0);
+  process.on("message", (m: Request | "stop") => {
+    if (typeof m !== "object" || "stop" in m) process.exit(0); // "stop" (bench/lib/children.ts) or { stop }
     if (busy) {
       process.send!({ id: m.id, error: "a job is already running" } satisfies Reply);
       return;

@@ -91,14 +91,20 @@ export function exited(c: Child, ms: number): Promise<boolean> {
 }
 
 /**
- * Asks a child to stop (IPC "stop" when it has a channel, else `signal`, SIGTERM unless told),
- * then SIGKILL after 5 s.
+ * Asks a child to stop: with an IPC channel, "stop" and then the channel closed (every bench child
+ * exits on either), else `signal` (SIGTERM unless told). SIGKILL after `graceMs` (5 s unless told).
  */
-export async function stopChild(c: Child, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+export async function stopChild(
+  c: Child,
+  signal: NodeJS.Signals = "SIGTERM",
+  graceMs = 5_000,
+): Promise<void> {
   if (c.proc.exitCode !== null || c.proc.signalCode !== null) return;
-  if (c.proc.connected) c.proc.send("stop");
-  else c.proc.kill(signal);
-  if (!(await exited(c, 5_000))) {
+  if (c.proc.connected) {
+    c.proc.send("stop");
+    c.proc.disconnect();
+  } else c.proc.kill(signal);
+  if (!(await exited(c, graceMs))) {
     c.proc.kill("SIGKILL");
     await exited(c, 2_000);
   }
