@@ -151,7 +151,8 @@ describe("TLS session resumption between sidecars", { timeout: 30_000 }, () => {
     }
   });
 
-  it("a resumed connection is checked with the identity its session proved, and refused if not allowed", async () => {
+  /** A cache holding the session of one full handshake with the catalog, its key and the entry. */
+  async function cachedSession() {
     const sessions = new SessionCache();
     await dial(sessions, catalog.port, onlyCatalog);
     const key = sessions.key(
@@ -160,7 +161,11 @@ describe("TLS session resumption between sidecars", { timeout: 30_000 }, () => {
       ca.trustBundlePem(),
       certs["frontend"]!,
     );
-    const real = sessions.get(key)!;
+    return { sessions, key, real: sessions.get(key)! };
+  }
+
+  it("a resumed connection is checked with the identity its session proved, and refused if not allowed", async () => {
+    const { sessions, key, real } = await cachedSession();
     assert.equal(real.peer, ID("catalog"));
     // Tamper: the same ticket (the server will resume it) recorded as proving another identity.
     sessions.set(key, { ...real, peer: ID("payments") });
@@ -171,15 +176,7 @@ describe("TLS session resumption between sidecars", { timeout: 30_000 }, () => {
   });
 
   it("a session is not offered once the certificate its full handshake verified has expired", async () => {
-    const sessions = new SessionCache();
-    await dial(sessions, catalog.port, onlyCatalog);
-    const key = sessions.key(
-      `127.0.0.1:${catalog.port}`,
-      onlyCatalog,
-      ca.trustBundlePem(),
-      certs["frontend"]!,
-    );
-    const real = sessions.get(key)!;
+    const { sessions, key, real } = await cachedSession();
     const serverCert = new X509Certificate(certs["catalog"]!.chainPem[0]!);
     assert.equal(
       real.notAfter,
