@@ -24,7 +24,7 @@ for (const [side, direction, vip] of [
     let client: import("../src/proxy/index.js").Sidecar;
     let s: ClientHttp2Session;
     /** The app's streams left hanging, by path, and whether each was closed since. */
-    const held: { path: string; stream: ServerHttp2Stream; closed: boolean }[] = [];
+    const held: { path: string; stream: ServerHttp2Stream; closed: boolean; cleanEnd: boolean }[] = [];
 
     before(async () => {
       app = createServer();
@@ -32,7 +32,7 @@ for (const [side, direction, vip] of [
         stream.on("error", () => {});
         const path = String(h[":path"]);
         const hold = () => {
-          const entry = { path, stream, closed: false };
+          const entry = { path, stream, closed: false, cleanEnd: false };
           held.push(entry);
           stream.once("close", () => {
             entry.closed = true;
@@ -48,11 +48,23 @@ for (const [side, direction, vip] of [
           hold();
           stream.resume();
           stream.on("end", () => {
-            // A cancelled stream ends too (Node emits 'end' before 'close'): nothing to answer then.
+            // Node ends a reset stream's readable side too; an open stream here means END_STREAM.
             if (stream.closed || stream.destroyed) return;
+            held.find((h) => h.stream === stream)!.cleanEnd = true;
             stream.respond({ ":status": 200 });
             stream.end("got it");
           });
+          return;
+        }
+        if (path === "/sink") return hold(); // never reads: flow control stops the client
+        if (path === "/early") {
+          // A complete answer, trailers included, before the request ends; then RST_STREAM NO_ERROR.
+          stream.respond({ ":status": 200 }, { waitForTrailers: true });
+          stream.once("wantTrailers", () => {
+            stream.sendTrailers({ "x-done": "yes" });
+            setTimeout(() => stream.close(), 50); // once Node has sent the trailers (an immediate)
+          });
+          stream.end("early");
           return;
         }
         if (path === "/slow") {
@@ -152,6 +164,56 @@ for (const [side, direction, vip] of [
       assert.equal(r.flag, "REQUEST_TIMEOUT");
       assert.ok(r.closedAfterMs < IDLE_MS + 2_000, `closed after ${r.closedAfterMs} ms`);
       assert.ok(await appStreamCancelled("/upload"), "the app's stream was closed");
+      assert.equal(
+        held.find((h) => h.path === "/upload")?.cleanEnd,
+        false,
+        "the cut body never ended cleanly at the app",
+      );
+    });
+
+    it("an app that stops reading an upload: 504 UPSTREAM_TIMEOUT (not 408), its stream cancelled, the stream recorded", async () => {
+      const id = randomUUID();
+      const r = await new Promise<{ status: unknown; flag: unknown }>((resolve, reject) => {
+        const req = s.request(
+          { ":method": "POST", ":path": "/sink", "x-request-id": id },
+          { endStream: false },
+        );
+        req.write(Buffer.alloc(3 << 20, "u")); // more than the windows of all three hops
+        req.on("response", (h) => resolve({ status: h[":status"], flag: h["x-zmesh-flag"] }));
+        req.on("error", () => {});
+        setTimeout(() => reject(new Error("no answer in 5 s")), 5_000).unref();
+      });
+      assert.deepEqual(r, { status: 504, flag: "UPSTREAM_TIMEOUT" });
+      assert.ok(await appStreamCancelled("/sink"), "the app's stream was closed");
+      assert.equal((await record(id))["flag"], "UPSTREAM_TIMEOUT");
+    });
+
+    it("an answer complete before the request ends: the client gets all of it, trailers too, then is told to stop", async () => {
+      const r = await new Promise<{
+        status: unknown;
+        body: string;
+        trailers: unknown;
+        rst: number | undefined;
+      }>((resolve, reject) => {
+        const req = s.request({ ":method": "POST", ":path": "/early" }, { endStream: false });
+        req.write("a body that never ends");
+        let status: unknown;
+        let body = "";
+        let trailers: unknown;
+        req.on("response", (h) => {
+          status = h[":status"];
+        });
+        req.on("data", (c: Buffer) => {
+          body += c.toString();
+        });
+        req.on("trailers", (t) => {
+          trailers = t["x-done"];
+        });
+        req.on("error", () => {});
+        req.on("close", () => resolve({ status, body, trailers, rst: req.rstCode }));
+        setTimeout(() => reject(new Error("the client's stream was still open after 5 s")), 5_000).unref();
+      });
+      assert.deepEqual(r, { status: 200, body: "early", trailers: "yes", rst: 0 });
     });
 
     it("a response that stops half-way: the client's stream is reset; the record keeps status, bytes and the flag", async () => {

@@ -262,6 +262,7 @@ export function relayStream(
     return settle();
   }
   let responseEnded = false;
+  let trailersOnly = false;
   /** Headers node:http2 refuses to send (it throws) end the exchange with a reset, not the process. */
   const guarded = (fn: () => void) => {
     try {
@@ -283,6 +284,8 @@ export function relayStream(
 
   // Request: client → upstream.
   const onData = (c: Buffer) => {
+    // This sidecar has answered the client and closed its stream: what still arrives goes nowhere.
+    if (down.closed) return;
     r.requestBytes += c.length;
     if (replayable && r.status === 0) {
       heldBytes += c.length;
@@ -301,6 +304,12 @@ export function relayStream(
     requestTrailers = h2RequestHeaders(t, true);
   };
   const onEnd = () => {
+    // Node ends a stream's readable side when it is closed or reset too: that request was cut,
+    // and must reach the upstream as cancelled, never as complete.
+    if (down.closed) {
+      if (!up.closed && !up.destroyed) up.close(NGHTTP2_CANCEL);
+      return;
+    }
     requestEnded = true;
     if (!up.destroyed && !up.writableEnded) up.end();
   };
@@ -333,6 +342,7 @@ export function relayStream(
       // Trailers-only (how gRPC reports an error without a message): its status is in the headers.
       if (typeof h["grpc-status"] === "string") r.grpcStatus = h["grpc-status"];
       responseEnded = true;
+      trailersOnly = true;
       guarded(() => down.respond(out, { endStream: true }));
       return;
     }
@@ -340,7 +350,7 @@ export function relayStream(
   });
   up.on("data", (c: Buffer) => {
     r.responseBytes += c.length;
-    if (!down.destroyed && !down.write(c)) up.pause();
+    if (down.writable && !down.write(c)) up.pause();
   });
   const onDownDrain = () => up.resume();
   down.on("drain", onDownDrain);
@@ -352,7 +362,25 @@ export function relayStream(
     responseEnded = true;
     if (r.status !== 0 && down.headersSent && !down.destroyed && !down.writableEnded) down.end();
   });
-  const onWantTrailers = () => guarded(() => down.sendTrailers(responseTrailers ?? {}));
+  let trailersSent = false;
+  let stopClient = false;
+  /**
+   * Tells a client still sending to stop, once the whole answer is out (RST_STREAM NO_ERROR, RFC
+   * 9113 section 8.1): after Node's own sending of the trailers (an immediate), since a closed
+   * stream sends no trailers; and resumed, since Node closes a stream only once its readable side
+   * has ended.
+   */
+  const stopClientLater = () =>
+    setImmediate(() => {
+      if (down.closed) return;
+      down.close(NGHTTP2_NO_ERROR);
+      down.resume();
+    });
+  const onWantTrailers = () => {
+    guarded(() => down.sendTrailers(responseTrailers ?? {}));
+    trailersSent = true;
+    if (stopClient) stopClientLater();
+  };
   down.once("wantTrailers", onWantTrailers);
 
   up.on("error", (e: Error) => {
@@ -386,7 +414,11 @@ export function relayStream(
     }
     // A complete answer before the whole request (an early 408, 413, ...): the client is told to
     // stop sending once the answer is out, as the upstream told us (RFC 9113 section 8.1).
-    if (responseEnded && !requestEnded && !down.closed) down.close(NGHTTP2_NO_ERROR);
+    if (responseEnded && !requestEnded && !down.closed) {
+      // A trailers-only answer is complete already; one with trailers, once they are out.
+      if (trailersOnly || trailersSent) stopClientLater();
+      else stopClient = true;
+    }
     if (down.closed) settle();
   });
   down.on("error", () => {});
@@ -408,6 +440,13 @@ export function relayStream(
 /** Whether the client has sent all of its request (headers that ended the stream, or the body's end). */
 function requestComplete(down: ServerHttp2Stream): boolean {
   return down.readableEnded || (down as { endAfterHeaders?: boolean }).endAfterHeaders === true;
+}
+
+/** Whether the client's whole request has arrived, read or not (Node's stream state says so before 'end'). */
+function requestReceived(down: ServerHttp2Stream): boolean {
+  return (
+    requestComplete(down) || (down as { _readableState?: { ended?: boolean } })._readableState?.ended === true
+  );
 }
 
 /** Resets a client's stream as refused (never processed), so that the client may send it again. */
@@ -489,8 +528,14 @@ export function streamEnd(
   const idleMs = state.timeouts.streamIdleMs;
   s.down.setTimeout(idleMs, () => {
     if (finished || s.down.closed) return;
+    if (s.down.writableEnded) {
+      // The whole answer went out; only the client's side is open: it is told to stop.
+      s.down.close(NGHTTP2_NO_ERROR);
+      s.down.resume();
+      return;
+    }
     // A paused request is one the upstream stopped reading: the upstream stalled, not the client.
-    const clientStalled = !requestComplete(s.down) && !s.down.isPaused();
+    const clientStalled = !requestReceived(s.down) && !s.down.isPaused();
     const flag: Flag = clientStalled ? "REQUEST_TIMEOUT" : "UPSTREAM_TIMEOUT";
     const err = `stream idle timeout: no byte from the ${clientStalled ? "request body" : "upstream"} for ${idleMs} ms`;
     if (s.down.headersSent) {

@@ -35,7 +35,8 @@ export class Outbound implements Http1Listener {
   readonly server: Server;
   private readonly h1 = new Http1Server(this);
   private readonly dsts = new WeakMap<Duplex, Destination>();
-  private readonly pools = new Map<string, UpstreamPool>();
+  /** By route endpoint key: the pool, and the route it was last reached through (dials check against it). */
+  private readonly pools = new Map<string, { pool: UpstreamPool; route: Route }>();
   private readonly balancer = new Balancer();
   /** TLS client sessions to other sidecars, for resumption. */
   readonly sessions = new SessionCache();
@@ -109,20 +110,28 @@ export class Outbound implements Http1Listener {
   private readonly endpointPools = new WeakMap<RouteEndpoint, UpstreamPool>();
 
   private poolOf(route: Route, ep: SnapshotEndpoint, at: RouteEndpoint): UpstreamPool {
-    let pool = this.endpointPools.get(at);
+    const pool = this.endpointPools.get(at);
     if (pool !== undefined) return pool;
-    pool = this.pools.get(at.key);
-    if (pool === undefined) {
+    let held = this.pools.get(at.key);
+    if (held === undefined) {
       const target = route.targetPort;
-      const current = () => this.state.current(route);
-      pool = new UpstreamPool(
-        (onread, cb) => this.dial(ep.address, target, ["http/1.1"], current, cb, onread),
-        meshPoolIdleMs(this.state.timeouts.idleMs),
-      );
-      this.pools.set(at.key, pool);
+      // Secure naming checks a new connection against the route as the config has it now, found
+      // from the route this pool was last reached through (a new config may move the Service's
+      // VIP or port while the endpoint, and so the pool, stays).
+      const current = () => this.state.current(entry.route);
+      const entry = {
+        pool: new UpstreamPool(
+          (onread, cb) => this.dial(ep.address, target, ["http/1.1"], current, cb, onread),
+          meshPoolIdleMs(this.state.timeouts.idleMs),
+        ),
+        route,
+      };
+      held = entry;
+      this.pools.set(at.key, held);
     }
-    this.endpointPools.set(at, pool);
-    return pool;
+    held.route = route;
+    this.endpointPools.set(at, held.pool);
+    return held.pool;
   }
 
   /** Our side of every record (once per config, see workloadPeer). */
@@ -403,6 +412,6 @@ export class Outbound implements Http1Listener {
     this.server.close();
     this.h1.close();
     this.h2.close(); // HTTP/2 hook
-    for (const p of this.pools.values()) p.close();
+    for (const p of this.pools.values()) p.pool.close();
   }
 }

@@ -10,12 +10,12 @@ import type { Duplex } from "node:stream";
 export const IDLE_MS = 4_000;
 
 /**
- * How long a pooled connection to another sidecar may stay idle: 10 s less than the inbound's own
- * idle bound (`idleMs`, 60 s by default, so 50 s), so the sidecar that closes it is this one; never
- * less than IDLE_MS.
+ * How long a pooled connection to another sidecar may stay idle, so that the sidecar that closes
+ * it is this one: 10 s less than the inbound's own idle bound (`idleMs`, 60 s by default, so 50 s),
+ * or, for a short bound, IDLE_MS or half the bound, whichever is less.
  */
 export function meshPoolIdleMs(peerIdleMs: number): number {
-  return Math.max(IDLE_MS, peerIdleMs - 10_000);
+  return peerIdleMs > IDLE_MS + 10_000 ? peerIdleMs - 10_000 : Math.min(IDLE_MS, peerIdleMs / 2);
 }
 const SWEEP_MS = 1_000;
 const MAX_CONNECTIONS = 64;
