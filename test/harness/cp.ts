@@ -11,14 +11,32 @@ import type { Logger } from "pino";
 import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
 import type { CertificateAuthority } from "../../src/identity/index.js";
 
-/** A loopback port nothing listens on right now (another process may take it before it is used). */
+/**
+ * A loopback port nothing listens on right now, for a listener started a little later. Taken from
+ * 10000-19999: below the kernel's ephemeral range (32768 and up, where every outgoing connection
+ * and every listen on port 0 picks its port, so one of them could take a port between this check
+ * and its use: a full suite failed once with EADDRINUSE that way), and below the 20000 and up that
+ * test clients bind as local ports.
+ */
 export async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
+  for (let attempt = 0; ; attempt++) {
+    const port = FREE_PORT_FIRST + Math.floor(Math.random() * FREE_PORT_COUNT);
+    const s = createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      s.once("error", () => resolve(false));
+      s.listen(port, "127.0.0.1", () => resolve(true));
+    });
+    if (ok) {
+      await new Promise((r) => s.close(r));
+      return port;
+    }
+    if (attempt >= 100)
+      throw new Error(`no free loopback port in ${FREE_PORT_FIRST}-${FREE_PORT_FIRST + FREE_PORT_COUNT - 1}`);
+  }
 }
+
+const FREE_PORT_FIRST = 10_000;
+const FREE_PORT_COUNT = 10_000;
 
 export interface LocalControlPlane {
   dir: string;
