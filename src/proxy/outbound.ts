@@ -129,6 +129,9 @@ export class Outbound implements Http1Listener {
       held = entry;
       this.pools.set(at.key, held);
     }
+    // A new config changed the identities the service may run as: connections whose dial checked
+    // the old set are not reused (as a proxy drains a cluster's pools when its SANs change).
+    if (held.route !== route && !sameSet(held.route.allowed, route.allowed)) held.pool.retire();
     held.route = route;
     this.endpointPools.set(at, held.pool);
     return held.pool;
@@ -414,4 +417,11 @@ export class Outbound implements Http1Listener {
     this.h2.close(); // HTTP/2 hook
     for (const p of this.pools.values()) p.pool.close();
   }
+}
+
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const x of a) if (!b.has(x)) return false;
+  return true;
 }

@@ -42,4 +42,21 @@ describe("UpstreamPool idle time", () => {
       p.close();
     }
   });
+
+  it("retire: idle connections close now, busy ones after their exchange, and new ones are dialled", async () => {
+    const { p, socks, acquire } = pool();
+    const idle = await acquire();
+    const busy = await acquire();
+    p.release(idle);
+    p.retire();
+    assert.equal(socks[0]!.destroyed, true, "the idle one closed");
+    assert.equal(socks[1]!.destroyed, false, "the busy one finishes its exchange");
+    p.release(busy);
+    assert.equal(socks[1]!.destroyed, true, "and then closes instead of going back to the pool");
+    const fresh = await acquire();
+    assert.equal(socks.length, 3, "a new connection was dialled");
+    p.release(fresh);
+    assert.equal(await acquire(), fresh, "connections made after the retirement are reused");
+    p.close();
+  });
 });

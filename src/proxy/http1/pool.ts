@@ -55,11 +55,14 @@ export class Upstream {
   uses = 0;
   err: Error | undefined;
   closed = false;
+  /** The pool's generation when this connection was made (`UpstreamPool.retire`). */
+  readonly generation: number;
 
   constructor(
     readonly sock: Duplex,
     readonly pool: UpstreamPool,
   ) {
+    this.generation = pool.generation;
     sock.on("drain", () => this.user?.upDrain());
     sock.on("error", (e: Error) => {
       this.err ??= e;
@@ -98,6 +101,8 @@ export class UpstreamPool {
   private count = 0;
   private readonly waiters: Waiter[] = [];
   private closed = false;
+  /** Bumped by `retire`; connections of an older generation are not reused. */
+  generation = 0;
 
   constructor(
     private readonly dial: Dial,
@@ -138,7 +143,7 @@ export class UpstreamPool {
     if (up.closed) return;
     // Its exchange may have paused it for backpressure; idle, it must be read (a close, or junk).
     if (up.sock.isPaused()) up.sock.resume();
-    if (this.closed) return void up.sock.destroy();
+    if (this.closed || up.generation !== this.generation) return void up.sock.destroy();
     const w = this.waiters.shift();
     if (w) return w(null, up);
     up.idleSince = now;
@@ -162,6 +167,15 @@ export class UpstreamPool {
     // Oldest first at the bottom of the stack.
     while (this.idle.length > 0 && this.idle[0]!.idleSince < limit) this.idle.shift()!.sock.destroy();
     if (this.idle.length === 0) pools.delete(this);
+  }
+
+  /**
+   * Retires every connection made so far: idle ones close now, busy ones after their exchange.
+   * For a change of what their dial checked (the identities the service may run as).
+   */
+  retire(): void {
+    this.generation++;
+    for (const up of this.idle.splice(0)) up.sock.destroy();
   }
 
   close(): void {
