@@ -363,23 +363,13 @@ export function relayStream(
     if (r.status !== 0 && down.headersSent && !down.destroyed && !down.writableEnded) down.end();
   });
   let trailersSent = false;
-  let stopClient = false;
-  /**
-   * Tells a client still sending to stop, once the whole answer is out (RST_STREAM NO_ERROR, RFC
-   * 9113 section 8.1): after Node's own sending of the trailers (an immediate), since a closed
-   * stream sends no trailers; and resumed, since Node closes a stream only once its readable side
-   * has ended.
-   */
-  const stopClientLater = () =>
-    setImmediate(() => {
-      if (down.closed) return;
-      down.close(NGHTTP2_NO_ERROR);
-      down.resume();
-    });
+  let stopAfterTrailers = false;
+  /** `stopClient` after Node's own sending of the trailers (an immediate): a closed stream sends none. */
+  const stopClientLater = () => setImmediate(() => stopClient(down));
   const onWantTrailers = () => {
     guarded(() => down.sendTrailers(responseTrailers ?? {}));
     trailersSent = true;
-    if (stopClient) stopClientLater();
+    if (stopAfterTrailers) stopClientLater();
   };
   down.once("wantTrailers", onWantTrailers);
 
@@ -417,7 +407,7 @@ export function relayStream(
     if (responseEnded && !requestEnded && !down.closed) {
       // A trailers-only answer is complete already; one with trailers, once they are out.
       if (trailersOnly || trailersSent) stopClientLater();
-      else stopClient = true;
+      else stopAfterTrailers = true;
     }
     if (down.closed) settle();
   });
@@ -435,6 +425,17 @@ export function relayStream(
     if (r.status !== 0 || r.clientReset !== undefined || here || up.closed) settle();
   };
   down.once("close", onDownClose);
+}
+
+/**
+ * Tells a client still sending to stop: RST_STREAM NO_ERROR, which Node sends once the answer is
+ * out (RFC 9113 section 8.1). Resumed, since Node closes a stream only once its readable side has
+ * ended (what still arrives is dropped).
+ */
+function stopClient(down: ServerHttp2Stream): void {
+  if (down.closed) return;
+  down.close(NGHTTP2_NO_ERROR);
+  down.resume();
 }
 
 /** Whether the client has sent all of its request (headers that ended the stream, or the body's end). */
@@ -516,7 +517,7 @@ export function streamEnd(
       // close also cancels an upstream stream (the relay's close handler) and stops work still
       // pending (a dial, a retry, a JWT check) from sending the request on: relayStream refuses
       // a closed stream.
-      if (!s.down.closed && !requestComplete(s.down)) s.down.close(NGHTTP2_NO_ERROR);
+      if (!requestComplete(s.down)) stopClient(s.down);
     }
     s.record.durationMs = Number(process.hrtime.bigint() - s.start) / 1e6;
     telemetry.http(s.record);
@@ -530,9 +531,7 @@ export function streamEnd(
     if (finished || s.down.closed) return;
     if (s.down.writableEnded) {
       // The whole answer went out; only the client's side is open: it is told to stop.
-      s.down.close(NGHTTP2_NO_ERROR);
-      s.down.resume();
-      return;
+      return stopClient(s.down);
     }
     // A paused request is one the upstream stopped reading: the upstream stalled, not the client.
     const clientStalled = !requestReceived(s.down) && !s.down.isPaused();
@@ -545,7 +544,7 @@ export function streamEnd(
       return;
     }
     finish({ err }, flag);
-    if (!s.down.closed) s.down.close(NGHTTP2_NO_ERROR);
+    stopClient(s.down);
   });
   const bug = (e: unknown): void => {
     log.error(
