@@ -59,7 +59,7 @@ export function scanPcap(buf: Buffer): CaptureReport {
 export async function startCapture(
   state: MeshState,
   exclude: string[] = [],
-): Promise<() => Promise<CaptureReport>> {
+): Promise<(until?: (seen: CaptureReport) => boolean, maxMs?: number) => Promise<CaptureReport>> {
   if (!hasTool("tcpdump")) {
     throw new ZmeshError(
       "ZMESH_MISSING_TOOL",
@@ -121,7 +121,15 @@ export async function startCapture(
       reject(new ZmeshError("ZMESH_RUNTIME", `tcpdump exited with code ${code}`));
     });
   });
-  return async () => {
+  // tcpdump stops reading at SIGINT: packets still queued in the kernel for it are lost. A caller
+  // that knows what the capture must end with (`until`) waits for it to be written, within `maxMs`.
+  return async (until?: (seen: CaptureReport) => boolean, maxMs = 5_000) => {
+    const deadline = Date.now() + maxMs;
+    while (until && Date.now() < deadline) {
+      const seen = scanPcap(await readFile(file).catch(() => Buffer.alloc(0)));
+      if (until(seen)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     await new Promise((r) => setTimeout(r, 200)); // let the last packets land
     const exited = new Promise((r) => child.once("exit", r));
     child.kill("SIGINT");

@@ -97,7 +97,7 @@ describe("the shop in network namespaces", {
     // The detector must see plaintext when there is some: the intruder's probe is the control.
     const payments = findInstance(state, "payments");
     await curlIn(state, "intruder", ["-X", "POST", `http://${payments.address}:8080/charge?probe=wire`]);
-    const report = await stop();
+    const report = await stop((seen) => seen.plaintextHttp.some((l) => l.includes("probe=wire")));
     assert.ok(
       report.tlsRecords >= 6,
       `expected TLS records, saw ${report.tlsRecords} in ${report.packets} packets`,
