@@ -2,6 +2,8 @@
 //   direct   load generator -> app
 //   zmesh    load generator -> outbound sidecar -> mTLS -> inbound sidecar (one L7 ALLOW policy) -> app
 //   haproxy  the same chain from two HAProxy instances doing mTLS in HTTP mode
+//   node_pipe (only when asked) two Node processes joining sockets with stream.pipe, mTLS between
+//            them: no HTTP, no policy; the floor of any Node proxy on this path (chain-pipe.ts)
 // For each: max rps (closed loop, N connections, fixed time) and latency at a fixed 1,000 rps
 // (open loop) with 1 KiB responses; for each proxy process, CPU per 1,000 rps and RSS from /proc.
 // Warm-up, pinning (load generator on one core, the rest on the other), repeated runs, medians.
@@ -94,8 +96,8 @@ const PATH_ALLOWED = "/api/item";
 const LOADGEN_CPU = 0;
 const REST_CPU = 1;
 
-type Name = "direct" | "zmesh" | "zmesh_b" | "haproxy";
-const NAMES: Name[] = ["direct", "zmesh", "zmesh_b", "haproxy"];
+type Name = "direct" | "zmesh" | "zmesh_b" | "haproxy" | "node_pipe";
+const NAMES: Name[] = ["direct", "zmesh", "zmesh_b", "haproxy", "node_pipe"];
 const only = new Set(opt.only.split(",").map((s) => s.trim()));
 const COMPARE_SIDECAR = opt.compare
   ? join(resolve(opt.compare), "dist", "bench", "chain-sidecar.js")
@@ -543,6 +545,50 @@ async function haproxyChain(appPort: number): Promise<Chain> {
   };
 }
 
+/**
+ * The floor of a Node proxy (`--only ...,node_pipe`): bench/chain-pipe.ts twice, with the
+ * sidecars' Node flags and HAProxy's certificates. It enforces nothing, so the denied probe gets 200.
+ */
+async function nodePipeChain(
+  appPort: number,
+  execArgv: (role: string) => string[] = () => [],
+): Promise<Chain> {
+  const dir = await mkdtemp(join(tmpdir(), "zmesh-bench-pipe-"));
+  const started: Child[] = [];
+  const close = async () => {
+    await Promise.all(started.map((c) => stopChild(c)));
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    makeCerts(dir);
+    const side = async (role: "inbound" | "outbound", next: number) => {
+      const c = spawnNode(
+        `node_pipe-${role}`,
+        "chain-pipe.js",
+        [role, String(next), dir],
+        [...SIDECAR_FLAGS, ...execArgv(role)],
+      );
+      started.push(c);
+      return { c, port: (await firstMessage<{ port: number }>(c, 10_000)).port };
+    };
+    const inbound = await side("inbound", appPort);
+    const outbound = await side("outbound", inbound.port);
+    return {
+      name: "node_pipe",
+      port: outbound.port,
+      proxies: [
+        { name: "outbound", pid: outbound.c.proc.pid! },
+        { name: "inbound", pid: inbound.c.proc.pid! },
+      ],
+      deniedStatus: 200,
+      close,
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
 /** Before any load: an allowed request gets 200 and 1 KiB; one the policy does not allow, the denial. */
 async function check(chain: Chain): Promise<void> {
   const ok = await probe(chain.port, "GET", PATH_ALLOWED);
@@ -815,12 +861,18 @@ function analyzeProfile(file: string, top: number, window: [number, number]) {
   };
 }
 
-/** The zmesh chain with each sidecar under `execArgv`, probed and warmed up (both profiling modes). */
+/**
+ * The zmesh chain (or, with `--only node_pipe`, the pipe) with each proxy under `execArgv`, probed
+ * and warmed up (both profiling modes).
+ */
 async function warmChain(dir: string, execArgv: (role: string) => string[]) {
   mkdirSync(dir, { recursive: true });
   const app = await startApp();
   const lg = await Loadgen.start();
-  const chain = await zmeshChain(app.port, execArgv);
+  const chain =
+    only.has("node_pipe") && !only.has("zmesh")
+      ? await nodePipeChain(app.port, execArgv)
+      : await zmeshChain(app.port, execArgv);
   await check(chain);
   for (let round = 0; round < Math.max(1, WARM_ROUNDS); round++) {
     await measure(lg, chain, MAX_MS, RATE_MS);
@@ -959,6 +1011,7 @@ async function main(): Promise<number> {
     ["zmesh", () => zmeshChain(app.port)],
     ["zmesh_b", () => zmeshChain(app.port, undefined, "zmesh_b", COMPARE_SIDECAR)],
     ["haproxy", () => haproxyChain(app.port)],
+    ["node_pipe", () => nodePipeChain(app.port)],
   ];
   for (const [name, setup] of setups) {
     if (!only.has(name)) continue;
