@@ -3,6 +3,7 @@
 // its streams goes to an endpoint picked by the shared balancer, over a pooled HTTP/2 session per
 // endpoint on mutual TLS (ALPN h2), opened through the same dial and secure-naming check as
 // HTTP/1.1. A connect failure is retried once on another endpoint: no byte of the stream left yet.
+// A new config that changes the identities a service may run as retires its pooled sessions.
 
 import {
   type Http2Session,
@@ -34,7 +35,7 @@ import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination } from "./origdst.js";
 import { workloadPeer } from "./principal.js";
 import { ALPN_H2 } from "./sniff.js";
-import type { ProxyState, Route } from "./state.js";
+import { type ProxyState, type Route, sameSet } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
 /** Outbound's mutual-TLS dial with its secure-naming check (see Outbound.dial). */
@@ -48,6 +49,8 @@ export type Dial = (
 
 export class H2Outbound {
   private readonly pool = new SessionPool();
+  /** The route each pooled session (by endpoint key) was last reached through. */
+  private readonly routes = new Map<string, Route>();
   private readonly sessions: ServedSessions<Destination>;
 
   constructor(
@@ -74,6 +77,14 @@ export class H2Outbound {
 
   private session(route: Route, ep: SnapshotEndpoint) {
     const key = this.key(route, ep);
+    // A new config changed the identities the service may run as: the session whose dial checked
+    // the old set takes no new stream (its open ones finish), the next one dials and checks the
+    // new set (as Outbound.poolOf retires HTTP/1.1 connections). Compared once per new route.
+    const last = this.routes.get(key);
+    if (last !== route) {
+      if (last !== undefined && !sameSet(last.allowed, route.allowed)) this.pool.retire(key);
+      this.routes.set(key, route);
+    }
     return this.pool.get(key, () =>
       new Promise<TLSSocket>((resolve, reject) =>
         this.dial(

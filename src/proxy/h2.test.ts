@@ -3,6 +3,7 @@
 // dropped, what identity headers can never come from a caller).
 import assert from "node:assert/strict";
 import {
+  type ClientHttp2Session,
   constants,
   createServer,
   type Http2Session,
@@ -174,6 +175,69 @@ describe("SessionPool", () => {
     } finally {
       pool.close();
       for (const s of served) s.destroy();
+      up.server.close();
+    }
+  });
+
+  it("retire: the session takes no new stream, its open stream finishes, then it closes; the next get opens a new one", async () => {
+    let release: () => void = () => {};
+    const up = await h2cServer((s, h) => {
+      s.respond({ ":status": 200 });
+      if (h[":path"] === "/slow") release = () => s.end("late");
+      else s.end("now");
+    });
+    const pool = new SessionPool();
+    let opened = 0;
+    const open = () => {
+      opened++;
+      return whenConnected(h2connect(`http://127.0.0.1:${up.port}`));
+    };
+    const body = (s: ClientHttp2Session, path: string) =>
+      new Promise<string>((resolve, reject) => {
+        const req = s.request({ ":path": path });
+        let text = "";
+        req.setEncoding("utf8");
+        req.on("data", (c: string) => {
+          text += c;
+        });
+        req.on("end", () => resolve(text));
+        req.on("error", reject);
+      });
+    try {
+      const first = await pool.get("k", open);
+      const slow = body(first, "/slow");
+      await new Promise((r) => setTimeout(r, 50)); // the stream is open at the upstream
+      const closed = new Promise((r) => first.once("close", r));
+      pool.retire("k");
+      const second = await pool.get("k", open);
+      assert.notEqual(second, first, "a retired session is not handed out again");
+      assert.equal(opened, 2);
+      assert.equal(await body(second, "/"), "now");
+      assert.deepEqual([first.closed, first.destroyed], [true, false], "closing gracefully (no new stream)");
+      release();
+      assert.equal(await slow, "late", "the open stream finished");
+      await closed;
+
+      // A stream handed the session in the same tick as the retire is sent, not refused.
+      const current = pool.get("k", open); // the second session, pooled
+      assert.equal(await current, second);
+      const same = current.then((s) => body(s, "/"));
+      pool.retire("k");
+      assert.equal(await same, "now");
+
+      // Retired while still opening: a stream already waiting (as the outbound waits: a `then` on
+      // the session) gets it, then it closes.
+      const waiting = pool
+        .get("k", open)
+        .then((s) => ({ s, answer: body(s, "/"), gone: new Promise((r) => s.once("close", r)) }));
+      pool.retire("k");
+      const { s: third, answer, gone } = await waiting;
+      assert.equal(await answer, "now");
+      await gone;
+      assert.notEqual(await pool.get("k", open), third);
+      assert.equal(opened, 4);
+    } finally {
+      pool.close();
       up.server.close();
     }
   });

@@ -169,6 +169,28 @@ export class SessionPool {
     );
   }
 
+  /**
+   * Retires the session under `key`, open or still opening: it takes no new stream, its open
+   * streams finish, then it closes (as after GOAWAY); the next `get` opens a new one. For a change
+   * of what its opening checked (the identities the service may run as). Streams already handed
+   * the session (their `then` runs before this one) are sent first: node:http2 refuses a stream
+   * whose HEADERS are not out yet when `close()` is called, so the close waits for the writes that
+   * those requests scheduled (setImmediate, after them).
+   */
+  retire(key: string): void {
+    const have = this.sessions.get(key);
+    if (!have) return;
+    this.sessions.delete(key);
+    this.settled.delete(key);
+    have.then(
+      (s) =>
+        setImmediate(() => {
+          if (!(s.closed || s.destroyed)) s.close();
+        }),
+      () => {},
+    );
+  }
+
   close(): void {
     this.sessions.clear();
     this.settled.clear();

@@ -23,7 +23,7 @@ import { workloadPeer } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
-import type { ProxyState, Route, RouteEndpoint } from "./state.js";
+import { type ProxyState, type Route, type RouteEndpoint, sameSet } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
@@ -417,11 +417,4 @@ export class Outbound implements Http1Listener {
     this.h2.close(); // HTTP/2 hook
     for (const p of this.pools.values()) p.pool.close();
   }
-}
-
-function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
-  if (a === b) return true;
-  if (a.size !== b.size) return false;
-  for (const x of a) if (!b.has(x)) return false;
-  return true;
 }

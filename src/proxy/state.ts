@@ -79,6 +79,17 @@ export class Route {
   }
 }
 
+/**
+ * Whether two sets of identities (a route's `allowed`) hold the same members: the outbound pools
+ * (HTTP/1.1 and HTTP/2) retire what secure naming checked against a set that changed.
+ */
+export function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const x of a) if (!b.has(x)) return false;
+  return true;
+}
+
 export class ProxyState {
   snapshot: ProxySnapshot | undefined;
   policies: CompiledPolicies | undefined;
