@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import {
   type ClientHttp2Session,
+  type ClientHttp2Stream,
   constants,
   createServer,
   type Http2Session,
@@ -142,6 +143,19 @@ describe("HTTP/2 headers", () => {
 });
 
 /** An h2c server on loopback whose streams go to `onStream`; resolves with its port. */
+/** The body of a client stream as text, once it ends. */
+function textOf(req: ClientHttp2Stream): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    let text = "";
+    req.setEncoding("utf8");
+    req.on("data", (c: string) => {
+      text += c;
+    });
+    req.on("end", () => resolve(text));
+    req.on("error", reject);
+  });
+}
+
 async function h2cServer(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void) {
   const server = createServer();
   server.on("stream", onStream);
@@ -192,17 +206,7 @@ describe("SessionPool", () => {
       opened++;
       return whenConnected(h2connect(`http://127.0.0.1:${up.port}`));
     };
-    const body = (s: ClientHttp2Session, path: string) =>
-      new Promise<string>((resolve, reject) => {
-        const req = s.request({ ":path": path });
-        let text = "";
-        req.setEncoding("utf8");
-        req.on("data", (c: string) => {
-          text += c;
-        });
-        req.on("end", () => resolve(text));
-        req.on("error", reject);
-      });
+    const body = (s: ClientHttp2Session, path: string) => textOf(s.request({ ":path": path }));
     try {
       const first = await pool.get("k", open);
       const slow = body(first, "/slow");
@@ -297,17 +301,9 @@ describe("relayStream", () => {
     });
     const client = await whenConnected(h2connect(`http://127.0.0.1:${front.port}`));
     try {
-      const answer = await new Promise<string>((resolve, reject) => {
-        const req = client.request({ ":method": "PUT", ":path": "/x" });
-        let text = "";
-        req.setEncoding("utf8");
-        req.on("data", (c: string) => {
-          text += c;
-        });
-        req.on("end", () => resolve(text));
-        req.on("error", reject);
-        req.end("the body");
-      });
+      const req = client.request({ ":method": "PUT", ":path": "/x" });
+      req.end("the body");
+      const answer = await textOf(req);
       assert.equal(answer, "PUT the body");
       assert.deepEqual(bodies, ["the body"]);
       assert.equal(results.length, 2);
