@@ -7,7 +7,13 @@
 // not cut.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { type ClientHttp2Session, createServer, type Http2Server, type ServerHttp2Stream } from "node:http2";
+import {
+  type ClientHttp2Session,
+  constants,
+  createServer,
+  type Http2Server,
+  type ServerHttp2Stream,
+} from "node:http2";
 import { after, before, describe, it } from "node:test";
 import { clientApiMesh, h2Request, h2Session } from "./harness/h2.js";
 import { logLines, type MeshFixture } from "./harness/index.js";
@@ -24,7 +30,14 @@ for (const [side, direction, vip] of [
     let client: import("../src/proxy/index.js").Sidecar;
     let s: ClientHttp2Session;
     /** The app's streams left hanging, by path, and whether each was closed since. */
-    const held: { path: string; stream: ServerHttp2Stream; closed: boolean; cleanEnd: boolean }[] = [];
+    const held: {
+      path: string;
+      stream: ServerHttp2Stream;
+      closed: boolean;
+      cleanEnd: boolean;
+      /** The RST_STREAM code the app's stream closed with (0: it ended normally). */
+      rstCode?: number;
+    }[] = [];
 
     before(async () => {
       app = createServer();
@@ -32,10 +45,11 @@ for (const [side, direction, vip] of [
         stream.on("error", () => {});
         const path = String(h[":path"]);
         const hold = () => {
-          const entry = { path, stream, closed: false, cleanEnd: false };
+          const entry: (typeof held)[number] = { path, stream, closed: false, cleanEnd: false };
           held.push(entry);
           stream.once("close", () => {
             entry.closed = true;
+            entry.rstCode = stream.rstCode;
           });
         };
         if (path === "/stall-head") return hold();
@@ -164,11 +178,10 @@ for (const [side, direction, vip] of [
       assert.equal(r.flag, "REQUEST_TIMEOUT");
       assert.ok(r.closedAfterMs < IDLE_MS + 2_000, `closed after ${r.closedAfterMs} ms`);
       assert.ok(await appStreamCancelled("/upload"), "the app's stream was closed");
-      assert.equal(
-        held.find((h) => h.path === "/upload")?.cleanEnd,
-        false,
-        "the cut body never ended cleanly at the app",
-      );
+      const upload = held.find((h) => h.path === "/upload");
+      assert.equal(upload?.cleanEnd, false, "the cut body never ended cleanly at the app");
+      // Ended instead of reset, the app would have seen a complete (truncated) body and answered.
+      assert.equal(upload?.rstCode, constants.NGHTTP2_CANCEL, "the app's stream was reset with CANCEL");
     });
 
     it("an app that stops reading an upload: 504 UPSTREAM_TIMEOUT (not 408), its stream cancelled, the stream recorded", async () => {
