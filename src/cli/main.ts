@@ -18,6 +18,7 @@ const COMMANDS = [
   "delete",
   "get",
   "logs",
+  "why",
   "exec",
   "certs",
   "ca",

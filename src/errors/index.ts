@@ -22,6 +22,7 @@ export const ErrorCodes = {
   ZMESH_WORKLOAD_NOT_FOUND: "no workload of that name in the mesh",
   ZMESH_RUNTIME: "the local runtime could not create or remove a network resource",
   ZMESH_RESOURCE_NOT_FOUND: "no resource of that kind and name in the mesh's store",
+  ZMESH_REQUEST_NOT_FOUND: "no sidecar of the mesh logged that request id",
   ZMESH_LIVE_UNSUPPORTED:
     "a change a running mesh cannot take live (WorkloadEntries: the local runtime writes them)",
   ZMESH_USAGE: "a command got an argument or option value it does not accept",

@@ -1,9 +1,10 @@
 // runtime: the local runtime. A network namespace per workload on an isolated bridge, iptables
 // capture, a supervisor per mesh that runs and restarts the control plane, sidecars and apps;
-// `up`, `down`, `exec`, `status`, `apply`, `delete`, `get`, `logs`.
+// `up`, `down`, `exec`, `status`, `apply`, `delete`, `get`, `logs`, `why`.
 
 export { caStoreFile, controlPlaneAdmin, dataDir, kekFile, proxyAdmin } from "./ca.js";
 export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
+export { explainEntry, formatTrace, type Hop, traceRequest } from "./explain.js";
 export { applyResources, deleteResources, type LiveResult } from "./live.js";
 export { followLog, logPath, readLog } from "./logs.js";
 export {

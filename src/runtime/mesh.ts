@@ -464,9 +464,13 @@ export interface AccessEntry {
   requestId: string;
   source?: string;
   destination?: string;
+  service?: string;
+  upstream?: string;
+  mtls?: boolean;
   method?: string;
   path?: string;
   status?: number;
+  durationMs?: number;
   decision?: "allow" | "deny";
   policy?: string;
   rule?: number;

@@ -25,7 +25,7 @@ import {
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
-import { curlIn, NEEDS_ROOT, SHOP_EXAMPLE } from "../harness/netns.js";
+import { curlIn, NEEDS_ROOT, SHOP_EXAMPLE, zmeshCli } from "../harness/netns.js";
 
 const MESH = "zmtest";
 
@@ -69,6 +69,44 @@ describe("the shop in network namespaces", {
     assert.equal(r.status, "403");
     assert.match(r.body, /RBAC: access denied/);
     assert.doesNotMatch(await appLog(state, "payments"), /lateral-1/);
+  });
+
+  it("zmesh why, given the id a denial names, says which sidecar refused it and why", async () => {
+    const r = await curlIn(state, "frontend", ["-X", "POST", "http://payments/charge?probe=why-1"]);
+    assert.equal(r.status, "403");
+    const id = /\(request id ([^)\s]+)\)/.exec(r.body)?.[1];
+    assert.ok(id, `the denial names its request id: ${r.body}`);
+    // The access lines are written in blocks: wait (3 s at most) for both sidecars' lines.
+    let why = await zmeshCli(["why", id, "--name", MESH]);
+    for (let i = 0; i < 30 && !why.stdout.includes(" inbound "); i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      why = await zmeshCli(["why", id, "--name", MESH]);
+    }
+    assert.equal(why.code, 0, why.stderr);
+    const lines = why.stdout.trim().split("\n");
+    assert.match(
+      lines[0]!,
+      /^request \S+: POST \/charge\?probe=why-1: refused by the sidecar of shop\/payments \(inbound\)$/,
+    );
+    assert.match(lines[1]!, /^ {2}shop\/frontend outbound 403: sent to payments\.shop\.svc\.cluster\.local$/);
+    assert.match(
+      lines[2]!,
+      /^ {2}shop\/payments inbound 403: DENIED, from shop\/frontend \(spiffe:\/\/cluster\.local\/ns\/shop\/sa\/frontend\) over mutual TLS$/,
+    );
+    assert.match(lines[3]!, /^ {6}why: denied: no ALLOW policy matched/);
+    const json = await zmeshCli(["why", id, "--name", MESH, "-o", "json"]);
+    assert.deepEqual(
+      (JSON.parse(json.stdout) as { hops: { entry: { decision?: string } }[] }).hops.map(
+        (h) => h.entry.decision,
+      ),
+      [undefined, "deny"],
+    );
+    const unknown = await zmeshCli(["why", "no-such-request", "--name", MESH]);
+    assert.equal(unknown.code, 1);
+    assert.match(
+      unknown.stderr,
+      /no sidecar of mesh zmtest logged request id "no-such-request".*\[ZMESH_REQUEST_NOT_FOUND\]/,
+    );
   });
 
   it("the whole chain works: frontend -> orders -> payments", async () => {

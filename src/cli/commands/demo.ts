@@ -10,6 +10,7 @@ import {
   addUnmeshed,
   down,
   exec,
+  explainEntry,
   findInstance,
   type MeshState,
   proxyLog,
@@ -62,10 +63,8 @@ async function curl(state: MeshState, who: string, a: Attempt, id: string): Prom
 
 function explain(entries: AccessEntry[], id: string, status: number): string {
   const e = entries.find((x) => x.requestId === id && x.msg === "access");
-  if (e?.reason) return e.reason;
-  if (e?.flag === "NO_ROUTE")
-    return "the caller's own sidecar refused: no service of the mesh listens at that address and port";
-  if (e?.flag) return `${e.flag}${e.err ? `: ${e.err}` : ""}`;
+  const why = e ? explainEntry(e) : "";
+  if (why) return why;
   if (status === 0) return "connection closed: the workload only accepts mutual TLS from mesh identities";
   return "";
 }
