@@ -95,7 +95,7 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
       ? `ALLOWED ${status}`
       : status === 0
         ? "STOPPED (no connection)"
-        : `STOPPED ${status}`;
+        : `STOPPED ${status} (request id ${id})`;
     print(`  ${a.from} -> ${a.to}: ${a.method} ${new URL(a.url).pathname}  ${verdict}`);
     print(`      ${a.what}`);
     if (explanation) print(`      why: ${explanation}`);
@@ -138,6 +138,7 @@ export async function playStory(state: MeshState, print: (l: string) => void): P
   }
 
   print("\n2. The frontend is compromised. The attacker runs code in its pod and tries to move sideways.");
+  print("   (With --keep, `zmesh why <request id>` explains any of these requests again later.)");
   await attempt({
     from: "frontend",
     to: "payments",
