@@ -123,6 +123,27 @@ describe("zmesh why: tracing a request through the proxy logs", () => {
     assert.match(report[1]!, /ALLOWED by shop\/catalog-readers rule 0, from shop\/frontend/);
   });
 
+  it("what a caller chose (a path, a header) cannot drive the operator's terminal", () => {
+    const [headline] = formatTrace("esc-1", [
+      {
+        instance: "shop/catalog-1",
+        entry: {
+          msg: "access",
+          time: "t",
+          direction: "inbound",
+          requestId: "esc-1",
+          method: "GET",
+          path: "/a\u001b[2J\u009b31m\u202eb",
+          decision: "deny",
+        },
+      },
+    ]);
+    assert.equal(
+      headline,
+      "request esc-1: GET /a\\x1b[2J\\x9b31m\\u{202e}b: refused by the sidecar of shop/catalog-1 (inbound)",
+    );
+  });
+
   it("a refusal without a policy reason is explained by its flag", () => {
     const e = { msg: "access", time: "t", direction: "outbound", requestId: "x" } as const;
     assert.match(explainEntry({ ...e, flag: "NO_ROUTE" }), /no service of the mesh listens/);

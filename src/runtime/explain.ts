@@ -80,6 +80,17 @@ function who(spiffeId: string | undefined): string {
   return m ? `${m[1]}/${m[2]} (${spiffeId})` : spiffeId;
 }
 
+/**
+ * Control characters (C0, DEL, C1) and bidirectional overrides as `\\xNN` / `\\u{NNNN}`: a logged
+ * path or header value comes from a caller, and must not drive the operator's terminal.
+ */
+function printable(line: string): string {
+  return line.replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
+  });
+}
+
 /** The report `zmesh why` prints: a headline, then each hop with what it did and why. */
 export function formatTrace(id: string, hops: Hop[]): string[] {
   const first = hops[0]?.entry;
@@ -106,5 +117,5 @@ export function formatTrace(id: string, hops: Hop[]): string[] {
     const why = explainEntry(e);
     if (why) lines.push(`      why: ${why}`);
   }
-  return lines;
+  return lines.map(printable);
 }
