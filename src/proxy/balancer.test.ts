@@ -61,4 +61,24 @@ describe("Balancer", () => {
     b.pick(eps);
     assert.equal(b.ejections, 0, "the next pick forgets it, and picks take the fast path again");
   });
+
+  it("prune: forgets failures and ejections of addresses no config routes to, keeps the others", () => {
+    const now = 0;
+    const b = new Balancer(() => now);
+    for (let i = 0; i < EJECT_AFTER; i++) b.finished("198.18.0.10", true); // ejected
+    for (let i = 0; i < EJECT_AFTER; i++) b.finished("198.18.0.99", true); // ejected, then removed
+    b.finished("198.18.0.11", true); // one failure
+    b.finished("198.18.0.98", true); // one failure, then removed
+    assert.equal(b.held, 4);
+    b.prune(new Set(eps.map((e) => e.address)));
+    assert.equal(b.held, 2, "the removed addresses are forgotten");
+    assert.equal(b.ejected("198.18.0.10"), true, "a live ejected endpoint stays ejected");
+    assert.equal(b.ejected("198.18.0.99"), false);
+    b.finished("198.18.0.11", true);
+    b.finished("198.18.0.11", true);
+    assert.equal(b.ejected("198.18.0.11"), true, "a live endpoint's failures still count");
+    b.prune(new Set());
+    assert.equal(b.held, 0);
+    assert.equal(b.ejections, 0);
+  });
 });

@@ -1,5 +1,7 @@
 // Outbound endpoint choice: power of two choices on requests in flight (cheap, and it avoids
 // both herding and slow endpoints), with passive ejection of endpoints that fail to connect.
+// It owns what it learns per endpoint address (requests in flight, failures, ejections); a new
+// config drops what it holds of addresses that are in no route any more (`prune`).
 
 import type { SnapshotEndpoint } from "../api/index.js";
 
@@ -59,6 +61,21 @@ export class Balancer {
       this.ejectedUntil.set(address, this.now() + EJECT_MS);
       this.failures.delete(address);
     }
+  }
+
+  /**
+   * Forgets the failures and ejections of addresses not in `live` (the endpoints of a new config):
+   * once per config; both maps hold only endpoints that failed, so this is cheap. Requests in
+   * flight keep their count until they finish (which then removes it).
+   */
+  prune(live: ReadonlySet<string>): void {
+    for (const address of this.failures.keys()) if (!live.has(address)) this.failures.delete(address);
+    for (const address of this.ejectedUntil.keys()) if (!live.has(address)) this.ejectedUntil.delete(address);
+  }
+
+  /** Endpoint addresses it holds failures or ejections of (tests, and the sidecar's counts). */
+  get held(): number {
+    return this.failures.size + this.ejectedUntil.size;
   }
 
   /** Endpoints held as ejected, expired ones not yet forgotten included (tests). */

@@ -3,7 +3,9 @@
 // its streams goes to an endpoint picked by the shared balancer, over a pooled HTTP/2 session per
 // endpoint on mutual TLS (ALPN h2), opened through the same dial and secure-naming check as
 // HTTP/1.1. A connect failure is retried once on another endpoint: no byte of the stream left yet.
-// A new config that changes the identities a service may run as retires its pooled sessions.
+// A new config that changes the identities a service may run as retires its pooled sessions;
+// one that drops an endpoint retires its session and forgets it (`prune`). It owns the session
+// pool and the route each session was last reached through, both by endpoint key.
 
 import {
   type Http2Session,
@@ -197,6 +199,20 @@ export class H2Outbound {
         .catch(bug);
     };
     attempt(first, false);
+  }
+
+  /**
+   * A new config routes to the endpoints of `live` only: the sessions to others are retired
+   * (their open streams finish) and their routes forgotten.
+   */
+  prune(live: ReadonlySet<string>): void {
+    for (const key of this.routes.keys()) if (!live.has(key)) this.routes.delete(key);
+    this.pool.prune(live);
+  }
+
+  /** Endpoint keys held: routes, and sessions open or opening (tests). */
+  get held(): { routes: number; sessions: number } {
+    return { routes: this.routes.size, sessions: this.pool.size };
   }
 
   /** A drain: GOAWAY to every served session now (ServedSessions.drain). */

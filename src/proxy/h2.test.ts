@@ -245,6 +245,48 @@ describe("SessionPool", () => {
       up.server.close();
     }
   });
+
+  it("prune: sessions of keys gone from the config retire (an open stream finishes), the others stay pooled", async () => {
+    let release: () => void = () => {};
+    const up = await h2cServer((s, h) => {
+      s.respond({ ":status": 200 });
+      if (h[":path"] === "/slow") release = () => s.end("late");
+      else s.end("now");
+    });
+    const pool = new SessionPool();
+    const open = () => whenConnected(h2connect(`http://127.0.0.1:${up.port}`));
+    try {
+      const kept = await pool.get("live", open);
+      const idle = await pool.get("gone-idle", open);
+      const busy = await pool.get("gone-busy", open);
+      const slow = new Promise<string>((resolve, reject) => {
+        const req = busy.request({ ":path": "/slow" });
+        let text = "";
+        req.setEncoding("utf8");
+        req.on("data", (c: string) => {
+          text += c;
+        });
+        req.on("end", () => resolve(text));
+        req.on("error", reject);
+      });
+      await new Promise((r) => setTimeout(r, 50)); // the stream is open at the upstream
+      assert.equal(pool.size, 3);
+      const idleGone = new Promise((r) => idle.once("close", r));
+      const busyGone = new Promise((r) => busy.once("close", r));
+      pool.prune(new Set(["live"]));
+      assert.equal(pool.size, 1, "only the live key is held");
+      assert.equal(await pool.get("live", open), kept, "the live session is still pooled");
+      await idleGone;
+      assert.deepEqual([busy.closed, busy.destroyed], [true, false], "closing gracefully (no new stream)");
+      release();
+      assert.equal(await slow, "late", "the open stream finished");
+      await busyGone;
+      assert.equal(kept.closed, false);
+    } finally {
+      pool.close();
+      up.server.close();
+    }
+  });
 });
 
 describe("relayStream", () => {

@@ -1,5 +1,6 @@
 // HTTP/2 plumbing shared by both directions (h2c with apps, h2 over mutual TLS between sidecars;
-// gRPC rides on it): header hygiene for HTTP/2, a pool of client sessions by destination, and the
+// gRPC rides on it): header hygiene for HTTP/2, a pool of client sessions by destination (whose
+// owner retires those of destinations gone from the config: `SessionPool.prune`), and the
 // relay of one stream (headers, body both ways with backpressure, trailers, resets) to an upstream
 // session. node:http2 does all the framing, flow control and HPACK; nothing here parses bytes.
 
@@ -189,6 +190,19 @@ export class SessionPool {
         }),
       () => {},
     );
+  }
+
+  /**
+   * Retires (see `retire`) the session of every key not in `live`: the endpoints of a new config,
+   * so that sessions to endpoints gone from it end once their open streams have.
+   */
+  prune(live: ReadonlySet<string>): void {
+    for (const key of this.sessions.keys()) if (!live.has(key)) this.retire(key);
+  }
+
+  /** Keys with a session, open or opening (tests, and the sidecar's counts). */
+  get size(): number {
+    return this.sessions.size;
   }
 
   close(): void {

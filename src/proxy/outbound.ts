@@ -1,6 +1,8 @@
 // Outbound (:15001 on 127.0.0.1): the app's connections to service VIPs are redirected here.
 // Each HTTP request goes to an endpoint of the service over mutual TLS, and the connection is
-// used only if the server proves a SPIFFE ID the service may run as (secure naming).
+// used only if the server proves a SPIFFE ID the service may run as (secure naming). It owns the
+// per-endpoint state of the outbound path (HTTP/1.1 pools, the balancer, the HTTP/2 outbound's
+// sessions); a new config drops that of endpoints it no longer routes to (`prune`).
 
 import { randomUUID } from "node:crypto";
 import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from "node:net";
@@ -23,7 +25,7 @@ import { workloadPeer } from "./principal.js";
 import { FLAGS, type Flag } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
-import { type ProxyState, type Route, type RouteEndpoint, sameSet } from "./state.js";
+import { type LiveEndpoints, type ProxyState, type Route, type RouteEndpoint, sameSet } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
 
@@ -399,6 +401,34 @@ export class Outbound implements Http1Listener {
         splice(sock, up, () => {});
       },
     );
+  }
+
+  /**
+   * A new config routes to the endpoints of `live` only (called once per config, ProxyState's
+   * `onNewRoutes`): the pools of the others are shut down (idle connections close now, busy ones
+   * after their exchange, so requests in flight complete) and forgotten, the HTTP/2 sessions to
+   * them retired, and the balancer forgets their failures. An endpoint that comes back later gets
+   * a new pool, whose connections are dialled and checked anew.
+   */
+  prune(live: LiveEndpoints): void {
+    for (const [key, held] of this.pools)
+      if (!live.keys.has(key)) {
+        this.pools.delete(key);
+        held.pool.shutdown();
+      }
+    this.h2.prune(live.keys); // HTTP/2 hook
+    this.balancer.prune(live.addresses);
+  }
+
+  /** Per-endpoint entries held: HTTP/1.1 pools, HTTP/2 routes and sessions, balancer failures (tests). */
+  get held(): { pools: number; h2Routes: number; h2Sessions: number; balancer: number } {
+    const h2 = this.h2.held;
+    return {
+      pools: this.pools.size,
+      h2Routes: h2.routes,
+      h2Sessions: h2.sessions,
+      balancer: this.balancer.held,
+    };
   }
 
   /**

@@ -1,6 +1,7 @@
 // The sidecar process: connects to the control plane, obtains its SVID (key generated and kept
 // in memory), applies config pushes, and serves inbound, outbound, admin and health. Nothing
 // listens for workload traffic until it has both a certificate and a config: it fails closed.
+// It wires the parts together, among them: each config's endpoints prune the outbound's state.
 
 import { X509Certificate } from "node:crypto";
 import type { Server as HttpServer } from "node:http";
@@ -82,6 +83,8 @@ export class Sidecar {
     this.metrics = this.telemetry.server();
     this.inbound = new Inbound(this.state, od, this.log, this.telemetry, opts.appHost);
     this.outbound = new Outbound(this.state, od, this.log, this.telemetry);
+    // Endpoints gone from a new config: their pooled connections and balancer entries go too.
+    this.state.onNewRoutes((live) => this.outbound.prune(live));
     this.admin = adminServer(
       adminEndpoints(this.state, {
         drain: () => this.drain(),
@@ -178,6 +181,11 @@ export class Sidecar {
   /** Outbound mutual-TLS handshakes so far: resumed from a cached session, and full. */
   get tlsHandshakes(): { resumed: number; full: number } {
     return { resumed: this.outbound.sessions.resumed, full: this.outbound.sessions.full };
+  }
+
+  /** Per-endpoint entries the outbound holds (pools, HTTP/2 routes and sessions, balancer). */
+  get outboundHeld(): Outbound["held"] {
+    return this.outbound.held;
   }
 
   /** Resolves once traffic listeners are open; rejects if they cannot open (a port in use). */

@@ -1,6 +1,8 @@
 // What the proxy currently enforces: its certificate and key (in memory only), the trust
 // bundle, and the last good snapshot compiled for the hot path (policies, VIP routes).
-// Listeners read from here on each new connection, so a swap never drops an open one.
+// Listeners read from here on each new connection, so a swap never drops an open one. It also
+// tells whoever keeps per-endpoint state (the outbound's pools and balancer) which endpoints a
+// new config still routes to, once per config (`onNewRoutes`), so that state of the others goes.
 
 import type { OutboundMode, ProxySnapshot, SnapshotEndpoint, SnapshotService } from "../api/index.js";
 import { PROXY_TIMEOUTS, type ProxyTimeouts } from "../config/index.js";
@@ -71,12 +73,44 @@ export class Route {
           workload: ep.workload,
           namespace: this.service.namespace,
         }),
-        key: `${this.service.namespace}/${this.service.name}|${upstream}`,
+        key: endpointKey(this.service, upstream),
       };
       this.endpoints.set(ep, e);
     }
     return e;
   }
+}
+
+/** The pools' key of an endpoint of a Service: `<namespace>/<service>|<address>:<target port>`. */
+function endpointKey(svc: SnapshotService, upstream: string): string {
+  return `${svc.namespace}/${svc.name}|${upstream}`;
+}
+
+/**
+ * The endpoints a config routes to, by what the outbound keys its per-endpoint state with: state
+ * of an endpoint in neither set belongs to no route of the config and can go.
+ */
+export interface LiveEndpoints {
+  /** `RouteEndpoint.key` of every endpoint of every Service port (the HTTP/1.1 and HTTP/2 pools). */
+  readonly keys: ReadonlySet<string>;
+  /** Every endpoint's address (the balancer's). */
+  readonly addresses: ReadonlySet<string>;
+}
+
+/** The live endpoints of a config's services: one pass, one key per endpoint and Service port. */
+export function liveEndpoints(services: readonly SnapshotService[]): LiveEndpoints {
+  const keys = new Set<string>();
+  const addresses = new Set<string>();
+  for (const svc of services) {
+    // Distinct target ports only: two Service ports to one target port share their pools.
+    const targets = new Set<number>();
+    for (const p of svc.ports) targets.add(p.targetPort);
+    for (const ep of svc.endpoints) {
+      addresses.add(ep.address);
+      for (const t of targets) keys.add(endpointKey(svc, `${ep.address}:${t}`));
+    }
+  }
+  return { keys, addresses };
 }
 
 /**
@@ -107,6 +141,7 @@ export class ProxyState {
   private meshAddresses = new Set<string>();
   private mtlsByPort = new Map<number, MtlsResolution>();
   private readonly listeners: (() => void)[] = [];
+  private readonly routeListeners: ((live: LiveEndpoints) => void)[] = [];
 
   get ready(): boolean {
     return this.snapshot !== undefined && this.cert !== undefined && this.policies !== undefined;
@@ -114,6 +149,15 @@ export class ProxyState {
 
   onChange(fn: () => void): void {
     this.listeners.push(fn);
+  }
+
+  /**
+   * Calls `fn` with the endpoints of each applied config whose services differ from the last one
+   * (a push that left them out changes no endpoint), after its routes are in place: once per
+   * config, never per request.
+   */
+  onNewRoutes(fn: (live: LiveEndpoints) => void): void {
+    this.routeListeners.push(fn);
   }
 
   private changed(): void {
@@ -138,6 +182,10 @@ export class ProxyState {
     this.meshAddresses = addresses;
     this.mtlsByPort = new Map();
     this.trustBundlePem = s.trustBundlePem;
+    if (!same && this.routeListeners.length > 0) {
+      const live = liveEndpoints(s.services);
+      for (const fn of this.routeListeners) fn(live);
+    }
     this.changed();
   }
 

@@ -1,6 +1,7 @@
 // UpstreamPool's idle bound: a released connection is reused while idle, and closed by the sweep
 // once idle for longer than its pool's idle time: IDLE_MS for apps, longer (meshPoolIdleMs) for
 // pools towards other sidecars, whose own idle bound is known, so bursts do not redo handshakes.
+// Retire and shutdown end connections without failing the exchange on them.
 import assert from "node:assert/strict";
 import { PassThrough } from "node:stream";
 import { describe, it } from "node:test";
@@ -57,6 +58,48 @@ describe("UpstreamPool idle time", () => {
     assert.equal(socks.length, 3, "a new connection was dialled");
     p.release(fresh);
     assert.equal(await acquire(), fresh, "connections made after the retirement are reused");
+    p.close();
+  });
+
+  it("shutdown (endpoint gone from the config): idle connections close now, busy ones after their exchange, nothing is reused, requests still served", async () => {
+    const { p, socks, acquire } = pool();
+    const idle = await acquire();
+    const busy = await acquire();
+    p.release(idle);
+    p.shutdown();
+    assert.equal(idle.sock.destroyed, true, "the idle one closed now");
+    assert.equal(busy.sock.destroyed, false, "the busy one finishes its exchange");
+    p.release(busy);
+    assert.equal(busy.sock.destroyed, true, "and then closes instead of going back to the pool");
+    // A request of the old config that still reaches the pool (a retry) is served, once.
+    const late = await acquire();
+    assert.equal(socks.length, 3, "on a new connection");
+    p.release(late);
+    assert.equal(late.sock.destroyed, true, "used once");
+    p.close();
+  });
+
+  it("shutdown: a request waiting for a connection (the pool at its limit) still gets one", async () => {
+    const { p, socks, acquire } = pool();
+    const busy: Upstream[] = [];
+    for (let i = 0; i < 64; i++) busy.push(await acquire()); // the pool's limit
+    let served: Upstream | undefined;
+    const waiting = acquire().then((up) => {
+      served = up;
+      return up;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(served, undefined, "waiting");
+    p.shutdown();
+    p.release(busy[0]!);
+    assert.equal(busy[0]!.sock.destroyed, true);
+    const up = await waiting; // once the closed one is gone, a new one is dialled for it
+    assert.equal(socks.length, 65);
+    assert.equal(up.sock, socks[64]);
+    p.release(up);
+    assert.equal(up.sock.destroyed, true, "used once");
+    for (const b of busy.slice(1)) p.release(b);
+    assert.equal(socks.filter((x) => !x.destroyed).length, 0, "every connection closed after its exchange");
     p.close();
   });
 });

@@ -3,7 +3,8 @@
 // exchange at a time; idle ones are reused most-recent first and closed by one coarse sweep after
 // the pool's idle time: IDLE_MS for apps, below the 5 s keep-alive of Node servers, so a reused
 // socket is rarely stale; longer towards other sidecars, whose idle bound zmesh knows
-// (`meshPoolIdleMs`), so that a burst does not pay for new mutual-TLS handshakes.
+// (`meshPoolIdleMs`), so that a burst does not pay for new mutual-TLS handshakes. A pool owns its
+// connections only: who keeps pools by destination ends one whose destination went (`shutdown`).
 
 import type { Duplex } from "node:stream";
 
@@ -101,6 +102,8 @@ export class UpstreamPool {
   private count = 0;
   private readonly waiters: Waiter[] = [];
   private closed = false;
+  /** Set by `shutdown`: no connection goes back to the pool. */
+  private ending = false;
   /** Bumped by `retire`; connections of an older generation are not reused. */
   generation = 0;
 
@@ -143,7 +146,7 @@ export class UpstreamPool {
     if (up.closed) return;
     // Its exchange may have paused it for backpressure; idle, it must be read (a close, or junk).
     if (up.sock.isPaused()) up.sock.resume();
-    if (this.closed || up.generation !== this.generation) return void up.sock.destroy();
+    if (this.closed || this.ending || up.generation !== this.generation) return void up.sock.destroy();
     const w = this.waiters.shift();
     if (w) return w(null, up);
     up.idleSince = now;
@@ -176,6 +179,18 @@ export class UpstreamPool {
   retire(): void {
     this.generation++;
     for (const up of this.idle.splice(0)) up.sock.destroy();
+  }
+
+  /**
+   * Ends the pool without failing a request: no connection is reused any more, idle ones close
+   * now, busy ones after their exchange, and a request already waiting for a connection (or one
+   * that still reaches this pool) gets one, used once. For an endpoint gone from the config, whose
+   * requests in flight must still complete (`close` fails those waiting).
+   */
+  shutdown(): void {
+    this.ending = true;
+    for (const up of this.idle.splice(0)) up.sock.destroy();
+    pools.delete(this);
   }
 
   close(): void {
