@@ -11,7 +11,16 @@ import { type ClientHttp2Session, createServer as createH2Server, type Http2Serv
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
 import { h2Request, h2Session } from "./harness/h2.js";
-import { app, call, controlPlane, freePort, type MeshFixture, proxy } from "./harness/index.js";
+import {
+  app,
+  call,
+  controlPlane,
+  freePort,
+  type MeshFixture,
+  type OutboundRoute,
+  proxy,
+  routeApplied,
+} from "./harness/index.js";
 
 const ID = (sa: string) => `spiffe://cluster.local/ns/shop/sa/${sa}`;
 
@@ -55,22 +64,11 @@ spec:
 ---
 `;
 
-/** Resolves once `client` enforces a route for `dst` that `ok` accepts (bounded to 5 s). */
-async function routeApplied(
-  client: Sidecar,
-  dst: { address: string; port: number },
-  ok: (allowed: ReadonlySet<string>) => boolean,
-): Promise<void> {
-  for (let i = 0; i < 250; i++) {
-    const r = client.state.route(dst.address, dst.port);
-    if (r && ok(r.allowed)) return;
-    await new Promise((res) => setTimeout(res, 20));
-  }
-  throw new Error("the client sidecar did not apply the new config in 5 s");
-}
-
-const sameAs = (want: string[]) => (allowed: ReadonlySet<string>) =>
-  allowed.size === want.length && want.every((x) => allowed.has(x));
+/** A route whose allowed identities are exactly `want`. */
+const sameAs =
+  (want: string[]) =>
+  ({ allowed }: OutboundRoute) =>
+    allowed.size === want.length && want.every((x) => allowed.has(x));
 
 /** Outbound mutual-TLS dials of the client sidecar so far (full and resumed handshakes). */
 const dials = (client: Sidecar) => client.tlsHandshakes.full + client.tlsHandshakes.resumed;

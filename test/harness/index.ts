@@ -172,6 +172,26 @@ export async function clientServerMesh(opts: {
   return { mesh, client, server, inbound };
 }
 
+/** A route as a sidecar's outbound enforces it. */
+export type OutboundRoute = NonNullable<ReturnType<Sidecar["state"]["route"]>>;
+
+/**
+ * Resolves once `client` enforces a route for `dst` that `ok` accepts (bounded to 5 s): a config
+ * pushed with `writeConfig` and `cp.reload()` is applied (and everything done on applying it is).
+ */
+export async function routeApplied(
+  client: Sidecar,
+  dst: { address: string; port: number },
+  ok: (route: OutboundRoute) => boolean,
+): Promise<void> {
+  for (let i = 0; i < 250; i++) {
+    const r = client.state.route(dst.address, dst.port);
+    if (r && ok(r)) return;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  throw new Error("the client sidecar did not apply the new config in 5 s");
+}
+
 /** The Prometheus text a proxy serves on its metrics port. */
 export async function scrapeMetrics(p: Sidecar): Promise<string> {
   return (await fetch(`http://127.0.0.1:${p.ports.metrics}/stats/prometheus`)).text();

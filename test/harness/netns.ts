@@ -1,7 +1,7 @@
 // The namespaced tier's shared setup (tests that run the real runtime as root: network namespaces,
 // iptables capture, supervised processes): whether this process may run them, the skip reason
 // shown when it may not, the example shop they bring up, the `zmesh` CLI run as a child process,
-// curl run inside a workload, a bounded wait for a condition, the shop copied to a scratch
+// curl run inside a workload, the bounded wait of wait.ts (re-exported), the shop copied to a scratch
 // directory and brought up (for files that edit it), and the one mesh-plus-intruder fixture the attack files share
 // (the shop up under a mesh name of the file's own, an unmeshed namespace "intruder" beside it,
 // everything purged after).
@@ -13,6 +13,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
 import { addUnmeshed, down, exec, type MeshState, stateRoot, up } from "../../src/runtime/index.js";
+
+export { eventually } from "./wait.js";
 
 export const AS_ROOT = process.getuid?.() === 0;
 /** The describe `skip` option of a namespaced suite: false as root, else the visible reason. */
@@ -72,23 +74,6 @@ export async function curlIn(
   });
   const lines = r.stdout.split("\n");
   return { status: lines.pop() ?? "", body: lines.join("\n") };
-}
-
-/** Polls `f` every 100 ms until `ok` holds for its value (rejections count as not yet); throws after `timeoutMs`. */
-export async function eventually<T>(
-  what: string,
-  f: () => Promise<T>,
-  ok: (v: T) => boolean,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  while (Date.now() < deadline) {
-    last = await f().catch(() => undefined as T);
-    if (last !== undefined && ok(last)) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (last: ${JSON.stringify(last)})`);
 }
 
 /** Copies the example shop to a new scratch directory and brings it up as mesh `name` (any old state of that name removed first). */
