@@ -68,7 +68,7 @@ export class Balancer {
    * once per config; both maps hold only endpoints that failed, so this is cheap. Requests in
    * flight keep their count until they finish (which then removes it).
    */
-  prune(live: ReadonlySet<string>): void {
+  prune(live: Pick<ReadonlySet<string>, "has">): void {
     for (const address of this.failures.keys()) if (!live.has(address)) this.failures.delete(address);
     for (const address of this.ejectedUntil.keys()) if (!live.has(address)) this.ejectedUntil.delete(address);
   }

@@ -205,7 +205,7 @@ export class H2Outbound {
    * A new config routes to the endpoints of `live` only: the sessions to others are retired
    * (their open streams finish) and their routes forgotten.
    */
-  prune(live: ReadonlySet<string>): void {
+  prune(live: Pick<ReadonlySet<string>, "has">): void {
     for (const key of this.routes.keys()) if (!live.has(key)) this.routes.delete(key);
     this.pool.prune(live);
   }

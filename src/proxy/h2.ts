@@ -196,7 +196,7 @@ export class SessionPool {
    * Retires (see `retire`) the session of every key not in `live`: the endpoints of a new config,
    * so that sessions to endpoints gone from it end once their open streams have.
    */
-  prune(live: ReadonlySet<string>): void {
+  prune(live: Pick<ReadonlySet<string>, "has">): void {
     for (const key of this.sessions.keys()) if (!live.has(key)) this.retire(key);
   }
 

@@ -87,30 +87,48 @@ function endpointKey(svc: SnapshotService, upstream: string): string {
 }
 
 /**
- * The endpoints a config routes to, by what the outbound keys its per-endpoint state with: state
- * of an endpoint in neither set belongs to no route of the config and can go.
+ * The endpoints a config routes to, asked by what the outbound keys its per-endpoint state with:
+ * state of an endpoint in neither belongs to no route of the config and can go. Built on demand
+ * from what is asked, not for the whole config: a config may hold thousands of endpoints, a sidecar
+ * holds state for the few it called (one map of services, then one set per service asked about;
+ * the set of all endpoint addresses only if the balancer holds a failure).
  */
-export interface LiveEndpoints {
-  /** `RouteEndpoint.key` of every endpoint of every Service port (the HTTP/1.1 and HTTP/2 pools). */
-  readonly keys: ReadonlySet<string>;
+export class LiveEndpoints {
+  /** `RouteEndpoint.key`s of every endpoint and target port of every service (the HTTP/1.1 and HTTP/2 pools). */
+  readonly keys: Pick<ReadonlySet<string>, "has"> = { has: (key) => this.hasKey(key) };
   /** Every endpoint's address (the balancer's). */
-  readonly addresses: ReadonlySet<string>;
-}
+  readonly addresses: Pick<ReadonlySet<string>, "has"> = { has: (a) => this.allAddresses().has(a) };
+  private byService: Map<string, SnapshotService> | undefined;
+  private readonly upstreams = new Map<string, Set<string>>();
+  private addressSet: Set<string> | undefined;
 
-/** The live endpoints of a config's services: one pass, one key per endpoint and Service port. */
-export function liveEndpoints(services: readonly SnapshotService[]): LiveEndpoints {
-  const keys = new Set<string>();
-  const addresses = new Set<string>();
-  for (const svc of services) {
-    // Distinct target ports only: two Service ports to one target port share their pools.
-    const targets = new Set<number>();
-    for (const p of svc.ports) targets.add(p.targetPort);
-    for (const ep of svc.endpoints) {
-      addresses.add(ep.address);
-      for (const t of targets) keys.add(endpointKey(svc, `${ep.address}:${t}`));
+  constructor(private readonly services: readonly SnapshotService[]) {}
+
+  private hasKey(key: string): boolean {
+    const bar = key.indexOf("|"); // names and namespaces are DNS labels: no "|" in them
+    const id = key.slice(0, bar);
+    if (this.byService === undefined) {
+      this.byService = new Map();
+      for (const svc of this.services) this.byService.set(`${svc.namespace}/${svc.name}`, svc);
     }
+    const svc = this.byService.get(id);
+    if (svc === undefined) return false;
+    let ups = this.upstreams.get(id);
+    if (ups === undefined) {
+      ups = new Set();
+      for (const ep of svc.endpoints) for (const p of svc.ports) ups.add(`${ep.address}:${p.targetPort}`);
+      this.upstreams.set(id, ups);
+    }
+    return ups.has(key.slice(bar + 1));
   }
-  return { keys, addresses };
+
+  private allAddresses(): Set<string> {
+    if (this.addressSet === undefined) {
+      this.addressSet = new Set();
+      for (const svc of this.services) for (const ep of svc.endpoints) this.addressSet.add(ep.address);
+    }
+    return this.addressSet;
+  }
 }
 
 /**
@@ -183,7 +201,7 @@ export class ProxyState {
     this.mtlsByPort = new Map();
     this.trustBundlePem = s.trustBundlePem;
     if (!same && this.routeListeners.length > 0) {
-      const live = liveEndpoints(s.services);
+      const live = new LiveEndpoints(s.services);
       for (const fn of this.routeListeners) fn(live);
     }
     this.changed();
