@@ -82,10 +82,16 @@ export class H2Outbound {
     // A new config changed the identities the service may run as: the session whose dial checked
     // the old set takes no new stream (its open ones finish), the next one dials and checks the
     // new set (as Outbound.poolOf retires HTTP/1.1 connections). Compared once per new route.
+    // Only the config's current route counts: a stream begun under an older config (a retry) must
+    // not retire the session the current set checked (each dial checks the current set).
     const last = this.routes.get(key);
     if (last !== route) {
-      if (last !== undefined && !sameSet(last.allowed, route.allowed)) this.pool.retire(key);
-      this.routes.set(key, route);
+      const live = this.state.current(route);
+      if (last === undefined) this.routes.set(key, live ?? route);
+      else if (live === route) {
+        if (!sameSet(last.allowed, route.allowed)) this.pool.retire(key);
+        this.routes.set(key, route);
+      }
     }
     return this.pool.get(key, () =>
       new Promise<TLSSocket>((resolve, reject) =>

@@ -133,8 +133,12 @@ export class Outbound implements Http1Listener {
     }
     // A new config changed the identities the service may run as: connections whose dial checked
     // the old set are not reused (as a proxy drains a cluster's pools when its SANs change).
-    if (held.route !== route && !sameSet(held.route.allowed, route.allowed)) held.pool.retire();
-    held.route = route;
+    // Only the config's current route counts: a retry of a request begun under an older config
+    // must not retire the connections the current set checked (each dial checks the current set).
+    if (held.route !== route && this.state.current(route) === route) {
+      if (!sameSet(held.route.allowed, route.allowed)) held.pool.retire();
+      held.route = route;
+    }
     this.endpointPools.set(at, held.pool);
     return held.pool;
   }
