@@ -4,7 +4,15 @@
 
 export { caStoreFile, controlPlaneAdmin, dataDir, kekFile, proxyAdmin } from "./ca.js";
 export { type CaptureReport, scanPcap, startCapture } from "./capture.js";
-export { explainEntry, formatTrace, type Hop, traceRequest } from "./explain.js";
+export {
+  type Exchange,
+  explainEntry,
+  formatTrace,
+  type Hop,
+  inertJson,
+  type Trace,
+  traceRequest,
+} from "./explain.js";
 export { applyResources, deleteResources, type LiveResult } from "./live.js";
 export { followLog, logPath, readLog } from "./logs.js";
 export {

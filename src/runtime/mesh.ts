@@ -470,11 +470,15 @@ export interface AccessEntry {
   method?: string;
   path?: string;
   status?: number;
+  grpcStatus?: string;
+  http2?: boolean;
   durationMs?: number;
   decision?: "allow" | "deny";
   policy?: string;
   rule?: number;
   reason?: string;
+  /** Dry-run policies (`istio.io/dry-run`) and what each would have decided. */
+  dryRun?: { policy: string; wouldAllow: boolean }[];
   flag?: string;
   err?: string;
   msg: string;

@@ -78,7 +78,8 @@ describe("the shop in network namespaces", {
     assert.ok(id, `the denial names its request id: ${r.body}`);
     // The access lines are written in blocks: wait (3 s at most) for both sidecars' lines.
     let why = await zmeshCli(["why", id, "--name", MESH]);
-    for (let i = 0; i < 30 && !why.stdout.includes(" inbound "); i++) {
+    const both = (out: string) => out.includes(" outbound ") && out.includes(" inbound ");
+    for (let i = 0; i < 30 && !both(why.stdout); i++) {
       await new Promise((res) => setTimeout(res, 100));
       why = await zmeshCli(["why", id, "--name", MESH]);
     }
@@ -95,11 +96,11 @@ describe("the shop in network namespaces", {
     );
     assert.match(lines[3]!, /^ {6}why: denied: no ALLOW policy matched/);
     const json = await zmeshCli(["why", id, "--name", MESH, "-o", "json"]);
+    type Side = { entry: { status?: number; decision?: string } } | undefined;
+    const { exchanges } = JSON.parse(json.stdout) as { exchanges: { outbound: Side; inbound: Side }[] };
     assert.deepEqual(
-      (JSON.parse(json.stdout) as { hops: { entry: { decision?: string } }[] }).hops.map(
-        (h) => h.entry.decision,
-      ),
-      [undefined, "deny"],
+      exchanges.map((x) => [x.outbound?.entry.status, x.inbound?.entry.decision]),
+      [[403, "deny"]],
     );
     const unknown = await zmeshCli(["why", "no-such-request", "--name", MESH]);
     assert.equal(unknown.code, 1);

@@ -4,7 +4,7 @@
 
 import { Command } from "commander";
 import { ZmeshError } from "../../errors/index.js";
-import { formatTrace, openMesh, traceRequest } from "../../runtime/index.js";
+import { formatTrace, inertJson, openMesh, traceRequest } from "../../runtime/index.js";
 
 export function whyCommand(): Command {
   return new Command("why")
@@ -16,8 +16,8 @@ export function whyCommand(): Command {
       if (o.output !== "text" && o.output !== "json")
         throw new ZmeshError("ZMESH_USAGE", `-o ${o.output} is not a format; use text or json`);
       const state = await openMesh(o.name);
-      const hops = await traceRequest(state, id);
-      if (hops.length === 0)
+      const trace = await traceRequest(state, id);
+      if (trace.exchanges.length === 0)
         throw new ZmeshError(
           "ZMESH_REQUEST_NOT_FOUND",
           `no sidecar of mesh ${state.name} logged request id "${id}"; copy the id from the denial's body ` +
@@ -25,8 +25,8 @@ export function whyCommand(): Command {
         );
       process.stdout.write(
         o.output === "json"
-          ? `${JSON.stringify({ requestId: id, hops }, null, 2)}\n`
-          : `${formatTrace(id, hops).join("\n")}\n`,
+          ? `${inertJson({ requestId: id, ...trace })}\n`
+          : `${formatTrace(id, trace).join("\n")}\n`,
       );
     });
 }
