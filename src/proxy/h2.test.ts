@@ -142,7 +142,6 @@ describe("HTTP/2 headers", () => {
   });
 });
 
-/** An h2c server on loopback whose streams go to `onStream`; resolves with its port. */
 /** The body of a client stream as text, once it ends. */
 function textOf(req: ClientHttp2Stream): Promise<string> {
   return new Promise<string>((resolve, reject) => {
@@ -156,6 +155,7 @@ function textOf(req: ClientHttp2Stream): Promise<string> {
   });
 }
 
+/** An h2c server on loopback whose streams go to `onStream`; resolves with its port. */
 async function h2cServer(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void) {
   const server = createServer();
   server.on("stream", onStream);
