@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import { after, before, describe, it } from "node:test";
 import type { Sidecar } from "../src/proxy/index.js";
-import { clientServerMesh, type MeshFixture, openTcp } from "./harness/index.js";
+import { clientServerMesh, logLines, type MeshFixture, openTcp } from "./harness/index.js";
 
 describe("upgrades through the mesh", { timeout: 30_000 }, () => {
   let mesh: MeshFixture;
@@ -56,8 +56,24 @@ spec:
   it("a denied upgrade gets 403 and the app never sees it", async () => {
     const before = upgrades;
     const c = await openTcp(mesh, client, vip);
-    c.write("GET /admin HTTP/1.1\r\nhost: chat\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n");
-    assert.match(await c.closed, /^HTTP\/1\.1 403/);
+    c.write(
+      "GET /admin HTTP/1.1\r\nhost: chat\r\nx-request-id: ws-denied-1\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    );
+    const answer = await c.closed;
+    assert.match(answer, /^HTTP\/1\.1 403/);
+    assert.match(
+      answer,
+      /\r\n\r\nRBAC: access denied \(request id ws-denied-1\)\n$/,
+      "the body names the request id",
+    );
     assert.equal(upgrades, before);
+    // The sidecar's line says what `zmesh why` needs: who, what, the decision and its status.
+    const line = logLines.find((l) => l["msg"] === "access" && l["requestId"] === "ws-denied-1");
+    assert.equal(line?.["method"], "GET");
+    assert.equal(line?.["status"], 403);
+    assert.equal(line?.["flag"], "RBAC_DENIED");
+    assert.equal(line?.["decision"], "deny");
+    assert.equal(line?.["source"], "spiffe://cluster.local/ns/shop/sa/client");
+    assert.equal(line?.["destination"], "spiffe://cluster.local/ns/shop/sa/chat");
   });
 });
