@@ -155,6 +155,17 @@ function textOf(req: ClientHttp2Stream): Promise<string> {
   });
 }
 
+/** An h2c server answering "now" at once, and "late" on `/slow` only when `release()` is called. */
+async function slowServer() {
+  let ready: () => void = () => {};
+  const up = await h2cServer((s, h) => {
+    s.respond({ ":status": 200 });
+    if (h[":path"] === "/slow") ready = () => s.end("late");
+    else s.end("now");
+  });
+  return { up, release: () => ready() };
+}
+
 /** An h2c server on loopback whose streams go to `onStream`; resolves with its port. */
 async function h2cServer(onStream: (s: ServerHttp2Stream, h: IncomingHttpHeaders) => void) {
   const server = createServer();
@@ -194,12 +205,7 @@ describe("SessionPool", () => {
   });
 
   it("retire: the session takes no new stream, its open stream finishes, then it closes; the next get opens a new one", async () => {
-    let release: () => void = () => {};
-    const up = await h2cServer((s, h) => {
-      s.respond({ ":status": 200 });
-      if (h[":path"] === "/slow") release = () => s.end("late");
-      else s.end("now");
-    });
+    const { up, release } = await slowServer();
     const pool = new SessionPool();
     let opened = 0;
     const open = () => {
@@ -247,28 +253,14 @@ describe("SessionPool", () => {
   });
 
   it("prune: sessions of keys gone from the config retire (an open stream finishes), the others stay pooled", async () => {
-    let release: () => void = () => {};
-    const up = await h2cServer((s, h) => {
-      s.respond({ ":status": 200 });
-      if (h[":path"] === "/slow") release = () => s.end("late");
-      else s.end("now");
-    });
+    const { up, release } = await slowServer();
     const pool = new SessionPool();
     const open = () => whenConnected(h2connect(`http://127.0.0.1:${up.port}`));
     try {
       const kept = await pool.get("live", open);
       const idle = await pool.get("gone-idle", open);
       const busy = await pool.get("gone-busy", open);
-      const slow = new Promise<string>((resolve, reject) => {
-        const req = busy.request({ ":path": "/slow" });
-        let text = "";
-        req.setEncoding("utf8");
-        req.on("data", (c: string) => {
-          text += c;
-        });
-        req.on("end", () => resolve(text));
-        req.on("error", reject);
-      });
+      const slow = textOf(busy.request({ ":path": "/slow" }));
       await new Promise((r) => setTimeout(r, 50)); // the stream is open at the upstream
       assert.equal(pool.size, 3);
       const idleGone = new Promise((r) => idle.once("close", r));
