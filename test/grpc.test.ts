@@ -8,6 +8,8 @@ import { after, before, describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { exportJWK, generateKeyPair } from "jose";
 import type { Sidecar } from "../src/proxy/index.js";
+import { formatTrace, pairExchanges } from "../src/runtime/explain.js";
+import type { AccessEntry } from "../src/runtime/mesh.js";
 import { fallbackIntent } from "./harness/h2.js";
 import {
   controlPlane,
@@ -326,6 +328,22 @@ spec:
     assert.equal(inbound?.["source"], "spiffe://cluster.local/ns/shop/sa/web");
     assert.equal(outbound?.["grpcStatus"], "7");
     assert.equal(outbound?.["http2"], true);
+    // What `zmesh why` makes of these two lines: one exchange, the caller's side first, the refusal
+    // at the callee's inbound with its gRPC status.
+    const hop = (instance: string, l: Record<string, unknown> | undefined) => ({
+      instance,
+      entry: l as unknown as AccessEntry,
+    });
+    const report = formatTrace(id!, {
+      truncated: false,
+      exchanges: pairExchanges([hop("shop/api", inbound), hop("shop/web", outbound)]),
+    });
+    assert.equal(
+      report[0],
+      `request ${id}: POST /shop.Admin/Reset: refused by the sidecar of shop/api (inbound)`,
+    );
+    assert.match(report[1]!, /^ {2}shop\/web outbound 200 \(gRPC status 7\): sent to /);
+    assert.match(report[2]!, /^ {2}shop\/api inbound 200 \(gRPC status 7\): DENIED, from shop\/web /);
   });
 
   it("an invalid JWT gets UNAUTHENTICATED", async () => {
