@@ -160,7 +160,7 @@ export class H2Outbound {
     const out = h2RequestHeaders(headers, true);
     out["x-request-id"] = requestId;
     out[SOURCE_WORKLOAD_HEADER] = self.name;
-    const attempt = (ep: SnapshotEndpoint, retried: boolean, replay?: Replay) => {
+    const attempt = (route: Route, ep: SnapshotEndpoint, retried: boolean, replay?: Replay) => {
       const at = route.endpoint(ep);
       record.upstream = at.upstream;
       record.destination = at.destination;
@@ -174,17 +174,18 @@ export class H2Outbound {
               out,
               (r) => {
                 this.balancer.finished(ep.address, false);
-                if (r.notSent && !retried) {
-                  // The pooled session was closing (GOAWAY, idle close): open a new one, once.
+                if ((r.notSent || r.refused) && !retried) {
+                  // notSent: the pooled session was closing (GOAWAY, idle close); refused: never
+                  // processed (RFC 9113 section 8.7), so sent once more whatever the method. On
+                  // another endpoint if there is one (of the config now: one may have come since
+                  // the stream began), else on a new session to this one if it is still routed.
                   this.pool.drop(this.key(route, ep), session);
-                  return attempt(this.balancer.pick(route.service.endpoints) ?? ep, true);
-                }
-                if (r.refused && !retried) {
-                  // Refused, so never processed (RFC 9113 section 8.7): once more, whatever the
-                  // method, on another endpoint if there is one, else on a new session.
-                  this.pool.drop(this.key(route, ep), session);
-                  const other = this.balancer.pick(route.service.endpoints, ep.address) ?? ep;
-                  return attempt(other, true, r.refused);
+                  const now = this.state.afterConfig(route, ep.address);
+                  const other =
+                    now.route &&
+                    (this.balancer.pick(now.route.service.endpoints, r.refused ? ep.address : undefined) ??
+                      (now.live ? ep : undefined));
+                  if (other) return attempt(now.route!, other, true, r.refused);
                 }
                 finishRelayed(down, r, finish, "the app");
               },
@@ -193,18 +194,22 @@ export class H2Outbound {
           (e: Error) => {
             // The session could not be opened: nothing of this stream was sent anywhere yet.
             const naming = e instanceof ZmeshError && e.code === "ZMESH_SECURE_NAMING";
-            this.balancer.finished(ep.address, !naming);
+            // As for HTTP/1.1: a retry goes to the config of now, a removed endpoint's failure is not held.
+            const now = this.state.afterConfig(route, ep.address);
+            this.balancer.finished(ep.address, !naming && now.live);
             if (naming)
               this.log.warn({ requestId, err: e.message }, "outbound HTTP/2: secure naming refused");
             const next =
-              !retried && !naming ? this.balancer.pick(route.service.endpoints, ep.address) : undefined;
-            if (next && !down.closed) return attempt(next, true);
+              now.route && !retried && !naming
+                ? this.balancer.pick(now.route.service.endpoints, ep.address)
+                : undefined;
+            if (next && !down.closed) return attempt(now.route!, next, true);
             finish({ err: e.message }, naming ? "SECURE_NAMING" : "UPSTREAM_FAILURE");
           },
         )
         .catch(bug);
     };
-    attempt(first, false);
+    attempt(route, first, false);
   }
 
   /**

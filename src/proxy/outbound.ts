@@ -358,26 +358,30 @@ export class Outbound implements Http1Listener {
     // An idempotent request without a body is retried once, on another endpoint, when the first
     // could not be reached: nothing was sent to the app, so nothing can happen twice.
     const retryable = !conn.hasBody && IDEMPOTENT.has(head.method);
-    const attempt = (ep: SnapshotEndpoint, retried: boolean) => {
+    const attempt = (route: Route, ep: SnapshotEndpoint, retried: boolean) => {
       const at = route.endpoint(ep);
       record.upstream = at.upstream;
       record.destination = at.destination;
       this.balancer.started(ep.address);
       conn.forward(this.poolOf(route, ep, at), headBytes, (r) => {
-        const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
-        this.balancer.finished(ep.address, r.error !== undefined && r.status === 0 && !naming);
-        if (r.error) {
-          const next =
-            retryable && !retried && !naming && r.status === 0 && !r.flag
-              ? this.pick(route, ep.address)
-              : undefined;
-          if (next) return attempt(next, true);
-          return finish({ err: r.error.message }, naming ? "SECURE_NAMING" : (r.flag ?? "UPSTREAM_FAILURE"));
+        if (!r.error) {
+          this.balancer.finished(ep.address, false);
+          return finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
         }
-        finish({ status: r.status, requestBytes: r.requestBytes, responseBytes: r.responseBytes });
+        const naming = r.error instanceof ZmeshError && r.error.code === "ZMESH_SECURE_NAMING";
+        // A config may have come since the request began: a retry goes to its endpoints, and the
+        // failure of an endpoint it removed is not held (its prune dropped that endpoint's state).
+        const now = this.state.afterConfig(route, ep.address);
+        this.balancer.finished(ep.address, r.status === 0 && !naming && now.live);
+        const next =
+          now.route && retryable && !retried && !naming && r.status === 0 && !r.flag
+            ? this.pick(now.route, ep.address)
+            : undefined;
+        if (next) return attempt(now.route!, next, true);
+        finish({ err: r.error.message }, naming ? "SECURE_NAMING" : (r.flag ?? "UPSTREAM_FAILURE"));
       });
     };
-    attempt(first, false);
+    attempt(route, first, false);
   }
 
   /** An upgrade (WebSocket): its own mutual-TLS connection to an endpoint, then bytes both ways. */

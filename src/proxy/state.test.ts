@@ -2,8 +2,8 @@
 // key its pools hold (the one Route.endpoint gives) and by address (the balancer's).
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { SnapshotService } from "../api/index.js";
-import { LiveEndpoints, Route } from "./state.js";
+import type { ProxySnapshot, SnapshotService } from "../api/index.js";
+import { LiveEndpoints, ProxyState, Route } from "./state.js";
 
 const ep = (address: string) => ({ address, workload: "w", spiffeId: "spiffe://cluster.local/ns/shop/sa/w" });
 
@@ -48,5 +48,48 @@ describe("LiveEndpoints", () => {
     for (const a of ["198.18.0.10", "198.18.0.11", "198.18.0.20"]) assert.ok(live.addresses.has(a));
     assert.equal(live.addresses.has("198.18.0.12"), false);
     assert.equal(live.addresses.has("198.19.0.5"), false, "a VIP is no endpoint");
+  });
+});
+
+describe("ProxyState.afterConfig (a retry or failure of a request begun under an older config)", () => {
+  const snapshot = (services: SnapshotService[], version: string): ProxySnapshot => ({
+    version,
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    trustBundlePem: "",
+    issuerId: "",
+    workload: {
+      name: "web",
+      namespace: "shop",
+      serviceAccount: "web",
+      spiffeId: "spiffe://cluster.local/ns/shop/sa/web",
+      address: "198.18.0.2",
+      labels: {},
+    },
+    policies: [],
+    peerAuthentications: [],
+    requestAuthentications: [],
+    servicesVersion: version,
+    services,
+  });
+
+  it("gives the route of now, and whether the endpoint is still one of its endpoints", () => {
+    const state = new ProxyState();
+    state.applySnapshot(snapshot([service("orders", ["198.18.0.10", "198.18.0.11"], [8080])], "1"));
+    const old = state.route("198.19.0.5", 80)!;
+    assert.deepEqual(state.afterConfig(old, "198.18.0.10"), { route: old, live: true }, "no config since");
+
+    state.applySnapshot(snapshot([service("orders", ["198.18.0.11"], [8080])], "2"));
+    const now = state.route("198.19.0.5", 80)!;
+    assert.notEqual(now, old);
+    assert.deepEqual(state.afterConfig(old, "198.18.0.10"), { route: now, live: false }, "removed");
+    assert.deepEqual(state.afterConfig(old, "198.18.0.11"), { route: now, live: true }, "kept");
+
+    state.applySnapshot(snapshot([], "3"));
+    assert.deepEqual(
+      state.afterConfig(now, "198.18.0.11"),
+      { route: undefined, live: false },
+      "service gone",
+    );
   });
 });

@@ -269,4 +269,17 @@ export class ProxyState {
   current(r: Route): Route | undefined {
     return this.route(r.service.vip, r.port);
   }
+
+  /**
+   * For a retry or a failure of a request begun under `route`, perhaps an older config's: the
+   * route now (undefined if its service is gone) and whether the endpoint at `address` is still
+   * one of its endpoints. A newer config's prune has dropped the state of removed endpoints; a
+   * retry picks from the endpoints of now, and a removed endpoint's failure is not held. Called on
+   * error paths only.
+   */
+  afterConfig(route: Route, address: string): { route: Route | undefined; live: boolean } {
+    const now = this.current(route);
+    if (now === route) return { route, live: true };
+    return { route: now, live: now?.service.endpoints.some((e) => e.address === address) === true };
+  }
 }

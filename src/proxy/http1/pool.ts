@@ -146,9 +146,13 @@ export class UpstreamPool {
     if (up.closed) return;
     // Its exchange may have paused it for backpressure; idle, it must be read (a close, or junk).
     if (up.sock.isPaused()) up.sock.resume();
-    if (this.closed || this.ending || up.generation !== this.generation) return void up.sock.destroy();
+    if (this.closed || up.generation !== this.generation) return void up.sock.destroy();
     const w = this.waiters.shift();
+    // Shut down: a request that was waiting for a connection (begun while the endpoint was routed)
+    // takes this one, checked when it was dialled; a new dial would be checked against a config
+    // that no longer routes here. Nothing else reuses it.
     if (w) return w(null, up);
+    if (this.ending) return void up.sock.destroy();
     up.idleSince = now;
     this.idle.push(up);
     pools.add(this);
