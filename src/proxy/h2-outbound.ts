@@ -217,7 +217,19 @@ export class H2Outbound {
    * (their open streams finish) and their routes forgotten.
    */
   prune(live: Pick<ReadonlySet<string>, "has">): void {
-    for (const key of this.routes.keys()) if (!live.has(key)) this.routes.delete(key);
+    for (const [key, route] of this.routes) {
+      if (!live.has(key)) {
+        this.routes.delete(key);
+        continue;
+      }
+      // As Outbound.prune: a kept session moves to the config's route now, and retires if the
+      // identities its dial checked changed.
+      const now = this.state.current(route);
+      if (now !== undefined && now !== route) {
+        if (!sameSet(route.allowed, now.allowed)) this.pool.retire(key);
+        this.routes.set(key, now);
+      }
+    }
     this.pool.prune(live);
   }
 

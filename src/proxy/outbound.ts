@@ -126,7 +126,7 @@ export class Outbound implements Http1Listener {
           (onread, cb) => this.dial(ep.address, target, ["http/1.1"], current, cb, onread),
           meshPoolIdleMs(this.state.timeouts.idleMs),
         ),
-        route,
+        route: this.state.current(route) ?? route,
       };
       held = entry;
       this.pools.set(at.key, held);
@@ -419,11 +419,20 @@ export class Outbound implements Http1Listener {
    * a new pool, whose connections are dialled and checked anew.
    */
   prune(live: LiveEndpoints): void {
-    for (const [key, held] of this.pools)
+    for (const [key, held] of this.pools) {
       if (!live.keys.has(key)) {
         this.pools.delete(key);
         held.pool.shutdown();
+        continue;
       }
+      // A kept pool moves to the config's route now (not at its next request, and not by a retry
+      // of an older config's request): connections checked against identities that changed retire.
+      const now = this.state.current(held.route);
+      if (now !== undefined && now !== held.route) {
+        if (!sameSet(held.route.allowed, now.allowed)) held.pool.retire();
+        held.route = now;
+      }
+    }
     this.h2.prune(live.keys); // HTTP/2 hook
     this.balancer.prune(live.addresses);
   }

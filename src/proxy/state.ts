@@ -202,7 +202,16 @@ export class ProxyState {
     this.trustBundlePem = s.trustBundlePem;
     if (!same && this.routeListeners.length > 0) {
       const live = new LiveEndpoints(s.services);
-      for (const fn of this.routeListeners) fn(live);
+      for (const fn of this.routeListeners) {
+        // Dropping stale state is housekeeping: its failure must not undo or refuse the config.
+        try {
+          fn(live);
+        } catch (e) {
+          process.emitWarning(
+            `zmesh: dropping the state of removed endpoints failed: ${(e as Error).message}`,
+          );
+        }
+      }
     }
     this.changed();
   }
