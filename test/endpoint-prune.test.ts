@@ -6,7 +6,9 @@
 // pods go away. The client's outbound must then close its pooled connections to the server (an
 // idle one at once; a busy one once the request in flight on it has completed, which it does),
 // and hold nothing for either endpoint any more: HTTP/1.1 pools, HTTP/2 routes and sessions,
-// balancer failures. When the endpoints come back, requests are served over new connections.
+// balancer failures. When the endpoints come back, requests are served over new connections. A
+// config that removes only the ghost (a replica: same service account) keeps the server's pooled
+// connection and forgets only the ghost's failure.
 import assert from "node:assert/strict";
 import type { ServerResponse } from "node:http";
 import { createServer as createHttpServer } from "node:http";
@@ -27,15 +29,18 @@ import {
 } from "./harness/index.js";
 import { eventually } from "./harness/wait.js";
 
-/** Client and server on 127.0.0.1, a ghost on 127.0.0.2; the two last labelled `app: <app>`. */
-function meshYaml(vip: string, target: number, portName: string, app: "backend" | "gone"): string {
+/** Client and server on 127.0.0.1, a ghost on 127.0.0.2, labelled `app: <app>` (the ghost: `ghostApp`). */
+function meshYaml(vip: string, target: number, portName: string, app: App, ghostApp: App = app): string {
   return (
     entryYaml("client") +
     entryYaml("server", { app }) +
-    entryYaml("ghost", { app, address: "127.0.0.2" }) +
+    // A replica of the server (same service account): removing it leaves the identities the
+    // Service may run as unchanged, so the server's pooled connections stay valid.
+    entryYaml("ghost", { app: ghostApp, address: "127.0.0.2", sa: "server" }) +
     serviceYaml("backend", vip, [[80, target, portName]])
   );
 }
+type App = "backend" | "gone";
 
 /** A TCP relay to `to` on loopback that counts the connections it carries (the server side's view). */
 async function relay(to: number) {
@@ -97,8 +102,8 @@ function scenario(
     let fixture: Fixture;
     let counter: Awaited<ReturnType<typeof relay>>;
     const dst = { address: vip, port: 80 };
-    const apply = async (app: "backend" | "gone") => {
-      await mesh.writeConfig(meshYaml(vip, counter.port, portName, app));
+    const apply = async (app: App, ghostApp: App = app) => {
+      await mesh.writeConfig(meshYaml(vip, counter.port, portName, app, ghostApp));
       assert.equal(await mesh.cp.reload(), true);
     };
 
@@ -162,6 +167,22 @@ function scenario(
       await routeApplied(client, dst, (r) => r.service.endpoints.length === 2);
       assert.equal(await fixture.send(client), 200);
       assert.equal(counter.accepted(), accepted + 1);
+    });
+
+    it("a config that removes one endpoint keeps the other's pooled connection and forgets only the removed one's failure", async () => {
+      for (let i = 0; i < 40 && client.outboundHeld.balancer === 0; i++)
+        assert.equal(await fixture.send(client), 200);
+      assert.equal(client.outboundHeld.balancer, 1, "the ghost's connect failure is held");
+      assert.equal(await fixture.send(client), 200);
+      const accepted = counter.accepted();
+
+      await apply("backend", "gone"); // the ghost goes, the server stays
+      await routeApplied(client, dst, (r) => r.service.endpoints.length === 1);
+      const held = client.outboundHeld;
+      assert.equal(held.balancer, 0, "the removed endpoint's failure is forgotten");
+      assert.ok(protocol === "HTTP/1.1" ? held.pools === 1 : held.h2Routes === 1 && held.h2Sessions === 1);
+      assert.equal(await fixture.send(client), 200);
+      assert.equal(counter.accepted(), accepted, "the server's pooled connection was kept and reused");
     });
   });
 }
