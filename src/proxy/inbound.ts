@@ -25,11 +25,11 @@ import { UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { OriginalDst } from "./origdst.js";
 import { principalOf, workloadPeer } from "./principal.js";
-import { FLAGS, type Flag } from "./rescue.js";
+import { FLAGS, type Flag, rescueUpgrade } from "./rescue.js";
 import { ALPN_H2, ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import type { Certificate, ProxyState } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
-import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
+import { splice, upgradeHead } from "./upgrade.js";
 
 /** The peer of an accepted connection, established once (h2-inbound.ts serves HTTP/2 with the same). */
 type Peer = H2Peer;
@@ -445,11 +445,10 @@ export class Inbound implements Http1Listener {
     const peer = this.peers.get(sock);
     const snap = this.state.snapshot;
     const norm = normalizePath(req.url ?? "");
-    if (!peer || !snap || !this.state.policies)
-      return refuseUpgrade(sock, 503, FLAGS.NOT_READY.body, requestId);
-    if (!norm.ok) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
+    if (!peer || !snap || !this.state.policies) return rescueUpgrade(sock, "NOT_READY", requestId);
+    if (!norm.ok) return rescueUpgrade(sock, "BAD_REQUEST", requestId);
     // HTTP/2 hook: an h2c upgrade would carry later streams past per-stream authorization.
-    if (isH2cUpgrade(req.headers.upgrade)) return refuseUpgrade(sock, 400, FLAGS.BAD_REQUEST.body, requestId);
+    if (isH2cUpgrade(req.headers.upgrade)) return rescueUpgrade(sock, "BAD_REQUEST", requestId);
     const decision = evaluate(
       this.state.policies,
       peerRequest(peer, undefined, {
@@ -479,7 +478,7 @@ export class Inbound implements Http1Listener {
       },
       "access",
     );
-    if (!decision.allowed) return refuseUpgrade(sock, 403, FLAGS.RBAC_DENIED.body, requestId);
+    if (!decision.allowed) return rescueUpgrade(sock, "RBAC_DENIED", requestId);
     const app = connect({ host: this.appAddress(), port: peer.port }, () => {
       const extra: Record<string, string> = { "x-request-id": requestId };
       if (peer.mtls) extra["x-forwarded-client-cert"] = xfcc(snap.workload.spiffeId, peer);
@@ -488,7 +487,7 @@ export class Inbound implements Http1Listener {
       if (head.length > 0) app.write(head);
       splice(sock, app, () => {});
     });
-    app.once("error", () => refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId));
+    app.once("error", () => rescueUpgrade(sock, "UPSTREAM_FAILURE", requestId));
   }
 
   private xfcc(self: string, peer: Peer): string {

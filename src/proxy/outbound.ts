@@ -22,12 +22,12 @@ import { meshPoolIdleMs, type ReadHook, UpstreamPool } from "./http1/pool.js";
 import { requestHeadFor } from "./http1/wire.js";
 import type { Destination, OriginalDst } from "./origdst.js";
 import { workloadPeer } from "./principal.js";
-import { FLAGS, type Flag } from "./rescue.js";
+import { FLAGS, type Flag, rescueUpgrade } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
 import { type LiveEndpoints, type ProxyState, type Route, type RouteEndpoint, sameSet } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
-import { refuseUpgrade, splice, upgradeHead } from "./upgrade.js";
+import { splice, upgradeHead } from "./upgrade.js";
 
 const CONNECT_TIMEOUT_MS = 5_000;
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
@@ -391,14 +391,14 @@ export class Outbound implements Http1Listener {
     const route = dst ? this.state.route(dst.address, dst.port) : undefined;
     const ep = route ? this.pick(route) : undefined;
     const self = this.state.snapshot?.workload;
-    if (!route || !ep || !self) return refuseUpgrade(sock, 502, FLAGS.NO_ROUTE.body, requestId);
+    if (!route || !ep || !self) return rescueUpgrade(sock, "NO_ROUTE", requestId);
     this.dial(
       ep.address,
       route.targetPort,
       ["http/1.1"],
       () => this.state.current(route),
       (err, up) => {
-        if (err || !up) return refuseUpgrade(sock, 503, FLAGS.UPSTREAM_FAILURE.body, requestId);
+        if (err || !up) return rescueUpgrade(sock, "UPSTREAM_FAILURE", requestId);
         up.write(
           upgradeHead(req.method, req.url, req.headers, {
             "x-request-id": requestId,

@@ -4,6 +4,7 @@
 
 import type { ServerResponse } from "node:http";
 import type { ServerHttp2Stream } from "node:http2";
+import type { Duplex } from "node:stream";
 
 /**
  * `grpc`: the status a gRPC caller gets instead (codes from grpc/doc/statuscodes.md): 7
@@ -55,6 +56,11 @@ export function rescueWire(flag: Flag, requestId: string, close: boolean): strin
     `content-length: ${Buffer.byteLength(text)}\r\nx-request-id: ${requestId}\r\nx-zmesh-flag: ${flag}\r\n` +
     `${close ? "connection: close\r\n" : ""}\r\n${text}`
   );
+}
+
+/** The same on a connection that was being upgraded (WebSocket): nothing can follow it, so it closes. */
+export function rescueUpgrade(sock: Duplex, flag: Flag, requestId: string): void {
+  sock.end(rescueWire(flag, requestId, true));
 }
 
 const REASONS: Record<number, string> = {

@@ -40,14 +40,3 @@ export function splice(a: Duplex, b: Duplex, done: () => void): void {
   a.once("close", end);
   b.once("close", end);
 }
-
-/**
- * A short HTTP answer on a socket that was being upgraded (nothing else can be sent on it); its
- * body names the request id, as every other refusal does (`zmesh why` takes it).
- */
-export function refuseUpgrade(sock: Duplex, status: number, reason: string, requestId: string): void {
-  const text = `${reason} (request id ${requestId})`;
-  sock.end(
-    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain\r\nx-request-id: ${requestId}\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(text) + 1}\r\n\r\n${text}\n`,
-  );
-}
