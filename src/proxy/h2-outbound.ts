@@ -37,7 +37,7 @@ import { SOURCE_WORKLOAD_HEADER } from "./headers.js";
 import type { Destination } from "./origdst.js";
 import { workloadPeer } from "./principal.js";
 import { ALPN_H2 } from "./sniff.js";
-import { type ProxyState, type Route, sameSet } from "./state.js";
+import { followRoute, type ProxyState, type Route } from "./state.js";
 import type { HttpRecord, Telemetry } from "./telemetry.js";
 
 /** Outbound's mutual-TLS dial with its secure-naming check (see Outbound.dial). */
@@ -88,10 +88,11 @@ export class H2Outbound {
     if (last !== route) {
       const live = this.state.current(route);
       if (last === undefined) this.routes.set(key, live ?? route);
-      else if (live === route) {
-        if (!sameSet(last.allowed, route.allowed)) this.pool.retire(key);
-        this.routes.set(key, route);
-      }
+      else if (live === route)
+        this.routes.set(
+          key,
+          followRoute(last, route, () => this.pool.retire(key)),
+        );
     }
     return this.pool.get(key, () =>
       new Promise<TLSSocket>((resolve, reject) =>
@@ -225,10 +226,11 @@ export class H2Outbound {
       // As Outbound.prune: a kept session moves to the config's route now, and retires if the
       // identities its dial checked changed.
       const now = this.state.current(route);
-      if (now !== undefined && now !== route) {
-        if (!sameSet(route.allowed, now.allowed)) this.pool.retire(key);
-        this.routes.set(key, now);
-      }
+      if (now !== undefined && now !== route)
+        this.routes.set(
+          key,
+          followRoute(route, now, () => this.pool.retire(key)),
+        );
     }
     this.pool.prune(live);
   }

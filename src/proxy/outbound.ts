@@ -25,7 +25,7 @@ import { workloadPeer } from "./principal.js";
 import { FLAGS, type Flag, rescueUpgrade } from "./rescue.js";
 import { SessionCache } from "./sessions.js";
 import { ALPN_TCP, looksLikeH2, looksLikeHttp, SNIFF_MS, sniff } from "./sniff.js";
-import { type LiveEndpoints, type ProxyState, type Route, type RouteEndpoint, sameSet } from "./state.js";
+import { followRoute, type LiveEndpoints, type ProxyState, type Route, type RouteEndpoint } from "./state.js";
 import type { HttpRecord, TcpRecord, Telemetry } from "./telemetry.js";
 import { splice, upgradeHead } from "./upgrade.js";
 
@@ -135,10 +135,9 @@ export class Outbound implements Http1Listener {
     // the old set are not reused (as a proxy drains a cluster's pools when its SANs change).
     // Only the config's current route counts: a retry of a request begun under an older config
     // must not retire the connections the current set checked (each dial checks the current set).
-    if (held.route !== route && this.state.current(route) === route) {
-      if (!sameSet(held.route.allowed, route.allowed)) held.pool.retire();
-      held.route = route;
-    }
+    const h = held;
+    if (h.route !== route && this.state.current(route) === route)
+      h.route = followRoute(h.route, route, () => h.pool.retire());
     this.endpointPools.set(at, held.pool);
     return held.pool;
   }
@@ -428,10 +427,8 @@ export class Outbound implements Http1Listener {
       // A kept pool moves to the config's route now (not at its next request, and not by a retry
       // of an older config's request): connections checked against identities that changed retire.
       const now = this.state.current(held.route);
-      if (now !== undefined && now !== held.route) {
-        if (!sameSet(held.route.allowed, now.allowed)) held.pool.retire();
-        held.route = now;
-      }
+      if (now !== undefined && now !== held.route)
+        held.route = followRoute(held.route, now, () => held.pool.retire());
     }
     this.h2.prune(live.keys); // HTTP/2 hook
     this.balancer.prune(live.addresses);

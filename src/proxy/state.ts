@@ -65,7 +65,7 @@ export class Route {
   endpoint(ep: SnapshotEndpoint): RouteEndpoint {
     let e = this.endpoints.get(ep);
     if (e === undefined) {
-      const upstream = `${ep.address}:${this.targetPort}`;
+      const upstream = upstreamOf(ep.address, this.targetPort);
       e = {
         upstream,
         destination: Object.freeze({
@@ -81,9 +81,19 @@ export class Route {
   }
 }
 
-/** The pools' key of an endpoint of a Service: `<namespace>/<service>|<address>:<target port>`. */
+/** Where a request to an endpoint goes: `<address>:<target port>`. */
+function upstreamOf(address: string, targetPort: number): string {
+  return `${address}:${targetPort}`;
+}
+
+/** The pools' key of an endpoint of a Service: `<namespace>/<service>|<upstream>`. */
 function endpointKey(svc: SnapshotService, upstream: string): string {
-  return `${svc.namespace}/${svc.name}|${upstream}`;
+  return `${serviceId(svc)}|${upstream}`;
+}
+
+/** `<namespace>/<name>`: the part of an endpoint key before its "|". */
+function serviceId(svc: SnapshotService): string {
+  return `${svc.namespace}/${svc.name}`;
 }
 
 /**
@@ -99,7 +109,8 @@ export class LiveEndpoints {
   /** Every endpoint's address (the balancer's). */
   readonly addresses: Pick<ReadonlySet<string>, "has"> = { has: (a) => this.allAddresses().has(a) };
   private byService: Map<string, SnapshotService> | undefined;
-  private readonly upstreams = new Map<string, Set<string>>();
+  /** Per service asked about (`<namespace>/<name>`): the keys of its endpoints and target ports. */
+  private readonly keysOf = new Map<string, Set<string>>();
   private addressSet: Set<string> | undefined;
 
   constructor(private readonly services: readonly SnapshotService[]) {}
@@ -109,17 +120,18 @@ export class LiveEndpoints {
     const id = key.slice(0, bar);
     if (this.byService === undefined) {
       this.byService = new Map();
-      for (const svc of this.services) this.byService.set(`${svc.namespace}/${svc.name}`, svc);
+      for (const svc of this.services) this.byService.set(serviceId(svc), svc);
     }
     const svc = this.byService.get(id);
     if (svc === undefined) return false;
-    let ups = this.upstreams.get(id);
-    if (ups === undefined) {
-      ups = new Set();
-      for (const ep of svc.endpoints) for (const p of svc.ports) ups.add(`${ep.address}:${p.targetPort}`);
-      this.upstreams.set(id, ups);
+    let keys = this.keysOf.get(id);
+    if (keys === undefined) {
+      keys = new Set();
+      for (const ep of svc.endpoints)
+        for (const p of svc.ports) keys.add(endpointKey(svc, upstreamOf(ep.address, p.targetPort)));
+      this.keysOf.set(id, keys);
     }
-    return ups.has(key.slice(bar + 1));
+    return keys.has(key);
   }
 
   private allAddresses(): Set<string> {
@@ -132,10 +144,17 @@ export class LiveEndpoints {
 }
 
 /**
- * Whether two sets of identities (a route's `allowed`) hold the same members: the outbound pools
- * (HTTP/1.1 and HTTP/2) retire what secure naming checked against a set that changed.
+ * Moves state kept per endpoint (an outbound pool of either protocol) from the route it was last
+ * reached through, `held`, to `next`, and returns `next`. Secure naming checked the pool's
+ * connections against `held`'s identities; if `next` allows other ones, `retire` runs first.
  */
-export function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
+export function followRoute(held: Route, next: Route, retire: () => void): Route {
+  if (!sameSet(held.allowed, next.allowed)) retire();
+  return next;
+}
+
+/** Whether two sets of identities (a route's `allowed`) hold the same members. */
+function sameSet(a: ReadonlySet<string>, b: ReadonlySet<string>): boolean {
   if (a === b) return true;
   if (a.size !== b.size) return false;
   for (const x of a) if (!b.has(x)) return false;
