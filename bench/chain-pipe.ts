@@ -1,16 +1,18 @@
-// One side of the `node_pipe` chain of bench/chain.ts: the floor of any Node proxy on this path.
-// No HTTP at all: each accepted connection gets one upstream connection of its own and the two are
-// joined with `stream.pipe` both ways. `outbound` accepts plaintext and dials mutual TLS 1.3 (ALPN
-// http/1.1, the server's name checked); `inbound` accepts mutual TLS 1.3 (client certificate
-// required) and dials the app in plaintext. It cannot see a method or path, so it enforces no
-// policy, keeps no pool and writes no log: what it costs per request is what Node charges to move
-// a request and its response through two sockets and a TLS session, which zmesh's sidecars pay too.
-// Certificates come from the directory bench/chain.ts made for HAProxy. It reports its port over IPC.
+// One side of the `node_pipe` chain of bench/chain.ts: the floor of any Node proxy on this path. No
+// HTTP at all: each accepted connection gets one upstream connection of its own and the two are
+// joined with `stream.pipe` both ways (the sidecar's own `splice`, as for upgrades). `outbound`
+// accepts plaintext and dials mutual TLS 1.3 (ALPN http/1.1, the server's name checked); `inbound`
+// accepts mutual TLS 1.3 (client certificate required) and dials the app in plaintext. It cannot
+// see a method or path, so it enforces no policy, keeps no pool and writes no log: what it costs
+// per request is what Node charges to move a request and its response through two sockets and a TLS
+// session, which zmesh's sidecars pay too. Certificates come from the directory bench/chain.ts made
+// for HAProxy. It reports its port over IPC.
 
 import { readFileSync } from "node:fs";
-import { createServer as createTcpServer, type Socket, connect as tcpConnect } from "node:net";
+import { createServer as createTcpServer, connect as tcpConnect } from "node:net";
 import { join } from "node:path";
 import { createServer as createTlsServer, connect as tlsConnect } from "node:tls";
+import { splice } from "../src/proxy/upgrade.js";
 
 const [role, nextPortArg, dir] = process.argv.slice(2);
 const nextPort = Number(nextPortArg);
@@ -21,18 +23,6 @@ const ca = read("ca.pem");
 const own = role === "outbound" ? "client" : "server";
 const cert = read(`${own}.crt`);
 const key = read(`${own}.key`);
-
-/** Joins two sockets both ways; an error or close on either ends both. */
-function join2(a: Socket, b: Socket): void {
-  const end = () => {
-    a.destroy();
-    b.destroy();
-  };
-  a.on("error", end).on("close", end);
-  b.on("error", end).on("close", end);
-  a.pipe(b);
-  b.pipe(a);
-}
 
 const server =
   role === "outbound"
@@ -48,7 +38,7 @@ const server =
           ALPNProtocols: ["http/1.1"],
         });
         up.setNoDelay(true);
-        join2(down, up);
+        splice(down, up, () => {});
       })
     : createTlsServer(
         {
@@ -62,7 +52,7 @@ const server =
         },
         (down) => {
           down.setNoDelay(true);
-          join2(down, tcpConnect({ host: "127.0.0.1", port: nextPort, noDelay: true }));
+          splice(down, tcpConnect({ host: "127.0.0.1", port: nextPort, noDelay: true }), () => {});
         },
       );
 
