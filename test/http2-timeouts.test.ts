@@ -17,6 +17,7 @@ import {
 import { after, before, describe, it } from "node:test";
 import { clientApiMesh, h2Request, h2Session } from "./harness/h2.js";
 import { logLines, type MeshFixture } from "./harness/index.js";
+import { eventually } from "./harness/wait.js";
 
 const IDLE_MS = 600;
 
@@ -110,26 +111,26 @@ for (const [side, direction, vip] of [
       app.close();
     });
 
-    /** Waits until the app's held stream for `path` was closed (cancelled by the proxies), up to 3 s. */
-    async function appStreamCancelled(path: string): Promise<boolean> {
-      for (let i = 0; i < 30; i++) {
-        if (held.find((x) => x.path === path)?.closed) return true;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      return false;
-    }
+    /** True once the app's held stream for `path` was closed (cancelled by the proxies); throws after 3 s. */
+    const appStreamCancelled = (path: string) =>
+      eventually(
+        `the app's stream for ${path} is closed`,
+        async () => held.find((x) => x.path === path)?.closed === true,
+        (closed) => closed,
+        3_000,
+      );
 
     /** The access record the bounding sidecar wrote for request `id` (waits up to 3 s for it). */
-    async function record(id: string): Promise<Record<string, unknown>> {
-      for (let i = 0; i < 30; i++) {
-        const line = logLines.find(
-          (l) => l["msg"] === "access" && l["requestId"] === id && l["direction"] === direction,
-        );
-        if (line) return line;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      throw new Error(`no ${direction} access line for ${id}`);
-    }
+    const record = (id: string) =>
+      eventually(
+        `the ${direction} access line of ${id}`,
+        async () =>
+          logLines.find(
+            (l) => l["msg"] === "access" && l["requestId"] === id && l["direction"] === direction,
+          ),
+        () => true,
+        3_000,
+      ) as Promise<Record<string, unknown>>;
 
     it("an app that never answers: 504 UPSTREAM_TIMEOUT after the bound, and the app's stream is cancelled", async () => {
       const id = randomUUID();

@@ -12,6 +12,7 @@ import type { ControlPlane } from "../../src/controlplane/index.js";
 import type { CertificateAuthority } from "../../src/identity/index.js";
 import { Sidecar } from "../../src/proxy/index.js";
 import { freePort, startControlPlane } from "./cp.js";
+import { eventually } from "./wait.js";
 
 export const quiet = pino({ level: "silent" });
 
@@ -184,12 +185,12 @@ export async function routeApplied(
   dst: { address: string; port: number },
   ok: (route: OutboundRoute) => boolean,
 ): Promise<void> {
-  for (let i = 0; i < 250; i++) {
-    const r = client.state.route(dst.address, dst.port);
-    if (r && ok(r)) return;
-    await new Promise((res) => setTimeout(res, 20));
-  }
-  throw new Error("the client sidecar did not apply the new config in 5 s");
+  await eventually(
+    "the client sidecar applies the new config",
+    async () => client.state.route(dst.address, dst.port),
+    (r) => r !== undefined && ok(r),
+    5_000,
+  );
 }
 
 /** The Prometheus text a proxy serves on its metrics port. */

@@ -25,7 +25,7 @@ import {
   up,
   zmeshPids,
 } from "../../src/runtime/index.js";
-import { curlIn, NEEDS_ROOT, SHOP_EXAMPLE, zmeshCli } from "../harness/netns.js";
+import { curlIn, eventually, NEEDS_ROOT, SHOP_EXAMPLE, zmeshCli } from "../harness/netns.js";
 
 const MESH = "zmtest";
 
@@ -77,12 +77,12 @@ describe("the shop in network namespaces", {
     const id = /\(request id ([^)\s]+)\)/.exec(r.body)?.[1];
     assert.ok(id, `the denial names its request id: ${r.body}`);
     // The access lines are written in blocks: wait (3 s at most) for both sidecars' lines.
-    let why = await zmeshCli(["why", id, "--name", MESH]);
-    const both = (out: string) => out.includes(" outbound ") && out.includes(" inbound ");
-    for (let i = 0; i < 30 && !both(why.stdout); i++) {
-      await new Promise((res) => setTimeout(res, 100));
-      why = await zmeshCli(["why", id, "--name", MESH]);
-    }
+    const why = await eventually(
+      "zmesh why reports both sidecars",
+      () => zmeshCli(["why", id, "--name", MESH]),
+      (w) => w.stdout.includes(" outbound ") && w.stdout.includes(" inbound "),
+      3_000,
+    );
     assert.equal(why.code, 0, why.stderr);
     const lines = why.stdout.trim().split("\n");
     assert.match(
