@@ -7,7 +7,7 @@ import { PassThrough } from "node:stream";
 import { describe, it } from "node:test";
 import { IDLE_MS, meshPoolIdleMs, type Upstream, UpstreamPool } from "./pool.js";
 
-/** A pool whose dials succeed at once with in-memory sockets; `dialled` counts them. */
+/** A pool whose dials succeed at once with in-memory sockets, kept in `socks` in dial order. */
 function pool(idleMs?: number) {
   const socks: PassThrough[] = [];
   const p = new UpstreamPool((_onread, cb) => {
