@@ -2,14 +2,15 @@
 // the proxy's log), root rotation under traffic with no failed request, and a CA that survives a
 // control-plane restart through its sealed store.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect as tlsConnect } from "node:tls";
-import { ControlPlane, TokenFileAttestor } from "../src/controlplane/index.js";
+import { ControlPlane } from "../src/controlplane/index.js";
 import { CertificateAuthority, newKek, parseKek } from "../src/identity/index.js";
 import type { Sidecar } from "../src/proxy/index.js";
+import { loopbackOptions } from "./harness/cp.js";
 import {
   app,
   call,
@@ -190,20 +191,9 @@ describe("the CA store", () => {
     try {
       const kek = parseKek(newKek(), "test");
       const store = join(dir, "ca.json");
-      await import("node:fs/promises").then((fs) => fs.writeFile(join(dir, "mesh.yaml"), meshYaml(1)));
-      await import("node:fs/promises").then((fs) => fs.writeFile(join(dir, "tokens.json"), "{}"));
-      const start = () =>
-        ControlPlane.start({
-          configPaths: [join(dir, "mesh.yaml")],
-          listen: "127.0.0.1:0",
-          attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-          trustDomain: "cluster.local",
-          rootNamespace: "zmesh-system",
-          watch: false,
-          log: captured,
-          caStore: store,
-          kek,
-        });
+      await writeFile(join(dir, "mesh.yaml"), meshYaml(1));
+      await writeFile(join(dir, "tokens.json"), "{}");
+      const start = () => ControlPlane.start({ ...loopbackOptions(dir, captured), caStore: store, kek });
       const first = await start();
       const bundle = first.ca.trustBundlePem();
       await first.close();
@@ -215,13 +205,7 @@ describe("the CA store", () => {
       await second.close();
       await assert.rejects(
         ControlPlane.start({
-          configPaths: [join(dir, "mesh.yaml")],
-          listen: "127.0.0.1:0",
-          attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-          trustDomain: "cluster.local",
-          rootNamespace: "zmesh-system",
-          watch: false,
-          log: captured,
+          ...loopbackOptions(dir, captured),
           caStore: store,
           kek: parseKek(newKek(), "other"),
         }),

@@ -8,7 +8,12 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { ControlPlane, TokenFileAttestor, tokenDigest } from "../../src/controlplane/index.js";
+import {
+  ControlPlane,
+  type ControlPlaneOptions,
+  TokenFileAttestor,
+  tokenDigest,
+} from "../../src/controlplane/index.js";
 import type { CertificateAuthority } from "../../src/identity/index.js";
 
 /**
@@ -38,6 +43,22 @@ export async function freePort(): Promise<number> {
 const FREE_PORT_FIRST = 10_000;
 const FREE_PORT_COUNT = 10_000;
 
+/**
+ * The options of a control plane on loopback over `dir`'s mesh.yaml and tokens.json, with the
+ * default trust domain and root namespace and no file watching (a test reloads it itself).
+ */
+export function loopbackOptions(dir: string, log: Logger): ControlPlaneOptions {
+  return {
+    configPaths: [join(dir, "mesh.yaml")],
+    listen: "127.0.0.1:0",
+    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
+    trustDomain: "cluster.local",
+    rootNamespace: "zmesh-system",
+    watch: false,
+    log,
+  };
+}
+
 export interface LocalControlPlane {
   dir: string;
   cp: ControlPlane;
@@ -66,13 +87,7 @@ export async function startControlPlane(opts: {
   }
   await writeFile(join(dir, "tokens.json"), JSON.stringify(table));
   const cp = await ControlPlane.start({
-    configPaths: [join(dir, "mesh.yaml")],
-    listen: "127.0.0.1:0",
-    attestor: new TokenFileAttestor(join(dir, "tokens.json")),
-    trustDomain: "cluster.local",
-    rootNamespace: "zmesh-system",
-    watch: false,
-    log: opts.log,
+    ...loopbackOptions(dir, opts.log),
     ...(opts.ca ? { ca: opts.ca } : {}),
   });
   return {
